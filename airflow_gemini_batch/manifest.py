@@ -1,0 +1,61 @@
+"""The small JSON documents that travel between tasks in XCom: the submit manifest and the stage summaries.
+
+Invariant: these carry names, counts and locations, never row data. Keys, prompts and answers stay in files
+under the staging path and in the destination table; a manifest for a million rows is a few kilobytes.
+The ``kind`` discriminator lets the UI page find them in the XCom table without knowing task ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+MANIFEST_KIND = "gemini_batch_manifest"
+WAIT_SUMMARY_KIND = "gemini_batch_wait_summary"
+RESULTS_SUMMARY_KIND = "gemini_batch_results_summary"
+
+#: XCom keys our operators push besides ``return_value``, so the UI and links can find them by key.
+MANIFEST_XCOM_KEY = "gemini_batch_manifest"
+WAIT_SUMMARY_XCOM_KEY = "gemini_batch_wait_summary"
+RESULTS_SUMMARY_XCOM_KEY = "gemini_batch_results_summary"
+
+
+class ShardInfo(TypedDict, total=False):
+    index: int
+    display_name: str  # deterministic: how an orphaned create is found again via list
+    job_name: str | None  # batches/<id>; None only while not yet created
+    file_name: str | None  # files/<id> of the uploaded JSONL; None for inline shards
+    inline: bool
+    request_count: int
+    bytes: int
+    estimated_tokens: int
+    keys_path: str  # ObjectStoragePath URI: one JSON-encoded key per line, in shard order
+
+
+class Manifest(TypedDict, total=False):
+    kind: str  # MANIFEST_KIND
+    version: int
+    gemini_conn_id: str
+    task: str  # "generate" | "embed"
+    model: str
+    identity: str  # run-stable: dag, task, run, map index (never try number)
+    fingerprint: str  # sha256 of the request lines: a changed input is detected on retry
+    response_schema: dict[str, Any] | None  # JSON schema, for classifying invalid_output
+    staging_path: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    shards: list[ShardInfo]
+    request_count: int  # valid rows submitted, all shards
+    skipped_count: int  # invalid rows skipped with on_invalid_row="skip"
+    skipped_keys_path: str | None
+
+
+def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:
+    """Job names of a manifest, in shard order; raises on a shard never created (a broken manifest)."""
+    names = []
+    for shard in manifest.get("shards", []):
+        if not shard.get("job_name"):
+            raise ValueError(f"Manifest shard {shard.get('index')} has no job name; was the submit interrupted?")
+        names.append(shard["job_name"])
+    return names

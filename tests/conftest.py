@@ -1,0 +1,183 @@
+"""Shared fixtures: an isolated Airflow home, the Gemini emulator, and the two warehouses (SQLite, PostgreSQL).
+
+Real parts only: the emulator is a real HTTP server the real google-genai SDK talks to; the warehouses are a
+real SQLite file and the real PostgreSQL server at 127.0.0.1:5432 (database ``test``).
+
+PostgreSQL policy: in CI (``GEMINI_BATCH_REQUIRE_POSTGRES=1``, set by ``.ci/run``) a missing server FAILS the
+PostgreSQL tests; elsewhere they are skipped and the session ends with a plain line saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Airflow reads its home at import time: point it at a throw-away folder before anything imports airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="gemini-batch-tests-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ.setdefault("AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP", r"airflow\..*")
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+REQUIRE_POSTGRES = os.environ.get("GEMINI_BATCH_REQUIRE_POSTGRES") == "1"
+_pg_skips: list[str] = []
+
+
+# ---- Airflow metadata DB ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """``airflow db migrate`` once per session (~5 s); needed by dag.test(), XCom, task_state_store, the UI."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return _AIRFLOW_HOME
+
+
+# ---- Gemini emulator ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[Any]:
+    from airflow_gemini_batch.emulator import EmulatorServer
+
+    with EmulatorServer(data_dir=tempfile.mkdtemp(prefix="gemini-emulator-")) as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(emulator_server: Any) -> Any:
+    """The session's emulator, reset to a clean state (no files, jobs, faults; instant lifecycle)."""
+    emulator_server.control.reset()
+    return emulator_server
+
+
+TEST_API_KEY = "test-key-not-a-secret"
+
+
+@pytest.fixture
+def gemini_conn(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``gemini_batch_default`` pointing at the emulator, as a user would set it (AIRFLOW_CONN_ JSON)."""
+    conn = {"conn_type": "gemini_batch", "host": emulator.base_url, "password": TEST_API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_BATCH_DEFAULT", json.dumps(conn))
+    return "gemini_batch_default"
+
+
+# ---- warehouses ---------------------------------------------------------------------------------------------
+
+
+class Warehouse:
+    """A real database reached through an Airflow connection id, plus helpers for arranging and asserting."""
+
+    def __init__(self, kind: str, conn_id: str, connect: Any, placeholder: str) -> None:
+        self.kind = kind
+        self.conn_id = conn_id
+        self._connect = connect
+        self.ph = placeholder
+        self._tables: list[str] = []
+
+    def table(self, base: str) -> str:
+        """A fresh table name (unique per test, dropped afterwards)."""
+        name = f"{base}_{uuid.uuid4().hex[:8]}"
+        self._tables.append(name)
+        return name
+
+    def execute(self, sql: str, params: Any = None, many: bool = False) -> None:
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params or ())
+            conn.commit()
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: Any = None) -> list[tuple]:
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params or ())
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def create_prompts_table(self, table: str, n: int, start: int = 0) -> None:
+        """``(id INTEGER PRIMARY KEY, name TEXT, category TEXT)`` with ``n`` deterministic rows."""
+        self.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT, category TEXT)")
+        rows = [(i, f"product {i}", ("tools", "garden", "kitchen")[i % 3]) for i in range(start, start + n)]
+        self.execute(f"INSERT INTO {table} VALUES ({self.ph}, {self.ph}, {self.ph})", rows, many=True)
+
+    def drop_all(self) -> None:
+        for t in self._tables:
+            try:
+                self.execute(f"DROP TABLE IF EXISTS {t}")
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def sqlite_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    yield Warehouse("sqlite", "warehouse_sqlite", lambda: sqlite3.connect(path), "?")
+
+
+def _pg_connect() -> Any:
+    import psycopg2
+
+    return psycopg2.connect(connect_timeout=3, **PG_DSN)
+
+
+@pytest.fixture
+def postgres_warehouse(monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
+    try:
+        _pg_connect().close()
+    except Exception as e:
+        reason = f"PostgreSQL not reachable at {PG_DSN['host']}:{PG_DSN['port']} ({type(e).__name__})"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{reason}; GEMINI_BATCH_REQUIRE_POSTGRES=1 makes this a failure (CI).")
+        _pg_skips.append(reason)
+        pytest.skip(reason)
+    conn = {
+        "conn_type": "postgres",
+        "host": PG_DSN["host"],
+        "port": PG_DSN["port"],
+        "login": PG_DSN["user"],
+        "schema": PG_DSN["dbname"],
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_PG", json.dumps(conn))
+    wh = Warehouse("postgres", "warehouse_pg", _pg_connect, "%s")
+    yield wh
+    wh.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse(request: pytest.FixtureRequest) -> Warehouse:
+    """Run the test once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_warehouse")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _pg_skips:
+        terminalreporter.write_line(
+            f"NOTE: {len(_pg_skips)} PostgreSQL warehouse test(s) were SKIPPED: {_pg_skips[0]}. "
+            "Start PostgreSQL on 127.0.0.1:5432 (trust auth, database 'test') to run them.",
+            yellow=True,
+            bold=True,
+        )
