@@ -9,6 +9,7 @@ PostgreSQL tests; elsewhere they are skipped and the session ends with a plain l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -125,16 +126,16 @@ class Warehouse:
 
     def drop_all(self) -> None:
         for t in self._tables:
-            try:
+            with contextlib.suppress(Exception):
                 self.execute(f"DROP TABLE IF EXISTS {t}")
-            except Exception:
-                pass
 
 
 @pytest.fixture
 def sqlite_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
     path = tmp_path / "warehouse.db"
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(path)})
+    )
     yield Warehouse("sqlite", "warehouse_sqlite", lambda: sqlite3.connect(path), "?")
 
 

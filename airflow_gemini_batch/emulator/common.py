@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import string
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 CANONICAL_STATUS: dict[int, str] = {
     400: "INVALID_ARGUMENT",

@@ -15,7 +15,10 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from airflow.sdk import BaseHook
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
 
 if TYPE_CHECKING:
@@ -53,6 +57,32 @@ def normalize_state(raw: str | None) -> str:
         if raw.startswith(prefix):
             return raw[len(prefix) :]
     return raw
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line, secret-free description of an SDK or transport error (code, status, the API's message)."""
+    code = getattr(error, "code", None)
+    if code is not None:
+        status = getattr(error, "status", None) or ""
+        message = getattr(error, "message", None) or ""
+        return f"HTTP {code} {status}: {message}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors worth retrying: 408/429/5xx from the API, and connection-level failures of any transport.
+
+    The SDK raises its own ``APIError`` for HTTP errors, but lets transport exceptions (httpx, httpx2 on
+    google-genai 3, aiohttp for async) through unwrapped; they are matched by module so no transport needs
+    importing here.
+    """
+    code = getattr(error, "code", None)
+    if isinstance(error, genai_errors.APIError):
+        return code in TRANSIENT_HTTP_CODES
+    if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    module = type(error).__module__.split(".")[0]
+    return module in {"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "h11"}
 
 
 def check_job_name(name: str) -> str:
@@ -198,11 +228,37 @@ class GeminiBatchHook(BaseHook):
             raise RuntimeError(f"Upload of {path} returned no file name")
         return uploaded.name
 
-    def download_file(self, file_name: str, destination: str | Path) -> Path:
-        """Stream a generated file (a batch's responses) to ``destination`` without holding it in memory."""
+    def download_file(
+        self, file_name: str, destination: str | Path, attempts: int = 5, backoff_seconds: float = 1.0
+    ) -> Path:
+        """Stream a generated file (a batch's responses) to ``destination`` without holding it in memory.
+
+        The SDK does not retry downloads, and a connection cut mid-body surfaces as a raw transport error
+        (httpx / httpx2 / aiohttp), so transient failures are retried here, each time from the start into a
+        temporary file that is renamed only when complete: a partial download never looks like a whole one.
+        """
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        self.get_conn().files.download(file=file_name, destination=str(destination))
+        partial = destination.with_name(destination.name + ".part")
+        for attempt in range(1, attempts + 1):
+            try:
+                self.get_conn().files.download(file=file_name, destination=str(partial))
+                break
+            except Exception as error:
+                if attempt == attempts or not is_transient(error):
+                    partial.unlink(missing_ok=True)
+                    raise
+                delay = backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
+                self.log.warning(
+                    "Download of %s failed (%s); retry %d/%d in %.1f s",
+                    file_name,
+                    describe_error(error),
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
+                time.sleep(delay)
+        partial.replace(destination)
         return destination
 
     def delete_file(self, file_name: str) -> None:
@@ -294,5 +350,5 @@ class GeminiBatchHook(BaseHook):
         try:
             next(iter(self.get_conn().batches.list(config=types.ListBatchJobsConfig(page_size=1))), None)
         except Exception as e:
-            return False, f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
+            return False, describe_error(e)
         return True, "Connection to the Gemini Batch API works."

@@ -1,0 +1,159 @@
+"""The ASGI app: one catch-all route that dispatches on (method, path regex), plus the control router.
+
+Why a hand-written dispatcher instead of FastAPI path routes: Google paths put verbs after a colon inside a
+path segment (``files/abc:download``, ``batches/x:cancel``) under any version prefix (``v1beta``, ``v1``,
+``v1alpha``, or none for ``/upload/files``); regexes say that exactly.
+
+Invariants for every API call, in this order:
+
+1. unknown route → 404 NOT_FOUND (the request body is drained first, keeping the connection reusable);
+2. missing/empty ``x-goog-api-key`` → 401 UNAUTHENTICATED, except upload chunks (their ``upload_id`` is the
+   credential: the SDK sends no key on chunk requests);
+3. ``reply_delay_seconds`` sleep; 4. the call is counted; 5. an injected fault (if any) answers instead;
+6. the handler runs; ``ApiError`` becomes a Google JSON error (with its extra headers, e.g. upload status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from airflow_gemini_batch.emulator import routes_batches, routes_files
+from airflow_gemini_batch.emulator.common import ApiError, error_response
+from airflow_gemini_batch.emulator.engine import JobEngine
+from airflow_gemini_batch.emulator.faults import Fault, Knobs
+from airflow_gemini_batch.emulator.routes_control import control_router
+from airflow_gemini_batch.emulator.store import FileStore
+
+Handler = Callable[["Emulator", Request, dict[str, Any], "Fault | None"], Awaitable[Response]]
+_V = r"(?:/(?P<v>v\d+[a-z0-9]*))?"
+_ID = r"(?P<id>[^/:]+)"
+_MODEL = r"(?P<model>(?:models|tunedModels)/[^/:]+)"
+
+# (method, regex, endpoint name for faults/calls, handler, extra params)
+ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
+    ("POST", re.compile(rf"^/upload{_V}/files$"), "files.upload", routes_files.upload, {}),
+    ("GET", re.compile(rf"^{_V}/files$"), "files.list", routes_files.list_files, {}),
+    (
+        "GET",
+        re.compile(rf"^(?:/download)?{_V}/files/{_ID}:download$"),
+        "files.download",
+        routes_files.download,
+        {},
+    ),
+    ("GET", re.compile(rf"^{_V}/files/{_ID}$"), "files.get", routes_files.get_file, {}),
+    ("DELETE", re.compile(rf"^{_V}/files/{_ID}$"), "files.delete", routes_files.delete_file, {}),
+    (
+        "POST",
+        re.compile(rf"^{_V}/{_MODEL}:batchGenerateContent$"),
+        "batches.create",
+        routes_batches.create,
+        {"kind": "generate"},
+    ),
+    (
+        "POST",
+        re.compile(rf"^{_V}/{_MODEL}:asyncBatchEmbedContent$"),
+        "batches.create",
+        routes_batches.create,
+        {"kind": "embed"},
+    ),
+    ("GET", re.compile(rf"^{_V}/batches$"), "batches.list", routes_batches.list_batches, {}),
+    ("GET", re.compile(rf"^{_V}/batches/{_ID}$"), "batches.get", routes_batches.get, {}),
+    ("POST", re.compile(rf"^{_V}/batches/{_ID}:cancel$"), "batches.cancel", routes_batches.cancel, {}),
+    ("DELETE", re.compile(rf"^{_V}/batches/{_ID}$"), "batches.delete", routes_batches.delete, {}),
+]
+
+
+class Emulator:
+    """All mutable emulator state; one instance per app."""
+
+    def __init__(self, data_dir: Path, pending_seconds: float = 0.0, running_seconds: float = 0.0) -> None:
+        self.data_dir = data_dir
+        self.files = FileStore(data_dir)
+        self.engine = JobEngine(self.files)
+        self.knobs = Knobs(pending_seconds=pending_seconds, running_seconds=running_seconds)
+
+    def reset(self) -> None:
+        self.engine.reset()
+        self.files.reset()
+        self.knobs.reset()
+
+    @staticmethod
+    def version_of(request: Request) -> str:
+        match = re.search(r"/(v\d+[a-z0-9]*)/", request.url.path + "/")
+        return match.group(1) if match else "v1beta"
+
+    @staticmethod
+    def page_size(request: Request, default: int) -> int:
+        raw = request.query_params.get("pageSize")
+        try:
+            size = int(raw) if raw else default
+        except ValueError:
+            raise ApiError(400, f"Invalid pageSize: {raw!r}.") from None
+        return min(max(size, 1) if size > 0 else default, 100)
+
+
+async def _dispatch(emu: Emulator, request: Request) -> Response:
+    path = request.url.path
+    for method, pattern, endpoint, handler, extra in ROUTES:
+        match = pattern.match(path)
+        if match is None or method != request.method:
+            continue
+        params: dict[str, Any] = {k: v for k, v in match.groupdict().items() if v is not None} | extra
+        is_chunk = endpoint == "files.upload" and bool(request.query_params.get("upload_id"))
+        if endpoint == "files.upload":
+            endpoint = "files.upload_chunk" if is_chunk else "files.upload_start"
+        extra_headers = routes_files.FINAL if is_chunk else {}
+        api_key = (request.headers.get("x-goog-api-key") or request.query_params.get("key") or "").strip()
+        if not is_chunk and not api_key:
+            await routes_files.drain(request)
+            return error_response(401, "Method doesn't allow unregistered callers. Provide an API key.")
+        delay = emu.knobs.get("reply_delay_seconds")
+        if delay > 0:
+            await asyncio.sleep(delay)
+        fault = emu.knobs.record_call(endpoint)
+        if fault is not None and fault.status is not None:
+            await routes_files.drain(request)
+            if is_chunk:
+                session_id = request.query_params["upload_id"]
+                with contextlib.suppress(ApiError):
+                    emu.files.abort(emu.files.session(session_id))
+            return error_response(fault.status, f"Injected fault on {endpoint}.", extra_headers)
+        try:
+            if not is_chunk:
+                raw = await request.body()
+                params["json"] = orjson.loads(raw) if raw.strip() else None
+            return await handler(emu, request, params, fault)
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"Invalid JSON payload received. {exc}", extra_headers)
+        except ApiError as exc:
+            return error_response(exc.code, exc.message, exc.headers or extra_headers)
+    await routes_files.drain(request)
+    return error_response(404, f"Method not found: {request.method} {path}.")
+
+
+def create_app(
+    data_dir: str | Path | None = None, pending_seconds: float = 0.0, running_seconds: float = 0.0
+) -> FastAPI:
+    """The emulator ASGI app; ``app.state.emulator`` holds its state (see ``Emulator``)."""
+    root = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emulator-"))
+    emu = Emulator(root, pending_seconds=pending_seconds, running_seconds=running_seconds)
+    app = FastAPI(title="Gemini Batch API emulator", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.emulator = emu
+    app.include_router(control_router(emu))
+
+    @app.api_route("/{full_path:path}", methods=["GET", "POST", "DELETE", "PATCH", "PUT"])
+    async def api(request: Request) -> Response:
+        return await _dispatch(emu, request)
+
+    return app

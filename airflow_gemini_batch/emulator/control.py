@@ -1,0 +1,57 @@
+"""``EmulatorControl``: a tiny synchronous client for the ``/_emulator`` control API.
+
+Each method is one HTTP call; a non-200 reply raises ``httpx.HTTPStatusError`` so a typo in a test (an unknown
+endpoint name, a bad final state) fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class EmulatorControl:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        with httpx.Client(base_url=self.base_url, timeout=self._timeout) as client:
+            response = client.request(method, f"/_emulator/{path}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        """Forget files, jobs, faults, behaviours and call counts; config back to the server defaults."""
+        self._call("POST", "reset")
+
+    def configure(self, **kw: float) -> dict[str, float]:
+        """Any of pending_seconds, running_seconds, output_delay_seconds, reply_delay_seconds."""
+        return self._call("POST", "config", kw)
+
+    def config(self) -> dict[str, float]:
+        return self._call("GET", "config")
+
+    def inject_fault(
+        self, endpoint: str, status: int | None = None, count: int = 1, reset_after_bytes: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"endpoint": endpoint, "count": count}
+        if status is not None:
+            body["status"] = status
+        if reset_after_bytes is not None:
+            body["reset_after_bytes"] = reset_after_bytes
+        return self._call("POST", "faults", body)["fault"]
+
+    def set_job_behaviour(self, match: str = "*", **kw: Any) -> dict[str, Any]:
+        """kw: final_state, stay_pending, corrupt_output, fail_keys, count."""
+        return self._call("POST", "job_behaviour", {"match": match, **kw})["job_behaviour"]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._call("GET", "jobs")["jobs"]
+
+    def calls(self) -> dict[str, int]:
+        return self._call("GET", "calls")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "health")

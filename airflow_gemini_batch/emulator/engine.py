@@ -1,0 +1,295 @@
+"""Job engine: creates jobs, schedules their workers, and streams input JSONL to output JSONL.
+
+Invariants:
+
+* Processing is streaming: the input file is read one line at a time and each output line is written as soon
+  as it is computed, so memory does not grow with the input size (a 1 GB input needs no 1 GB buffer).
+* Output lines are in input order: ``{"key": k, "response": {...}}`` or
+  ``{"key": k, "error": {code, message}}``.
+  Inline results echo each request's ``metadata`` unchanged.
+* A worker starts when the job leaves PENDING (a timer, plus a lazy check on every read) and only for jobs
+  that will SUCCEED; it paces itself over ``running_seconds`` so ``pendingRequestCount`` visibly decreases.
+* The worker stops promptly on cancel / delete / reset (``job.stop``), and then publishes nothing.
+* Output corruption (``corrupt_output``) is applied by ``OutputWriter`` only, never to the counts:
+  truncate = last line cut mid-JSON (no newline); malformed = first line is not JSON;
+  drop_key = first key has no line; unknown_key = one extra line with a key never sent;
+  duplicate_key = first line written twice. For inline output: truncate drops the last item, malformed
+  leaves the first item with neither ``response`` nor ``error``, the other three behave as for files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from airflow_gemini_batch.emulator import responder
+from airflow_gemini_batch.emulator.common import new_id
+from airflow_gemini_batch.emulator.store import FileStore, paginate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from airflow_gemini_batch.emulator.jobs import Job
+
+log = logging.getLogger(__name__)
+UNKNOWN_KEY = "__emulator_unknown_key__"
+INJECTED_ERROR = {
+    "code": 500,
+    "message": "Internal error while processing this request (injected by fail_keys).",
+}
+
+
+def count_lines(path: Path) -> int:
+    """Non-blank lines, streaming."""
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def iter_file_requests(path: Path) -> Iterator[tuple[Any, dict[str, Any] | None, str | None]]:
+    """``(key, request, parse_error)`` per non-blank input line, streaming."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield None, None, f"Invalid JSON in input line: {exc}"
+                continue
+            if not isinstance(line, dict):
+                yield None, None, "Input line is not a JSON object."
+                continue
+            request = line.get("request")
+            if not isinstance(request, dict):
+                request = {k: v for k, v in line.items() if k not in ("key", "metadata")}
+            yield line.get("key"), request, None
+
+
+class OutputWriter:
+    """Writes result items (file lines or inline items), applying the job's corruption mode."""
+
+    def __init__(self, corruption: str | None, fh: IO[bytes] | None) -> None:
+        self.corruption = corruption
+        self.fh = fh
+        self.items: list[dict[str, Any]] = []
+        self._first = True
+        self._held: bytes | None = None
+
+    def add(self, item: dict[str, Any]) -> None:
+        first, self._first = self._first, False
+        if self.fh is None:
+            self._add_inline(item, first)
+            return
+        data = orjson.dumps(item)
+        if first and self.corruption == "drop_key":
+            return
+        if first and self.corruption == "malformed":
+            data = data[: max(len(data) // 2, 1)] + b" <<not json>>"
+        if first and self.corruption == "duplicate_key":
+            self._emit(data)
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        assert self.fh is not None
+        if self.corruption == "truncate":
+            if self._held is not None:
+                self.fh.write(self._held + b"\n")
+            self._held = data
+        else:
+            self.fh.write(data + b"\n")
+
+    def _add_inline(self, item: dict[str, Any], first: bool) -> None:
+        if first and self.corruption == "drop_key":
+            return
+        if first and self.corruption == "malformed":
+            item = {k: v for k, v in item.items() if k not in ("response", "error")}
+        if first and self.corruption == "duplicate_key":
+            self.items.append(item)
+        self.items.append(item)
+
+    def close(self, unknown_item: dict[str, Any]) -> None:
+        if self.corruption == "unknown_key":
+            if self.fh is None:
+                self.items.append(unknown_item)
+            else:
+                self._emit(orjson.dumps(unknown_item))
+        if self.fh is not None and self._held is not None:
+            self.fh.write(self._held[: max(len(self._held) // 2, 1)])
+        if self.fh is None and self.corruption == "truncate" and self.items:
+            self.items.pop()
+
+
+class JobEngine:
+    def __init__(self, files: FileStore) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+
+    # ---- creation ----
+
+    def add(self, job: Job) -> Job:
+        with self._lock:
+            self._jobs[job.id] = job
+        if job.needs_worker:
+            delay = max(job.start_time - time.time(), 0.0)
+            if delay <= 0:
+                self.ensure_worker(job)
+            else:
+                timer = threading.Timer(delay, self.ensure_worker, args=(job,))
+                timer.daemon = True
+                timer.start()
+        return job
+
+    @staticmethod
+    def new_job_id() -> str:
+        return new_id(36)
+
+    # ---- queries ----
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.deleted:
+            return None
+        self._maybe_start(job)
+        return job
+
+    def list(self, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
+        with self._lock:
+            jobs = sorted(
+                (j for j in self._jobs.values() if not j.deleted), key=lambda j: j.seq, reverse=True
+            )
+        for job in jobs:
+            self._maybe_start(job)
+        return paginate(jobs, page_size, page_token)
+
+    def all_jobs(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.seq)
+
+    def _maybe_start(self, job: Job) -> None:
+        if job.needs_worker and not job.worker_started and time.time() >= job.start_time:
+            self.ensure_worker(job)
+
+    # ---- mutations ----
+
+    def cancel(self, job: Job) -> None:
+        now = time.time()
+        with self._lock:
+            job.cancel_requested = True
+            state, _, _ = job.state_at(now)
+            if state in ("PENDING", "RUNNING"):
+                job.cancelled_at = now
+                job.stop.set()
+
+    def delete(self, job: Job) -> None:
+        with self._lock:
+            job.deleted = True
+        job.stop.set()
+
+    def reset(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            job.stop.set()
+
+    # ---- worker ----
+
+    def ensure_worker(self, job: Job) -> None:
+        with self._lock:
+            if job.worker_started or job.stop.is_set():
+                return
+            job.worker_started = True
+        thread = threading.Thread(target=self._run, args=(job,), name=f"emulator-job-{job.id}", daemon=True)
+        thread.start()
+
+    def _run(self, job: Job) -> None:
+        try:
+            self._process(job)
+        except Exception:
+            if not job.stop.is_set():
+                log.exception("emulator job %s failed while processing", job.name)
+
+    def _requests(self, job: Job) -> Iterator[tuple[Any, dict[str, Any] | None, str | None, Any]]:
+        """``(key, request, parse_error, metadata)``."""
+        if job.inline_requests is not None:
+            for item in job.inline_requests:
+                metadata = item.get("metadata")
+                request = item.get("request") if isinstance(item.get("request"), dict) else item
+                key = metadata.get("key") if isinstance(metadata, dict) else None
+                yield key, request, None, metadata
+            return
+        assert job.input_file is not None
+        record = self.files.find(job.input_file.removeprefix("files/"))
+        if record is None:
+            raise FileNotFoundError(job.input_file)
+        for key, request, error in iter_file_requests(record.path):
+            yield key, request, error, None
+
+    def _process(self, job: Job) -> None:
+        inline = job.inline_requests is not None
+        out_id = f"batch-{job.id}"
+        tmp_path = self.files.generated_path(out_id)
+        fh = None if inline else tmp_path.open("wb")
+        writer = OutputWriter(job.behaviour.corrupt_output, fh)
+        fail_keys = set(job.behaviour.fail_keys)
+        total = max(job.request_count, 1)
+        try:
+            for index, (key, request, parse_error, metadata) in enumerate(self._requests(job)):
+                if job.stop.is_set():
+                    return
+                if parse_error is not None or request is None:
+                    kind, body = "error", {"code": 400, "message": parse_error or "Missing request."}
+                elif key is not None and str(key) in fail_keys:
+                    kind, body = "error", dict(INJECTED_ERROR)
+                else:
+                    kind, body = responder.answer(request, job.model, job.kind)
+                item: dict[str, Any] = {kind: body}
+                if inline:
+                    if metadata is not None:
+                        item["metadata"] = metadata
+                elif key is not None:
+                    item = {"key": key, **item}
+                writer.add(item)
+                with self._lock:
+                    job.processed += 1
+                    if kind == "response":
+                        job.succeeded += 1
+                    else:
+                        job.failed += 1
+                self._pace(job, (index + 1) / total)
+            unknown_request = {"contents": [{"parts": [{"text": "unknown"}], "role": "user"}]}
+            _, unknown_body = responder.answer(unknown_request, job.model, job.kind)
+            unknown: dict[str, Any] = {"response": unknown_body}
+            unknown = (
+                {"metadata": {"key": UNKNOWN_KEY}, **unknown} if inline else {"key": UNKNOWN_KEY, **unknown}
+            )
+            writer.close(unknown)
+        finally:
+            if fh is not None:
+                fh.close()
+        if job.stop.is_set():
+            tmp_path.unlink(missing_ok=True)
+            return
+        if inline:
+            job.inline_output = writer.items
+        else:
+            self.files.register_generated(out_id, tmp_path, "application/jsonl")
+            job.output_file = f"files/{out_id}"
+        with self._lock:
+            job.finished_at = time.time()
+
+    @staticmethod
+    def _pace(job: Job, fraction: float) -> None:
+        """Spread the work over ``running_seconds`` so progress is observable."""
+        if job.running_seconds <= 0:
+            return
+        delay = job.start_time + job.running_seconds * fraction - time.time()
+        if delay > 0.005:
+            job.stop.wait(delay)

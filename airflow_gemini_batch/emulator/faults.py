@@ -1,0 +1,179 @@
+"""Runtime-settable knobs: lifecycle timing, injected HTTP faults, per-job behaviours, call counters.
+
+Invariants:
+
+* Everything here is guarded by one lock: handlers run on the server's event loop, job workers on threads.
+* A fault is consumed exactly once per matching call (``count`` calls in total), in the order injected.
+* A job behaviour applies to jobs created *after* it was set; the newest matching rule wins, and a rule with
+  a ``count`` is used up after that many jobs (``None`` = forever).
+* ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+ENDPOINTS: tuple[str, ...] = (
+    "files.upload_start",
+    "files.upload_chunk",
+    "files.get",
+    "files.list",
+    "files.delete",
+    "files.download",
+    "batches.create",
+    "batches.get",
+    "batches.list",
+    "batches.cancel",
+    "batches.delete",
+)
+FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
+CORRUPTIONS = ("truncate", "malformed", "drop_key", "unknown_key", "duplicate_key")
+CONFIG_KEYS = ("pending_seconds", "running_seconds", "output_delay_seconds", "reply_delay_seconds")
+
+
+@dataclass
+class Fault:
+    endpoint: str
+    status: int | None
+    count: int
+    reset_after_bytes: int | None = None
+
+
+@dataclass
+class JobBehaviour:
+    """What happens to a job: the defaults describe a normal, successful job."""
+
+    match: str = "*"
+    final_state: str = "SUCCEEDED"
+    stay_pending: bool = False
+    corrupt_output: str | None = None
+    fail_keys: list[str] = field(default_factory=list)
+    count: int | None = None
+
+    def matches(self, display_name: str) -> bool:
+        return self.match == "*" or self.match in display_name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "match": self.match,
+            "final_state": self.final_state,
+            "stay_pending": self.stay_pending,
+            "corrupt_output": self.corrupt_output,
+            "fail_keys": list(self.fail_keys),
+            "count": self.count,
+        }
+
+
+class ValidationError(ValueError):
+    """Bad control-API input (reported as HTTP 400)."""
+
+
+class Knobs:
+    def __init__(self, **defaults: float) -> None:
+        self._lock = threading.Lock()
+        self._defaults = {k: float(defaults.get(k, 0.0) or 0.0) for k in CONFIG_KEYS}
+        self.config: dict[str, float] = dict(self._defaults)
+        self._faults: list[Fault] = []
+        self._behaviours: list[JobBehaviour] = []
+        self._calls: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.config = dict(self._defaults)
+            self._faults.clear()
+            self._behaviours.clear()
+            self._calls.clear()
+
+    # ---- config ----
+
+    def configure(self, body: dict[str, Any]) -> dict[str, float]:
+        unknown = set(body) - set(CONFIG_KEYS)
+        if unknown:
+            raise ValidationError(f"unknown config keys: {sorted(unknown)}; allowed: {list(CONFIG_KEYS)}")
+        with self._lock:
+            for key, value in body.items():
+                if value is None or float(value) < 0:
+                    raise ValidationError(f"{key} must be a number >= 0")
+                self.config[key] = float(value)
+            return dict(self.config)
+
+    def get(self, key: str) -> float:
+        with self._lock:
+            return self.config[key]
+
+    # ---- faults ----
+
+    def add_fault(self, body: dict[str, Any]) -> Fault:
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise ValidationError(f"endpoint must be one of {list(ENDPOINTS)}")
+        status = body.get("status")
+        reset_after = body.get("reset_after_bytes")
+        if reset_after is not None and endpoint != "files.download":
+            raise ValidationError("reset_after_bytes only applies to files.download")
+        if status is None and reset_after is None:
+            raise ValidationError("give status (an HTTP error code) or reset_after_bytes")
+        if status is not None and not 400 <= int(status) <= 599:
+            raise ValidationError("status must be an HTTP error code (400-599)")
+        count = int(body.get("count", 1))
+        fault = Fault(
+            endpoint,
+            None if status is None else int(status),
+            count,
+            None if reset_after is None else int(reset_after),
+        )
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def record_call(self, endpoint: str) -> Fault | None:
+        """Count one call of ``endpoint`` and consume the first pending fault for it, if any."""
+        with self._lock:
+            self._calls[endpoint] += 1
+            for fault in self._faults:
+                if fault.endpoint == endpoint and fault.count > 0:
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self._faults.remove(fault)
+                    return Fault(fault.endpoint, fault.status, 1, fault.reset_after_bytes)
+        return None
+
+    def calls(self) -> dict[str, int]:
+        with self._lock:
+            return {name: self._calls.get(name, 0) for name in ENDPOINTS}
+
+    # ---- job behaviours ----
+
+    def add_behaviour(self, body: dict[str, Any]) -> JobBehaviour:
+        allowed = {"match", "final_state", "stay_pending", "corrupt_output", "fail_keys", "count"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ValidationError(f"unknown job_behaviour keys: {sorted(unknown)}")
+        behaviour = JobBehaviour(
+            match=str(body.get("match") or "*"),
+            final_state=str(body.get("final_state") or "SUCCEEDED").upper().removeprefix("BATCH_STATE_"),
+            stay_pending=bool(body.get("stay_pending", False)),
+            corrupt_output=body.get("corrupt_output"),
+            fail_keys=[str(k) for k in body.get("fail_keys") or []],
+            count=None if body.get("count") is None else int(body["count"]),
+        )
+        if behaviour.final_state not in FINAL_STATES:
+            raise ValidationError(f"final_state must be one of {list(FINAL_STATES)}")
+        if behaviour.corrupt_output is not None and behaviour.corrupt_output not in CORRUPTIONS:
+            raise ValidationError(f"corrupt_output must be null or one of {list(CORRUPTIONS)}")
+        with self._lock:
+            self._behaviours.append(behaviour)
+        return behaviour
+
+    def behaviour_for(self, display_name: str) -> JobBehaviour:
+        """The newest matching rule (consuming one use of it), else the default behaviour."""
+        with self._lock:
+            for rule in reversed(self._behaviours):
+                if rule.matches(display_name) and (rule.count is None or rule.count > 0):
+                    if rule.count is not None:
+                        rule.count -= 1
+                    return JobBehaviour(**{**rule.as_dict(), "count": None})
+        return JobBehaviour()

@@ -1,0 +1,158 @@
+"""Batch job model: state derived from timestamps, and rendering as a google.longrunning Operation.
+
+Invariants:
+
+* State is a pure function of (clock, job timestamps, cancel flag, worker progress), computed on every read,
+  so there is no state machine to drift:
+  ``PENDING`` until ``create + pending_seconds`` (forever with ``stay_pending``), then ``RUNNING`` until
+  ``start + running_seconds`` *and* the worker has finished, then the behaviour's final state
+  (``SUCCEEDED`` by default). ``cancel`` freezes the job at ``CANCELLED``.
+* Timing knobs are snapshotted at creation: reconfiguring affects only later jobs.
+* Output (``metadata.output`` + top-level ``response``) appears only on ``SUCCEEDED``, and only
+  ``output_delay_seconds`` after the end time (the real service is known to report SUCCEEDED first).
+* ``batchStats`` counts are int64 strings, zero counts omitted, ``pendingRequestCount`` only while pending.
+* FAILED / EXPIRED / CANCELLED operations carry a top-level ``error`` (google.rpc codes 13 / 4 / 1).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_gemini_batch.emulator.common import int64, rfc3339
+from airflow_gemini_batch.emulator.store import next_seq
+
+if TYPE_CHECKING:
+    from airflow_gemini_batch.emulator.faults import JobBehaviour
+
+TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1main."
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+_ERRORS = {
+    "FAILED": {"code": 13, "message": "Batch failed: internal error while processing the batch (emulated)."},
+    "EXPIRED": {"code": 4, "message": "Batch expired: it was pending or running for more than 48 hours."},
+    "CANCELLED": {"code": 1, "message": "Batch was cancelled."},
+}
+
+
+@dataclass
+class Job:
+    id: str
+    display_name: str
+    model: str
+    kind: str  # "generate" | "embed"
+    input_kind: str  # "file" | "inline"
+    input_file: str | None
+    inline_requests: list[dict[str, Any]] | None
+    request_count: int
+    pending_seconds: float
+    running_seconds: float
+    output_delay_seconds: float
+    behaviour: JobBehaviour
+    create_time: float = field(default_factory=time.time)
+    seq: int = field(default_factory=next_seq)
+    cancel_requested: bool = False
+    cancelled_at: float | None = None
+    deleted: bool = False
+    worker_started: bool = False
+    finished_at: float | None = None
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    output_file: str | None = None
+    inline_output: list[dict[str, Any]] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.id}"
+
+    @property
+    def start_time(self) -> float:
+        return self.create_time + self.pending_seconds
+
+    @property
+    def run_end(self) -> float:
+        return self.start_time + self.running_seconds
+
+    @property
+    def needs_worker(self) -> bool:
+        return self.behaviour.final_state == "SUCCEEDED" and not self.behaviour.stay_pending
+
+    def state_at(self, now: float) -> tuple[str, float, float | None]:
+        """``(state, update_time, end_time)``."""
+        if self.cancelled_at is not None:
+            return "CANCELLED", self.cancelled_at, self.cancelled_at
+        if self.behaviour.stay_pending or now < self.start_time:
+            return "PENDING", self.create_time, None
+        if self.behaviour.final_state != "SUCCEEDED":
+            if now < self.run_end:
+                return "RUNNING", self.start_time, None
+            return self.behaviour.final_state, self.run_end, self.run_end
+        if now < self.run_end or self.finished_at is None:
+            return "RUNNING", self.start_time, None
+        end = max(self.run_end, self.finished_at)
+        return "SUCCEEDED", end, end
+
+    def batch_stats(self, state: str) -> dict[str, str]:
+        counts: dict[str, int] = {"requestCount": self.request_count}
+        if state == "PENDING":
+            counts["pendingRequestCount"] = self.request_count
+        elif state in ("RUNNING", "SUCCEEDED", "CANCELLED"):
+            counts["successfulRequestCount"] = self.succeeded
+            counts["failedRequestCount"] = self.failed
+            if state == "RUNNING":
+                counts["pendingRequestCount"] = self.request_count - self.processed
+        return {key: int64(value) for key, value in counts.items() if value > 0}
+
+    def output(self) -> dict[str, Any] | None:
+        if self.output_file is not None:
+            return {"responsesFile": self.output_file}
+        if self.inline_output is not None:
+            return {"inlinedResponses": {"inlinedResponses": self.inline_output}}
+        return None
+
+    def operation(self, now: float) -> dict[str, Any]:
+        state, update_time, end_time = self.state_at(now)
+        batch_type = "EmbedContentBatch" if self.kind == "embed" else "GenerateContentBatch"
+        meta: dict[str, Any] = {
+            "@type": TYPE_PREFIX + batch_type,
+            "model": self.model,
+            "displayName": self.display_name,
+        }
+        if self.input_file is not None:
+            meta["inputConfig"] = {"fileName": self.input_file}
+        meta["createTime"] = rfc3339(self.create_time)
+        if end_time is not None:
+            meta["endTime"] = rfc3339(end_time)
+        meta["updateTime"] = rfc3339(update_time)
+        meta["batchStats"] = self.batch_stats(state)
+        meta["state"] = f"BATCH_STATE_{state}"
+        meta["name"] = self.name
+        op: dict[str, Any] = {"name": self.name, "metadata": meta, "done": state in TERMINAL}
+        output = self.output()
+        if state == "SUCCEEDED" and output is not None and now >= (end_time or 0) + self.output_delay_seconds:
+            meta["output"] = output
+            op["response"] = {"@type": TYPE_PREFIX + batch_type + "Output", **output}
+        if state in _ERRORS:
+            op["error"] = dict(_ERRORS[state])
+        return op
+
+    def control_view(self, now: float) -> dict[str, Any]:
+        state, _, _ = self.state_at(now)
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "model": self.model,
+            "state": f"BATCH_STATE_{state}",
+            "request_count": self.request_count,
+            "kind": self.kind,
+            "input": self.input_kind,
+            "input_file": self.input_file,
+            "output_file": self.output_file,
+            "create_time": rfc3339(self.create_time),
+            "cancel_requested": self.cancel_requested,
+            "deleted": self.deleted,
+            "behaviour": self.behaviour.as_dict(),
+        }

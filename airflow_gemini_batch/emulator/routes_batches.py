@@ -1,0 +1,107 @@
+"""Batches API handlers: create (generate / embed, file or inline input), get, list, cancel, delete.
+
+Invariants (wire-protocol reference §0 and §4):
+
+* Every reply is an Operation (or ``{}`` for cancel/delete), HTTP 200; unknown batches are 404 NOT_FOUND.
+* Creation is not idempotent: every accepted POST makes a new job (a faulted POST makes none).
+* Input may be ``inputConfig.fileName`` / ``file_name`` (either casing, either spelling of ``inputConfig``) or
+  inline ``inputConfig.requests.requests[]``; the referenced file must exist (else 400 INVALID_ARGUMENT).
+* Lists are newest first and never return an empty page with a ``nextPageToken``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from airflow_gemini_batch.emulator.common import ApiError, json_response, pick
+from airflow_gemini_batch.emulator.engine import JobEngine, count_lines
+from airflow_gemini_batch.emulator.jobs import Job
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from airflow_gemini_batch.emulator.app import Emulator
+    from airflow_gemini_batch.emulator.faults import Fault
+
+
+def _inline_requests(requests: Any) -> list[dict[str, Any]] | None:
+    if requests is None:
+        return None
+    items = requests.get("requests") if isinstance(requests, dict) else requests
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ApiError(400, "inputConfig.requests.requests must be a list of objects.")
+    return items
+
+
+async def create(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
+    body: dict[str, Any] = params["json"] or {}
+    batch = pick(body, "batch") or body
+    if not isinstance(batch, dict):
+        raise ApiError(400, "Request body must be {'batch': {...}}.")
+    input_config = pick(batch, "inputConfig", "input_config") or {}
+    file_name = pick(input_config, "fileName", "file_name")
+    inline = _inline_requests(pick(input_config, "requests"))
+    if file_name is None and inline is None:
+        raise ApiError(400, "batch.inputConfig must set fileName or requests.")
+    if file_name is not None:
+        file_name = f"files/{str(file_name).removeprefix('files/')}"
+        record = emu.files.find(file_name.removeprefix("files/"))
+        if record is None:
+            raise ApiError(400, f"Input file {file_name} not found.")
+        request_count = await run_in_threadpool(count_lines, record.path)
+    else:
+        assert inline is not None
+        request_count = len(inline)
+    display_name = str(pick(batch, "displayName", "display_name") or "")
+    job = Job(
+        id=JobEngine.new_job_id(),
+        display_name=display_name,
+        model=params["model"],
+        kind=params["kind"],
+        input_kind="file" if file_name is not None else "inline",
+        input_file=file_name,
+        inline_requests=inline if file_name is None else None,
+        request_count=request_count,
+        pending_seconds=emu.knobs.get("pending_seconds"),
+        running_seconds=emu.knobs.get("running_seconds"),
+        output_delay_seconds=emu.knobs.get("output_delay_seconds"),
+        behaviour=emu.knobs.behaviour_for(display_name),
+    )
+    emu.engine.add(job)
+    return json_response(job.operation(time.time()))
+
+
+def _job(emu: Emulator, params: dict[str, Any]) -> Job:
+    job = emu.engine.get(str(params["id"]))
+    if job is None:
+        raise ApiError(404, f"Batch batches/{params['id']} not found.")
+    return job
+
+
+async def get(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
+    return json_response(_job(emu, params).operation(time.time()))
+
+
+async def list_batches(
+    emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None
+) -> Response:
+    page, token = emu.engine.list(emu.page_size(request, default=10), request.query_params.get("pageToken"))
+    now = time.time()
+    body: dict[str, Any] = {"operations": [job.operation(now) for job in page]} if page else {}
+    if token:
+        body["nextPageToken"] = token
+    return json_response(body)
+
+
+async def cancel(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
+    emu.engine.cancel(_job(emu, params))
+    return json_response({})
+
+
+async def delete(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
+    emu.engine.delete(_job(emu, params))
+    return json_response({})

@@ -1,0 +1,91 @@
+"""Control API under ``/_emulator`` (no auth, JSON): lets a test reset state, tune timing, inject faults,
+shape job outcomes, and inspect what the client did.
+
+Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
+
+* ``POST /_emulator/reset`` - forget files, jobs, faults, behaviours, call counts; config back to defaults.
+* ``GET|POST /_emulator/config`` - read / set ``pending_seconds``, ``running_seconds``,
+  ``output_delay_seconds``, ``reply_delay_seconds``.
+* ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?}``.
+* ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
+  "fail_keys", "count"}``.
+* ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged.
+* ``GET /_emulator/calls`` - call counts per endpoint name.
+* ``GET /_emulator/health`` - liveness.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request  # noqa: TC002 - FastAPI reads endpoint annotations at runtime
+from starlette.responses import Response  # noqa: TC002
+
+from airflow_gemini_batch.emulator.common import error_response, json_response
+from airflow_gemini_batch.emulator.faults import ValidationError
+
+if TYPE_CHECKING:
+    from airflow_gemini_batch.emulator.app import Emulator
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValidationError("body must be a JSON object")
+    return body
+
+
+def control_router(emu: Emulator) -> APIRouter:
+    router = APIRouter(prefix="/_emulator")
+
+    async def guarded(request: Request, action: Any) -> Response:
+        try:
+            return json_response(action(await _json_body(request)))
+        except (ValidationError, TypeError, ValueError) as exc:
+            return error_response(400, str(exc))
+
+    @router.post("/reset")
+    async def reset(request: Request) -> Response:
+        await request.body()
+        emu.reset()
+        return json_response({})
+
+    @router.get("/config")
+    async def get_config() -> Response:
+        return json_response(dict(emu.knobs.config))
+
+    @router.post("/config")
+    async def set_config(request: Request) -> Response:
+        return await guarded(request, emu.knobs.configure)
+
+    @router.post("/faults")
+    async def add_fault(request: Request) -> Response:
+        return await guarded(request, lambda body: {"fault": vars(emu.knobs.add_fault(body))})
+
+    @router.post("/job_behaviour")
+    async def add_behaviour(request: Request) -> Response:
+        return await guarded(request, lambda body: {"job_behaviour": emu.knobs.add_behaviour(body).as_dict()})
+
+    @router.get("/jobs")
+    async def jobs() -> Response:
+        now = time.time()
+        return json_response({"jobs": [job.control_view(now) for job in emu.engine.all_jobs()]})
+
+    @router.get("/calls")
+    async def calls() -> Response:
+        return json_response(emu.knobs.calls())
+
+    @router.get("/health")
+    async def health() -> Response:
+        return json_response({"ok": True, "data_dir": str(emu.data_dir)})
+
+    return router
