@@ -41,7 +41,7 @@ $(VENV3)/.installed: $(BIN)/uv requirements/lock-genai3.txt pyproject.toml
 setup-genai3: $(VENV3)/.installed
 
 demo: setup
-	$(BIN)/python -m airflow_gemini_batch.demo
+	$(BIN)/python scripts/demo.py
 
 test: setup
 	$(BIN)/pytest
@@ -66,7 +66,7 @@ emulator: setup
 	$(BIN)/gemini-batch-emulator --host 127.0.0.1 --port 8765 --pending-seconds 2 --running-seconds 5
 
 airflow: setup
-	$(BIN)/python -m airflow_gemini_batch.demo --standalone
+	$(BIN)/python scripts/demo.py --standalone
 
 lock: $(BIN)/uv
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --universal --python-version 3.10 -o requirements/lock.txt

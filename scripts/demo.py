@@ -1,0 +1,236 @@
+"""``make demo``: run the main job end to end, offline, and print what happened.
+
+Starts the Gemini Batch emulator (or, with ``GEMINI_API_KEY`` set, uses the real API), prepares an Airflow home
+inside the checkout (``.demo/``; the metadata DB is migrated once), points the connections at the emulator and
+an embedded SQLite warehouse, runs ``gemini_batch_product_descriptions`` with ``airflow dags test`` and prints a
+report read back from the warehouse and the run's XCom.
+
+The logical date is today's, so running the demo twice on one day re-runs the same DAG run: the submit task
+re-attaches to the jobs it recorded instead of paying again, and the load upserts on key (no duplicate rows).
+
+``--standalone`` (``make airflow``) runs ``airflow standalone`` with the same setup, to explore the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / ".demo"
+BIN = Path(sys.executable).parent
+DAG_ID = "gemini_batch_product_descriptions"
+WAREHOUSE = DEMO / "warehouse.db"
+SHOW = (
+    "Gemini batch report",
+    "Read ",
+    "rows/s",
+    "created job",
+    "re-attached",
+    "Submitted",
+    "succeeded,",
+    "Loaded ",
+    "ERROR",
+    "Error:",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def emulator() -> Iterator[str]:
+    """The emulator as a child process, stopped on exit — also on Ctrl-C or SIGTERM."""
+    port = _free_port()
+    log = open(DEMO / "emulator.log", "w")  # noqa: SIM115 - lives as long as the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_gemini_batch.emulator", "--port", str(port), "--data-dir",
+         str(DEMO / "emulator-data"), "--pending-seconds", "2", "--running-seconds", "4"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base_url}/_emulator/health", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"The emulator did not start; see {DEMO / 'emulator.log'}") from None
+                time.sleep(0.1)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def airflow_env(base_url: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        AIRFLOW_HOME=str(DEMO / "airflow_home"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+        GEMINI_BATCH_POLL_INTERVAL="2" if base_url else "60",
+        GEMINI_BATCH_RETRIES="0",
+        AIRFLOW_CONN_GEMINI_BATCH_WAREHOUSE=json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)}),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    if base_url:
+        conn = {"conn_type": "gemini_batch", "host": base_url, "password": "emulator-key"}
+    else:
+        conn = {"conn_type": "gemini_batch", "password": os.environ["GEMINI_API_KEY"]}
+    env["AIRFLOW_CONN_GEMINI_BATCH_DEFAULT"] = json.dumps(conn)
+    env.pop("GEMINI_API_KEY", None)  # the key travels in the connection only
+    return env
+
+
+def migrate_once(env: dict[str, str]) -> None:
+    stamp = DEMO / "airflow_home" / ".migrated"
+    if not stamp.exists():
+        print("Preparing the Airflow metadata DB (once) ...", flush=True)
+        subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+        stamp.touch()
+
+
+def run_dag(env: dict[str, str]) -> int:
+    logical_date = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00+00:00")
+    print(f"Running {DAG_ID} for {logical_date} (full log: .demo/last_run.log) ...", flush=True)
+    with open(DEMO / "last_run.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "airflow"), "dags", "test", DAG_ID, logical_date],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if any(marker in line for marker in SHOW):
+                print("  " + _short(line), flush=True)
+        return proc.wait()
+
+
+_LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)\.\d+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\])?(?: \w+=\S+)*$"
+)
+
+
+def _short(line: str) -> str:
+    """``2026-…T20:14:41.766Z [info ] message [logger] loc=…`` → ``20:14:41 message``."""
+    match = _LOG_LINE.match(line.rstrip())
+    return f"{match.group(1)} {match.group(3)}"[:180] if match else line.rstrip()[:180]
+
+
+def read_summary(env: dict[str, str]) -> dict | None:
+    """The load task's summary, from the XCom table of the demo's metadata DB."""
+    code = (
+        "import json\n"
+        "from airflow.models.xcom import XComModel\n"
+        "from airflow.utils.session import create_session\n"
+        "with create_session() as s:\n"
+        "    row = (s.query(XComModel).filter(XComModel.dag_id == %r, XComModel.key == 'gemini_batch_results_summary')"
+        ".order_by(XComModel.timestamp.desc()).first())\n"
+        "    print(json.dumps(XComModel.deserialize_value(row) if row else None))\n"
+    ) % DAG_ID
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if out.returncode == 0 and lines else None
+
+
+def print_report(summary: dict | None, real_api: bool) -> None:
+    db = sqlite3.connect(WAREHOUSE)
+    products = db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+    by_outcome = dict(db.execute("SELECT outcome, COUNT(*) FROM product_descriptions GROUP BY outcome"))
+    rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT product_id) FROM product_descriptions").fetchone()
+    print("\n================ Gemini batch demo report ================")
+    print(
+        f"API:                 {'the REAL Gemini API' if real_api else 'the local emulator (offline, no bill)'}"
+    )
+    print(f"rows in (products):  {products}")
+    if summary:
+        print(
+            f"jobs:                {len(summary['jobs'])}  ({', '.join(j['job_name'] for j in summary['jobs'])})"
+        )
+        print("outcomes:            " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items()))
+        t = summary["tokens"]
+        print(f"tokens:              prompt={t['prompt']} output={t['output']} total={t['total']}")
+        c = summary["cost"]
+        if c.get("batch") is not None:
+            print(
+                f"cost:                ${c['batch']:.4f} at batch price vs ${c['standard']:.4f} standard "
+                f"(saved ${c['savings']:.4f}; prices as of {c['prices_as_of']})"
+            )
+    print(
+        f"destination:         product_descriptions has {rows[0]} rows for {rows[1]} distinct keys; "
+        + ", ".join(f"{k}={v}" for k, v in sorted(by_outcome.items()))
+    )
+    accounted = sum(by_outcome.values())
+    print(f"all rows accounted:  {'yes' if accounted == products else 'NO'} ({accounted} of {products})")
+    print("sample rows:")
+    for key, text in db.execute(
+        "SELECT product_id, text FROM product_descriptions WHERE outcome = 'succeeded' ORDER BY product_id LIMIT 3"
+    ):
+        print(f"  {key}: {text[:110]}")
+    print("===========================================================")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--standalone", action="store_true", help="run airflow standalone instead (make airflow)"
+    )
+    args = parser.parse_args()
+    DEMO.mkdir(exist_ok=True)
+    real_api = bool(os.environ.get("GEMINI_API_KEY"))
+    if real_api:
+        print("GEMINI_API_KEY is set: running against the REAL Gemini API (this is billed).")
+    with emulator() if not real_api else _no_emulator() as base_url:
+        env = airflow_env(base_url)
+        migrate_once(env)
+        if args.standalone:
+            print(
+                f"Emulator at {base_url}. Starting Airflow at http://localhost:8080 — the admin password is in "
+                f"{DEMO / 'airflow_home' / 'simple_auth_manager_passwords.json.generated'}. Ctrl-C stops both."
+            )
+            env["AIRFLOW__CORE__LAZY_LOAD_PLUGINS"] = "False"
+            return subprocess.call([str(BIN / "airflow"), "standalone"], env=env)
+        code = run_dag(env)
+        if code != 0:
+            print(f"The DAG run failed (exit {code}); see .demo/last_run.log")
+            return code
+        print_report(read_summary(env), real_api)
+    return 0
+
+
+@contextmanager
+def _no_emulator() -> Iterator[None]:
+    yield None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
