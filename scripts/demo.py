@@ -149,15 +149,15 @@ def _short(line: str) -> str:
 def read_summary(env: dict[str, str]) -> dict | None:
     """The load task's summary, from the XCom table of the demo's metadata DB."""
     code = (
-        "import json\n"
+        "import json, sys\n"
         "from airflow.models.xcom import XComModel\n"
         "from airflow.utils.session import create_session\n"
         "with create_session() as s:\n"
-        "    row = (s.query(XComModel).filter(XComModel.dag_id == %r, XComModel.key == 'gemini_batch_results_summary')"
-        ".order_by(XComModel.timestamp.desc()).first())\n"
+        "    row = (s.query(XComModel).filter(XComModel.dag_id == sys.argv[1],"
+        " XComModel.key == 'gemini_batch_results_summary').order_by(XComModel.timestamp.desc()).first())\n"
         "    print(json.dumps(XComModel.deserialize_value(row) if row else None))\n"
-    ) % DAG_ID
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    )
+    out = subprocess.run([sys.executable, "-c", code, DAG_ID], env=env, capture_output=True, text=True)
     lines = out.stdout.strip().splitlines()
     return json.loads(lines[-1]) if out.returncode == 0 and lines else None
 
