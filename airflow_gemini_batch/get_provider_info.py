@@ -34,8 +34,12 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_gemini_batch.sensors.job"]}],
-        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_gemini_batch.triggers.job"]}],
+        "sensors": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_gemini_batch.sensors.job"]}
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_gemini_batch.triggers.job"]}
+        ],
         "extra-links": ["airflow_gemini_batch.links.GeminiBatchJobLink"],
         "connection-types": [
             {

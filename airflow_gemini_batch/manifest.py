@@ -56,6 +56,8 @@ def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:
     names = []
     for shard in manifest.get("shards", []):
         if not shard.get("job_name"):
-            raise ValueError(f"Manifest shard {shard.get('index')} has no job name; was the submit interrupted?")
+            raise ValueError(
+                f"Manifest shard {shard.get('index')} has no job name; was the submit interrupted?"
+            )
         names.append(shard["job_name"])
     return names

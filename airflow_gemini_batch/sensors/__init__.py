@@ -1,0 +1,3 @@
+"""Sensors of the Gemini Batch provider."""
+
+from __future__ import annotations

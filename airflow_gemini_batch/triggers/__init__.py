@@ -1,0 +1,3 @@
+"""Triggers of the Gemini Batch provider: async waits that run in the Airflow triggerer."""
+
+from __future__ import annotations

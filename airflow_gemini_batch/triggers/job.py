@@ -1,0 +1,259 @@
+"""GeminiBatchJobTrigger: waits on many batch jobs in the triggerer, async end to end, with no side effects.
+
+Invariants:
+
+* Async all the way: the connection is read with ``aget_connection`` and every call goes through one
+  ``client.aio`` for the whole run (one connection pool, however many jobs), closed at the end. A sync call on
+  the triggerer's event loop would stall every other trigger on it (and can dead-lock connection access).
+* The deadline is an absolute epoch time in the kwargs, so a trigger rebuilt from ``serialize()`` after a
+  triggerer restart keeps the original deadline instead of starting a fresh timeout.
+* kwargs are JSON scalars and lists of names only; the API key stays in the connection.
+* Transient trouble (429, 5xx, connection resets, timeouts) never ends the wait: it backs off with jitter.
+  A permanent API error (400/401/403/404) ends it at once with an ``error`` event naming the job and the code.
+* The verdict is :func:`airflow_gemini_batch.waiting.evaluate`, the same function the sensor runs in poke mode
+  and again on the event in ``execute_complete``.
+* The only side effect is ``on_kill`` (a user killed the deferred task): cancel the jobs still running, when
+  ``cancel_on_kill``. A triggerer restart or the deadline never cancels anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_gemini_batch.hooks.gemini import SUCCEEDED, GeminiBatchHook, JobStatus, check_job_name
+from airflow_gemini_batch.waiting import (
+    ProgressLog,
+    WaitPolicy,
+    build_event,
+    evaluate,
+    is_transient,
+    permanent_code,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from google.genai.client import AsyncClient
+
+#: Placeholder state for a job whose first read has not succeeded yet (kept waiting, never terminal).
+NOT_READ = "UNSPECIFIED"
+MAX_BACKOFF_FACTOR = 8
+
+
+class GeminiBatchJobTrigger(BaseTrigger):
+    """Poll a set of Gemini batch jobs until the wait is decided, then fire one small event.
+
+    Event: ``{"status": "success"|"failed"|"timeout"|"error", "message", "jobs": [compact JobStatus],
+    "checked_at", "deadline", "output_pending_since"}`` (+ ``job_name`` and ``code`` for ``error``).
+
+    :param job_names: ``batches/<id>`` names to watch.
+    :param deadline: absolute epoch seconds; the wait fires ``timeout`` once past it.
+    :param gemini_conn_id: the Airflow connection holding the API key.
+    :param poll_interval: seconds between poll rounds.
+    :param cancel_on_kill: cancel the still-running jobs when a user kills the deferred task.
+    :param allow_partial: see :class:`~airflow_gemini_batch.waiting.WaitPolicy`.
+    :param output_grace_seconds: see :class:`~airflow_gemini_batch.waiting.WaitPolicy`.
+    :param max_concurrency: at most this many job reads in flight at once.
+    :param retry_attempts: SDK-level attempts per read on transient codes before this trigger's own backoff
+        takes over.
+    """
+
+    def __init__(
+        self,
+        job_names: list[str],
+        deadline: float,
+        gemini_conn_id: str = GeminiBatchHook.default_conn_name,
+        poll_interval: float = 60.0,
+        cancel_on_kill: bool = True,
+        allow_partial: bool = False,
+        output_grace_seconds: float = 600.0,
+        max_concurrency: int = 32,
+        retry_attempts: int = 5,
+    ) -> None:
+        super().__init__()
+        self.job_names = [check_job_name(n) for n in job_names]
+        self.deadline = float(deadline)
+        self.gemini_conn_id = gemini_conn_id
+        self.poll_interval = float(poll_interval)
+        self.cancel_on_kill = cancel_on_kill
+        self.allow_partial = allow_partial
+        self.output_grace_seconds = float(output_grace_seconds)
+        self.max_concurrency = max_concurrency
+        self.retry_attempts = retry_attempts
+        self._statuses: dict[str, JobStatus] = {n: JobStatus(name=n, state=NOT_READ) for n in self.job_names}
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "airflow_gemini_batch.triggers.job.GeminiBatchJobTrigger",
+            {
+                "job_names": list(self.job_names),
+                "deadline": self.deadline,
+                "gemini_conn_id": self.gemini_conn_id,
+                "poll_interval": self.poll_interval,
+                "cancel_on_kill": self.cancel_on_kill,
+                "allow_partial": self.allow_partial,
+                "output_grace_seconds": self.output_grace_seconds,
+                "max_concurrency": self.max_concurrency,
+                "retry_attempts": self.retry_attempts,
+            },
+        )
+
+    def _hook(self) -> GeminiBatchHook:
+        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id, retry_attempts=self.retry_attempts)
+
+    @property
+    def policy(self) -> WaitPolicy:
+        return WaitPolicy(allow_partial=self.allow_partial, output_grace_seconds=self.output_grace_seconds)
+
+    def _needs_poll(self, status: JobStatus) -> bool:
+        # Terminal jobs keep their last status; a SUCCEEDED job is re-read only until its output shows up.
+        return not status.done or (status.state == SUCCEEDED and not status.output_ready)
+
+    async def _read(
+        self, client: AsyncClient, sem: asyncio.Semaphore, name: str
+    ) -> JobStatus | BaseException:
+        async with sem:
+            try:
+                return await GeminiBatchHook.aget_job(client, name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                return e
+
+    async def poll_round(
+        self, client: AsyncClient, sem: asyncio.Semaphore
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Read every job still in play, concurrently. Returns (transient error count, error event)."""
+        names = [n for n, s in self._statuses.items() if self._needs_poll(s)]
+        results = await asyncio.gather(*(self._read(client, sem, n) for n in names))
+        transient = 0
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, JobStatus):
+                self._statuses[name] = result
+                continue
+            if is_transient(result):
+                transient += 1
+                self.log.warning("Transient error reading %s (will back off): %s", name, _short(result))
+                continue
+            code = permanent_code(result)
+            message = (
+                f"Reading Gemini batch job {name} failed permanently"
+                f"{f' with HTTP {code}' if code else ''}: {_short(result)}"
+            )
+            return transient, build_event(
+                "error",
+                list(self._statuses.values()),
+                checked_at=time.time(),
+                deadline=self.deadline,
+                message=message,
+                job_name=name,
+                code=code,
+            )
+        return transient, None
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        client = await self._hook().aget_client()
+        sem = asyncio.Semaphore(self.max_concurrency)
+        progress = ProgressLog()
+        output_pending_since: dict[str, float] = {}
+        failing_rounds = 0
+        self.log.info(
+            "Watching %d Gemini batch job(s) until %s (poll every %gs).",
+            len(self.job_names),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.deadline)),
+            self.poll_interval,
+        )
+        try:
+            while True:
+                transient, error_event = await self.poll_round(client, sem)
+                if error_event is not None:
+                    yield TriggerEvent(error_event)
+                    return
+                now = time.time()
+                statuses = [self._statuses[n] for n in self.job_names]
+                for s in statuses:
+                    if s.state == SUCCEEDED and not s.output_ready:
+                        output_pending_since.setdefault(s.name, now)
+                line = progress.changed(statuses)
+                if line:
+                    self.log.info("Gemini batch progress: %s", line)
+                decision = evaluate(
+                    statuses,
+                    self.policy,
+                    now=now,
+                    deadline=self.deadline,
+                    output_pending_since=output_pending_since,
+                )
+                if decision.unknown:
+                    self.log.warning(
+                        "Jobs in an unknown state, still waiting: %s", ", ".join(decision.unknown)
+                    )
+                if decision.done:
+                    message = str(decision.error) if decision.error else "All Gemini batch jobs are done."
+                    yield TriggerEvent(
+                        build_event(
+                            decision.event_status,
+                            statuses,
+                            checked_at=now,
+                            deadline=self.deadline,
+                            message=message,
+                            output_pending_since=output_pending_since,
+                        )
+                    )
+                    return
+                failing_rounds = failing_rounds + 1 if transient else 0
+                await asyncio.sleep(self._next_delay(failing_rounds, now))
+        finally:
+            await _close(client)
+
+    def _next_delay(self, failing_rounds: int, now: float) -> float:
+        delay = self.poll_interval
+        if failing_rounds:
+            # Exponential, jittered, and never past the deadline: one last read happens at the deadline.
+            delay = self.poll_interval * min(2 ** (failing_rounds - 1), MAX_BACKOFF_FACTOR)
+            delay *= random.uniform(0.75, 1.25)
+        return max(0.0, min(delay, self.deadline - now))
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task: cancel the jobs not terminal yet (if ``cancel_on_kill``)."""
+        if not self.cancel_on_kill:
+            self.log.info(
+                "cancel_on_kill is off; leaving %d Gemini batch job(s) running.", len(self.job_names)
+            )
+            return
+        client = await self._hook().aget_client()
+        try:
+            sem = asyncio.Semaphore(self.max_concurrency)
+            await asyncio.gather(
+                *(self._cancel(client, sem, n) for n, s in self._statuses.items() if not s.done)
+            )
+        finally:
+            await _close(client)
+
+    async def _cancel(self, client: AsyncClient, sem: asyncio.Semaphore, name: str) -> None:
+        async with sem:
+            try:
+                await GeminiBatchHook.acancel_job(client, name)
+                self.log.info("Cancelled Gemini batch job %s (task killed).", name)
+            except Exception as e:
+                # Best effort: the job may have just finished; the kill itself must still go through.
+                self.log.warning("Could not cancel Gemini batch job %s: %s", name, _short(e))
+
+
+def _short(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+async def _close(client: AsyncClient) -> None:
+    close = getattr(client, "aclose", None)
+    if close is not None:
+        # Closing is cleanup; a failure there must not mask the event already fired.
+        with contextlib.suppress(Exception):
+            await close()

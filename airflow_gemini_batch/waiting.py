@@ -1,0 +1,401 @@
+"""The one decision "are these batch jobs done, and did the wait succeed?", shared by every waiting mode.
+
+Poke mode, reschedule mode, the deferrable trigger and the sensor's ``execute_complete`` (and, later,
+the submit operator's ``wait_for_completion``) all call :func:`evaluate`. It is a pure function of the job
+statuses, the policy, the clock reading and the deadline, so the trigger and the worker reach the same verdict
+from the same event: a task can never succeed in one mode on statuses that fail it in another.
+
+Semantics (the contract the tests pin down):
+
+* All jobs SUCCEEDED *with their output visible* (``JobStatus.output_ready``) → success summary.
+* SUCCEEDED but the responses file not yet visible → keep waiting, for at most ``output_grace_seconds``
+  counted from the job's end time (so the bound survives a triggerer restart), then fail.
+* Any FAILED / CANCELLED / EXPIRED job, ``allow_partial=False`` → fail fast, without waiting for siblings: the
+  task is going to fail anyway, and hours of waiting would only delay the alert. Siblings are *not* cancelled
+  (a retry re-attaches to them). The exception is the most specific class common to all bad jobs.
+* ``allow_partial=True`` → wait until every job is terminal, then succeed with the bad ones in ``bad_jobs`` so
+  the good ones can still be loaded; if *every* job is bad, fail anyway.
+* An unknown state (``UNSPECIFIED``, or anything the service adds later) → keep waiting, with a warning.
+* Past the absolute deadline with jobs still not done → :class:`GeminiBatchTimeoutError`.
+
+Also here: the trigger event schema (built by :func:`build_event`, checked by :func:`parse_event`) and the
+progress line logged whenever ``batchStats`` change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_gemini_batch.exceptions import (
+    GeminiBatchError,
+    GeminiBatchJobCancelledError,
+    GeminiBatchJobExpiredError,
+    GeminiBatchJobFailedError,
+    GeminiBatchTimeoutError,
+    GeminiBatchTriggerEventError,
+)
+from airflow_gemini_batch.hooks.gemini import (
+    CANCELLED,
+    EXPIRED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    JobStatus,
+)
+from airflow_gemini_batch.manifest import WAIT_SUMMARY_KIND
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+BAD_STATES = {
+    FAILED: GeminiBatchJobFailedError,
+    CANCELLED: GeminiBatchJobCancelledError,
+    EXPIRED: GeminiBatchJobExpiredError,
+}
+KNOWN_STATES = frozenset({PENDING, RUNNING, SUCCEEDED, *BAD_STATES})
+DEFAULT_OUTPUT_GRACE_SECONDS = 600.0
+
+EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """What counts as a successful wait.
+
+    :param allow_partial: succeed when some (not all) jobs end FAILED / CANCELLED / EXPIRED.
+    :param output_grace_seconds: how long a SUCCEEDED job may go without a visible responses file.
+    """
+
+    allow_partial: bool = False
+    output_grace_seconds: float = DEFAULT_OUTPUT_GRACE_SECONDS
+
+
+@dataclass(frozen=True)
+class WaitDecision:
+    """The verdict of one evaluation. ``done`` is False while waiting; on failure ``error`` is set."""
+
+    done: bool
+    summary: dict[str, Any] | None = None
+    error: GeminiBatchError | None = None
+    unknown: list[str] = field(default_factory=list)  # "name (STATE)" of jobs in unrecognised states
+
+    @property
+    def event_status(self) -> str:
+        if self.error is None:
+            return "success"
+        return "timeout" if isinstance(self.error, GeminiBatchTimeoutError) else "failed"
+
+    def raise_for_outcome(self) -> dict[str, Any]:
+        """The success summary, or raise the typed error. Only for a finished wait."""
+        if self.error is not None:
+            raise self.error
+        if not self.done or self.summary is None:
+            raise GeminiBatchTriggerEventError("The wait is not finished; no outcome to report yet.")
+        return self.summary
+
+
+def parse_time(value: str | None) -> float | None:
+    """RFC 3339 (``2026-01-01T00:00:00.123456Z``) → epoch seconds; None when absent or unparseable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _describe(s: JobStatus) -> str:
+    text = f"{s.name} ({s.display_name or '-'}): {s.state}"
+    if s.error:
+        text += f" [code {s.error.get('code')}: {s.error.get('message')}]"
+    return text
+
+
+def _failure_class(states: Iterable[str]) -> type[GeminiBatchJobFailedError]:
+    classes = {BAD_STATES[s] for s in states}
+    # Cancelled and Expired both subclass Failed, so a mix falls back to the common base.
+    return classes.pop() if len(classes) == 1 else GeminiBatchJobFailedError
+
+
+def job_summary(s: JobStatus) -> dict[str, Any]:
+    """Per-job entry of the wait summary: identity, state, counts, times, output location, error."""
+    return {
+        "name": s.name,
+        "display_name": s.display_name,
+        "state": s.state,
+        "request_count": s.request_count,
+        "succeeded_count": s.succeeded_count,
+        "failed_count": s.failed_count,
+        "pending_count": s.pending_count,
+        "create_time": s.create_time,
+        "end_time": s.end_time,
+        "responses_file": s.responses_file,
+        "has_inline_responses": s.has_inline_responses,
+        "error": s.error,
+    }
+
+
+def build_summary(statuses: Sequence[JobStatus], bad: Sequence[JobStatus]) -> dict[str, Any]:
+    return {
+        "kind": WAIT_SUMMARY_KIND,
+        "status": "success",
+        "job_count": len(statuses),
+        "request_count": sum(s.request_count for s in statuses),
+        "succeeded_count": sum(s.succeeded_count for s in statuses),
+        "failed_count": sum(s.failed_count for s in statuses),
+        "jobs": [job_summary(s) for s in statuses],
+        "bad_jobs": [{"name": s.name, "state": s.state, "error": s.error} for s in bad],
+    }
+
+
+def evaluate(
+    statuses: Sequence[JobStatus],
+    policy: WaitPolicy,
+    *,
+    now: float,
+    deadline: float | None = None,
+    output_pending_since: dict[str, float] | None = None,
+) -> WaitDecision:
+    """Decide the wait from one read of every job. Pure: same inputs, same verdict, in every mode.
+
+    :param statuses: the latest status of every watched job (one per job, in the user's order).
+    :param now: epoch seconds of the reading.
+    :param deadline: absolute epoch deadline; None for none.
+    :param output_pending_since: for SUCCEEDED jobs without visible output and without an end time, when the
+        waiter first saw them so (the end time is preferred: it survives restarts).
+    """
+    if not statuses:
+        return WaitDecision(done=True, error=GeminiBatchError("No Gemini batch jobs to wait for."))
+    bad = [s for s in statuses if s.state in BAD_STATES]
+    if bad and not policy.allow_partial:
+        cls = _failure_class(s.state for s in bad)
+        others = [s.name for s in statuses if s not in bad and not s.done]
+        message = f"{len(bad)} of {len(statuses)} Gemini batch job(s) did not succeed: " + "; ".join(
+            _describe(s) for s in bad
+        )
+        if others:
+            message += f". Still running (not cancelled): {', '.join(others)}"
+        return WaitDecision(done=True, error=cls(message))
+
+    unknown = [f"{s.name} ({s.state})" for s in statuses if s.state not in KNOWN_STATES]
+    waiting_output: list[JobStatus] = []
+    for s in statuses:
+        if s.state != SUCCEEDED or s.output_ready:
+            continue
+        since = parse_time(s.end_time) or (output_pending_since or {}).get(s.name) or now
+        if now - since > policy.output_grace_seconds:
+            return WaitDecision(
+                done=True,
+                error=GeminiBatchJobFailedError(
+                    f"Gemini batch job {s.name} is SUCCEEDED but its responses are still not visible "
+                    f"{now - since:.0f} s after it ended "
+                    f"(output_grace_seconds={policy.output_grace_seconds:g})."
+                ),
+            )
+        waiting_output.append(s)
+    not_done = [s for s in statuses if not s.done]
+
+    if not_done or waiting_output:
+        if deadline is not None and now >= deadline:
+            pending = [
+                *(_describe(s) for s in not_done),
+                *(f"{s.name}: SUCCEEDED, output not visible" for s in waiting_output),
+            ]
+            return WaitDecision(
+                done=True,
+                error=GeminiBatchTimeoutError(
+                    f"Gemini batch wait reached its deadline with {len(pending)} of {len(statuses)} job(s) "
+                    f"not done: {'; '.join(pending)}. {progress_line(statuses)}"
+                ),
+            )
+        return WaitDecision(done=False, unknown=unknown)
+
+    if bad and len(bad) == len(statuses):
+        cls = _failure_class(s.state for s in bad)
+        return WaitDecision(
+            done=True,
+            error=cls(
+                f"All {len(statuses)} Gemini batch job(s) did not succeed (allow_partial needs at least one "
+                f"good job): " + "; ".join(_describe(s) for s in bad)
+            ),
+        )
+    return WaitDecision(done=True, summary=build_summary(statuses, bad))
+
+
+# ---- progress ------------------------------------------------------------------------------------------
+
+
+def progress_line(statuses: Sequence[JobStatus]) -> str:
+    """``overall 3/10 succeeded, 1 failed, 6 pending | batches/a RUNNING 3/5 ok 0 failed 2 pending | ...``."""
+    total = sum(s.request_count for s in statuses)
+    parts = [
+        f"overall {sum(s.succeeded_count for s in statuses)}/{total} succeeded, "
+        f"{sum(s.failed_count for s in statuses)} failed, {sum(s.pending_count for s in statuses)} pending"
+    ]
+    parts.extend(
+        f"{s.name} {s.state} {s.succeeded_count}/{s.request_count} ok {s.failed_count} failed "
+        f"{s.pending_count} pending"
+        for s in statuses
+    )
+    return " | ".join(parts)
+
+
+class ProgressLog:
+    """Remembers the last ``(state, counts)`` per job, so progress is logged only when it changes."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[Any, ...], ...] | None = None
+
+    def changed(self, statuses: Sequence[JobStatus]) -> str | None:
+        key = tuple(
+            (s.name, s.state, s.succeeded_count, s.failed_count, s.pending_count, s.output_ready)
+            for s in statuses
+        )
+        if key == self._last:
+            return None
+        self._last = key
+        return progress_line(statuses)
+
+
+# ---- trigger event schema ------------------------------------------------------------------------------
+
+
+def compact(s: JobStatus) -> dict[str, Any]:
+    """``JobStatus.to_dict()`` minus nulls: what one job costs in a trigger event."""
+    return {k: v for k, v in s.to_dict().items() if v is not None}
+
+
+def build_event(
+    status: str,
+    statuses: Sequence[JobStatus],
+    *,
+    checked_at: float,
+    deadline: float,
+    message: str,
+    output_pending_since: dict[str, float] | None = None,
+    job_name: str | None = None,
+    code: int | None = None,
+) -> dict[str, Any]:
+    """The one event shape a :class:`GeminiBatchJobTrigger` fires. Names and counts only; never a secret."""
+    event: dict[str, Any] = {
+        "status": status,
+        "message": message,
+        "checked_at": checked_at,
+        "deadline": deadline,
+        "jobs": [compact(s) for s in statuses],
+        "output_pending_since": dict(output_pending_since or {}),
+    }
+    if job_name is not None:
+        event["job_name"] = job_name
+    if code is not None:
+        event["code"] = code
+    return event
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    status: str
+    message: str
+    checked_at: float
+    deadline: float
+    statuses: list[JobStatus]
+    output_pending_since: dict[str, float]
+
+
+def _number(event: dict[str, Any], key: str) -> float:
+    value = event.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GeminiBatchTriggerEventError(f"Trigger event field {key!r} must be a number, got {value!r}.")
+    return float(value)
+
+
+def parse_event(event: Any, expected_jobs: Sequence[str] | None = None) -> ParsedEvent:
+    """Validate a trigger event; anything missing or malformed raises :class:`GeminiBatchTriggerEventError`.
+
+    :param expected_jobs: when given, the event must report exactly these jobs (any order).
+    """
+    if not isinstance(event, dict):
+        raise GeminiBatchTriggerEventError(f"Trigger event must be a dict, got {type(event).__name__}.")
+    status = event.get("status")
+    if status not in EVENT_STATUSES:
+        raise GeminiBatchTriggerEventError(
+            f"Trigger event has status {status!r}; expected one of {sorted(EVENT_STATUSES)}."
+        )
+    message = event.get("message")
+    if not isinstance(message, str):
+        raise GeminiBatchTriggerEventError("Trigger event has no 'message' string.")
+    jobs = event.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+        raise GeminiBatchTriggerEventError("Trigger event field 'jobs' must be a list of job status dicts.")
+    known = set(JobStatus.__dataclass_fields__)
+    statuses = []
+    for job in jobs:
+        if not isinstance(job.get("name"), str) or not isinstance(job.get("state"), str):
+            raise GeminiBatchTriggerEventError(f"Trigger event job entry lacks name/state: {job!r}.")
+        try:
+            statuses.append(JobStatus(**{k: v for k, v in job.items() if k in known}))
+        except TypeError as e:
+            raise GeminiBatchTriggerEventError(f"Trigger event job entry is malformed: {e}.") from e
+    if expected_jobs is not None and sorted(s.name for s in statuses) != sorted(expected_jobs):
+        raise GeminiBatchTriggerEventError(
+            f"Trigger event reports jobs {[s.name for s in statuses]}, expected {list(expected_jobs)}."
+        )
+    since = event.get("output_pending_since") or {}
+    if not isinstance(since, dict):
+        raise GeminiBatchTriggerEventError("Trigger event field 'output_pending_since' must be a dict.")
+    return ParsedEvent(
+        status=status,
+        message=message,
+        checked_at=_number(event, "checked_at"),
+        deadline=_number(event, "deadline"),
+        statuses=statuses,
+        output_pending_since={str(k): float(v) for k, v in since.items()},
+    )
+
+
+# ---- error classification (shared by the trigger and the poke path) ------------------------------------
+
+#: HTTP codes that end a wait at once: the request is wrong (bad name, bad key, no access, no such job).
+PERMANENT_HTTP_CODES = frozenset({400, 401, 403, 404})
+
+
+def permanent_code(error: BaseException) -> int | None:
+    """The HTTP code of an SDK ``APIError``, else None."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for trouble that a later read may not see: 408/429/5xx, resets, timeouts, transport errors.
+
+    The SDK already retries transient codes for idempotent calls; this is for what still surfaces after that.
+    Other 4xx codes (e.g. 400/401/403/404) are permanent: waiting cannot fix a wrong name or a wrong key.
+    """
+    from google.genai.errors import APIError
+
+    if isinstance(error, APIError):
+        code = permanent_code(error)
+        return code is None or (code not in PERMANENT_HTTP_CODES and (code in (408, 429) or code >= 500))
+    if isinstance(error, (OSError, TimeoutError)):  # ConnectionResetError, asyncio.TimeoutError (3.11+) ...
+        return True
+    transport: list[type[BaseException]] = []
+    try:
+        import httpx
+
+        transport.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        transport.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    import asyncio
+
+    transport.append(asyncio.TimeoutError)
+    return isinstance(error, tuple(transport))

@@ -1,0 +1,38 @@
+"""Helpers for the trigger tests: create real batch jobs on the emulator through the hook (the real SDK)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MODEL = "models/gemini-2.5-flash"
+
+
+def inline_requests(n: int, prefix: str = "k") -> list[dict[str, Any]]:
+    return [
+        {
+            "contents": [{"role": "user", "parts": [{"text": f"say {prefix}{i}"}]}],
+            "metadata": {"key": f"{prefix}{i}"},
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def make_jobs(gemini_conn: str) -> Callable[..., list[str]]:
+    """``make_jobs(["a", "b"], requests=3)`` → job names, one inline job per display name."""
+
+    def _make(display_names: list[str], requests: int = 2) -> list[str]:
+        hook = GeminiBatchHook(gemini_conn)
+        return [
+            hook.create_job(model=MODEL, display_name=d, inline_requests=inline_requests(requests, d)).name
+            for d in display_names
+        ]
+
+    return _make
