@@ -1,0 +1,212 @@
+"""Key reconciliation: match result lines to the key list a shard was submitted with, in bounded memory.
+
+Invariant: every key of the key list is matched at most once (a duplicated result line is reported, first one
+wins), a result key that is not in the list is reported and never loaded, and every key left unmatched is
+yielded by :meth:`KeyReconciler.iter_unmatched` so that it becomes ``missing`` - nothing disappears.
+
+Memory choice (key lists can hold millions of keys):
+
+* The service writes results "in the same order as the input requests", so the common case is a **streaming
+  merge**: the key list is read alongside the results, and a result whose key is the next key in the list is
+  matched with one string comparison and no lookup structure at all.
+* Anything out of order (a dropped line, a duplicate, an unknown key, a reordered inline list) falls back to
+  an **on-disk index**: a throw-away SQLite file ``(canonical key → position, JSON key)`` built from the key
+  list the first time it is needed. SQLite's page cache is capped (:data:`INDEX_CACHE_KB`), so the index costs
+  disk, not RAM, however long the list.
+* Which positions were matched is one byte per key (a ``bytearray``): 1 MB per million keys. That, one key
+  line and the capped SQLite cache are the whole memory bound of a shard's reconciliation.
+
+Keys compare by a canonical text: a string as itself, anything else as its JSON (``5`` → ``"5"``). That way an
+int key still matches when the service echoes it back as the string ``"5"`` (inline ``metadata`` is
+``dict[str, str]``), and the loaded row keeps the key list's own value and type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MATCHED = "matched"
+DUPLICATE = "duplicate"
+UNKNOWN = "unknown"
+
+#: SQLite page cache for the fallback index, in KiB (negative ``cache_size`` means KiB to SQLite).
+INDEX_CACHE_KB = 4096
+
+
+def canonical(key: Any) -> str:
+    return key if type(key) is str else orjson.dumps(key).decode()
+
+
+def open_keys(path: str) -> IO[bytes]:
+    """A key list for reading: a local path directly (fast), anything with a scheme via ObjectStoragePath."""
+    if "://" not in path or path.startswith("file://"):
+        return open(path.removeprefix("file://"), "rb")
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(path).open("rb")
+
+
+def iter_key_lines(path: str) -> Iterator[tuple[str, Any]]:
+    """``(canonical, value)`` per non-blank line of a key list, streaming."""
+    loads = orjson.loads
+    with open_keys(path) as fh:
+        for raw in fh:
+            if raw.strip():
+                value = loads(raw)
+                yield (value if type(value) is str else orjson.dumps(value).decode()), value
+
+
+_END = object()
+
+
+class KeyReconciler:
+    """Resolves result keys against one shard's key list (see the module docstring for the memory bound).
+
+    :param keys_path: local path or ObjectStoragePath URI of the key list (one JSON value per line).
+    :param work_dir: where the fallback index file may be created (default: the system temp dir).
+    """
+
+    def __init__(self, keys_path: str, work_dir: str | None = None) -> None:
+        self.keys_path = keys_path
+        self.work_dir = work_dir
+        self._fh: IO[bytes] | None = open_keys(keys_path)
+        self._next: Any = _END  # the key-list value at position self._pos, read one line ahead
+        self._pos = 0
+        self._seen = bytearray()  # one byte per key read so far: 1 = matched
+        self._exhausted = False
+        self._index: sqlite3.Connection | None = None
+        self._index_path: str | None = None
+        self.matched = 0
+        self.lookups = 0  # how often the merge fell back to the index (out-of-order results)
+        self._advance()
+
+    def _advance(self) -> None:
+        assert self._fh is not None
+        readline = self._fh.readline
+        while raw := readline():
+            try:
+                self._next = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                if raw.strip():
+                    raise
+                continue
+            self._seen.append(0)
+            return
+        self._next = _END
+        self._exhausted = True
+
+    def _match_next(self) -> Any:
+        value = self._next
+        self._seen[self._pos] = 1
+        self._pos += 1
+        self.matched += 1
+        self._advance()
+        return value
+
+    def resolve(self, key: Any) -> tuple[str, Any]:
+        """``(MATCHED, key-list value)``, ``(DUPLICATE, None)`` or ``(UNKNOWN, None)`` for one result key."""
+        nxt = self._next
+        # Same type and value is the in-order common case; the canonical text covers an int echoed as "5".
+        if nxt is not _END and ((type(nxt) is type(key) and nxt == key) or canonical(nxt) == canonical(key)):
+            self._seen[self._pos] = 1
+            self._pos += 1
+            self.matched += 1
+            self._advance()
+            return MATCHED, nxt
+        return self._resolve_slow(canonical(key))
+
+    def take_next(self) -> tuple[str, Any]:
+        """Match the next key in list order (for results that carry no key and are documented in order)."""
+        while self._next is not _END and self._seen[self._pos]:
+            self._pos += 1
+            self._advance()
+        if self._next is _END:
+            return UNKNOWN, None
+        return MATCHED, self._match_next()
+
+    def _resolve_slow(self, canon: str) -> tuple[str, Any]:
+        self.lookups += 1
+        hit = self._lookup(canon)
+        if hit is None:
+            return UNKNOWN, None
+        position, raw = hit
+        # Move the merge forward past a jump (keys skipped over stay unmatched and end up missing), so
+        # that results that are back in order take the fast path again.
+        while self._next is not _END and self._pos <= position:
+            self._pos += 1
+            self._advance()
+        if self._seen[position]:
+            return DUPLICATE, None
+        self._seen[position] = 1
+        self.matched += 1
+        return MATCHED, orjson.loads(raw)
+
+    def _lookup(self, canon: str) -> tuple[int, str] | None:
+        if self._index is None:
+            self._build_index()
+        assert self._index is not None
+        return self._index.execute("SELECT pos, raw FROM k WHERE canon = ?", (canon,)).fetchone()
+
+    def _build_index(self) -> None:
+        fd, self._index_path = tempfile.mkstemp(prefix="gemini-keys-", suffix=".sqlite", dir=self.work_dir)
+        os.close(fd)
+        # check_same_thread=False: the loader parses on a helper thread and closes from the task's thread.
+        db = sqlite3.connect(self._index_path, check_same_thread=False)
+        db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KB}")
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute(
+            "CREATE TABLE k (canon TEXT PRIMARY KEY, pos INTEGER NOT NULL, raw TEXT NOT NULL) WITHOUT ROWID"
+        )
+        # OR IGNORE: a key listed twice keeps its first position, like the first-wins rule for results.
+        db.executemany(
+            "INSERT OR IGNORE INTO k VALUES (?, ?, ?)",
+            ((c, i, orjson.dumps(v).decode()) for i, (c, v) in enumerate(iter_key_lines(self.keys_path))),
+        )
+        db.commit()
+        self._index = db
+
+    @property
+    def key_count(self) -> int:
+        """Number of keys in the list (reads the rest of the list if the merge has not reached its end)."""
+        while not self._exhausted:
+            self._pos += 1
+            self._advance()
+        return len(self._seen)
+
+    def iter_unmatched(self) -> Iterator[Any]:
+        """Key-list values never matched, in list order (a second pass over the list, only if there are any)."""
+        count = self.key_count
+        if self.matched < count:
+            seen = self._seen
+            for i, (_, value) in enumerate(iter_key_lines(self.keys_path)):
+                if i >= count or not seen[i]:
+                    yield value
+        self.close()
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._index_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._index_path)
+            self._index_path = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> KeyReconciler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

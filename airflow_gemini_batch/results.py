@@ -1,0 +1,362 @@
+"""Result-line parsing and outcome classification: one batch result line → one typed :class:`ResultRow`.
+
+Invariants:
+
+* Every input key ends in exactly one of four outcomes - ``succeeded``, ``failed``, ``invalid_output``,
+  ``missing`` - so the counts add up to what was sent (architecture invariant 5). A line that cannot be
+  parsed is never guessed at: it is reported (count + line numbers) and its key becomes ``missing`` through
+  reconciliation (:mod:`airflow_gemini_batch.reconcile`).
+* Parsing is streamed: a responses file is read one line at a time with orjson; nothing here holds more than
+  one line. Inline responses (capped at 20 MB by the service) are the only input that is a list in memory.
+* The parser is tolerant, because the wire format is loosely documented: a line may carry ``response``,
+  ``error`` or ``status``; the key sits at the top level (``key``, file output) or in ``metadata.key``
+  (inline output); a response without candidates (a blocked prompt) is a failure, not a success.
+* The key of a row is the value from the submit-time key list (an int stays an int), never the echo from
+  the service, which may have been turned into a string (inline ``metadata`` is ``dict[str, str]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+
+    from airflow_gemini_batch.reconcile import KeyReconciler
+
+log = logging.getLogger(__name__)
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+INVALID_OUTPUT = "invalid_output"
+MISSING = "missing"
+OUTCOMES = (SUCCEEDED, FAILED, INVALID_OUTPUT, MISSING)
+
+#: How many example keys / line numbers a report keeps (the counts are always complete).
+EXAMPLES = 10
+
+
+class ResultRow(NamedTuple):
+    """One input key's outcome. A tuple, so sinks can bind it without copying field by field.
+
+    The first 15 fields are stored columns (see :data:`STORED_FIELDS`); ``value`` is the parsed structured
+    output, kept only so a sink can fill ``output_columns`` from it.
+    """
+
+    key: Any
+    outcome: str
+    text: str | None = None
+    json_value: str | None = None
+    embedding: list[float] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    thinking_tokens: int | None = None
+    cached_tokens: int | None = None
+    total_tokens: int | None = None
+    model_version: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    job_name: str | None = None
+    value: Any = None
+
+
+STORED_FIELDS: tuple[str, ...] = ResultRow._fields[:-1]
+_new = tuple.__new__
+N_STORED = len(STORED_FIELDS)
+
+# Finish reasons after which an empty answer is a failure rather than an empty success.
+_OK_FINISH = frozenset({None, "STOP", "FINISH_REASON_UNSPECIFIED"})
+
+
+def to_json_schema(schema: Any) -> Any:
+    """Gemini's OpenAPI-style ``Schema`` (``type: "OBJECT"``, ``nullable``) → JSON Schema for jsonschema.
+
+    A manifest may carry either dialect; JSON Schema passes through unchanged apart from dropping the
+    Gemini-only ``propertyOrdering``.
+    """
+    if isinstance(schema, list):
+        return [to_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for name, value in schema.items():
+        if name in ("propertyOrdering", "property_ordering"):
+            continue
+        if name == "type" and isinstance(value, str):
+            out[name] = value.lower()
+        elif name in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[name] = {k: to_json_schema(v) for k, v in value.items()}
+        elif name in ("items", "anyOf", "oneOf", "allOf", "any_of", "additionalProperties", "not"):
+            out[{"any_of": "anyOf"}.get(name, name)] = to_json_schema(value)
+        else:
+            out[name] = value
+    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def build_validator(schema: dict[str, Any]) -> Any:
+    """A compiled jsonschema validator (built once per load: compiling per line would dominate)."""
+    from jsonschema.validators import validator_for
+
+    json_schema = to_json_schema(schema)
+    cls = validator_for(json_schema)
+    cls.check_schema(json_schema)
+    return cls(json_schema)
+
+
+class ResultParser:
+    """Classifies parsed result lines (dicts) into :class:`ResultRow`.
+
+    :param task: ``generate`` or ``embed`` (the manifest's task).
+    :param response_schema: the job's response schema, if any; answers are then parsed as JSON and validated,
+        and a mismatch is ``invalid_output``.
+    :param parse_json: parse answers as JSON even without a schema (needed to fill ``output_columns``).
+    """
+
+    def __init__(
+        self, task: str = "generate", response_schema: dict[str, Any] | None = None, parse_json: bool = False
+    ) -> None:
+        self.embed = task == "embed"
+        self.validator = build_validator(response_schema) if response_schema else None
+        self.parse_json = parse_json or response_schema is not None
+
+    def classify(self, obj: dict[str, Any], key: Any, job_name: str | None) -> ResultRow:
+        response = obj.get("response")
+        if response is None or not isinstance(response, dict):
+            error = obj.get("error") or obj.get("status")
+            if isinstance(error, dict):
+                return ResultRow(
+                    key, FAILED, error_code=error.get("code"), error_message=error.get("message"),
+                    job_name=job_name,
+                )  # fmt: skip
+            message = str(error) if error else "result line has neither a response nor an error"
+            return ResultRow(key, FAILED, error_message=message, job_name=job_name)
+        if self.embed:
+            return self._embedding(response, key, job_name)
+        return self._generation(response, key, job_name)
+
+    def _embedding(self, response: dict[str, Any], key: Any, job_name: str | None) -> ResultRow:
+        embedding = response.get("embedding")
+        if embedding is None and response.get("embeddings"):
+            embedding = response["embeddings"][0]
+        values = embedding.get("values") if isinstance(embedding, dict) else None
+        if not values:
+            return ResultRow(key, FAILED, error_message="response has no embedding values", job_name=job_name)
+        usage = response.get("usageMetadata") or {}
+        tokens = usage.get("promptTokenCount") or response.get("tokenCount")
+        return ResultRow(
+            key, SUCCEEDED, embedding=values, prompt_tokens=tokens, total_tokens=tokens, job_name=job_name
+        )
+
+    def _generation(self, response: dict[str, Any], key: Any, job_name: str | None) -> ResultRow:
+        usage = response.get("usageMetadata")
+        if usage:
+            prompt = usage.get("promptTokenCount")
+            output = usage.get("candidatesTokenCount")
+            thinking = usage.get("thoughtsTokenCount")
+            cached = usage.get("cachedContentTokenCount")
+            total = usage.get("totalTokenCount")
+        else:
+            prompt = output = thinking = cached = total = None
+        model_version = response.get("modelVersion")
+        candidates = response.get("candidates")
+        if not candidates:
+            reason = (response.get("promptFeedback") or {}).get("blockReason")
+            message = f"prompt blocked: {reason}" if reason else "response has no candidates"
+            return ResultRow(
+                key, FAILED, None, None, None, reason, prompt, output, thinking, cached, total,
+                model_version, None, message, job_name,
+            )  # fmt: skip
+        candidate = candidates[0]
+        finish = candidate.get("finishReason")
+        parts = (candidate.get("content") or {}).get("parts") or ()
+        if len(parts) == 1 and not parts[0].get("thought"):
+            text = parts[0].get("text")
+        else:
+            # Thought summaries are not the answer; tool-call parts carry no text.
+            texts = [p["text"] for p in parts if p.get("text") is not None and not p.get("thought")]
+            text = "".join(texts) if texts else None
+        if text is None and finish not in _OK_FINISH:
+            return ResultRow(
+                key, FAILED, None, None, None, finish, prompt, output, thinking, cached, total,
+                model_version, None, f"no answer (finish reason {finish})", job_name,
+            )  # fmt: skip
+        if not self.parse_json:
+            # tuple.__new__ skips the NamedTuple's Python-level __new__: this is the per-line hot path.
+            return _new(
+                ResultRow, (key, SUCCEEDED, text, None, None, finish, prompt, output, thinking, cached, total,
+                            model_version, None, None, job_name, None),
+            )  # fmt: skip
+        outcome, value, message = self._check_json(text)
+        return ResultRow(
+            key, outcome, text, text if outcome == SUCCEEDED else None, None, finish, prompt, output,
+            thinking, cached, total, model_version, None, message, job_name, value,
+        )  # fmt: skip
+
+    def _check_json(self, text: str | None) -> tuple[str, Any, str | None]:
+        try:
+            value = orjson.loads(text or "")
+        except orjson.JSONDecodeError as e:
+            return INVALID_OUTPUT, None, f"output is not valid JSON: {e}"
+        if self.validator is not None:
+            from jsonschema.exceptions import best_match
+
+            error = best_match(self.validator.iter_errors(value))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                return (
+                    INVALID_OUTPUT,
+                    value,
+                    f"output does not match the response schema at {where}: {error.message}",
+                )
+        return SUCCEEDED, value, None
+
+
+@dataclass
+class ShardReport:
+    """What loading one job's results found, beyond the per-row outcomes. Small and JSON-able."""
+
+    job_name: str
+    state: str = ""
+    key_count: int = 0
+    lines: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    unknown_keys: int = 0
+    unknown_key_examples: list[Any] = field(default_factory=list)
+    duplicate_keys: int = 0
+    duplicate_key_examples: list[Any] = field(default_factory=list)
+    malformed_lines: int = 0
+    malformed_line_numbers: list[int] = field(default_factory=list)
+    truncated: bool = False
+
+    def malformed(self, line_no: int, truncated: bool = False) -> None:
+        self.malformed_lines += 1
+        if len(self.malformed_line_numbers) < EXAMPLES:
+            self.malformed_line_numbers.append(line_no)
+        self.truncated = self.truncated or truncated
+
+    def unknown(self, key: Any) -> None:
+        self.unknown_keys += 1
+        if len(self.unknown_key_examples) < EXAMPLES:
+            self.unknown_key_examples.append(key)
+
+    def duplicate(self, key: Any) -> None:
+        self.duplicate_keys += 1
+        if len(self.duplicate_key_examples) < EXAMPLES:
+            self.duplicate_key_examples.append(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _key_of(obj: dict[str, Any]) -> Any:
+    key = obj.get("key")
+    if key is None:
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            key = metadata.get("key")
+    return key
+
+
+def _rows_from_objects(
+    items: Iterable[Any],
+    parser: ResultParser,
+    keys: KeyReconciler,
+    report: ShardReport,
+    *,
+    decode: bool,
+) -> Iterator[ResultRow]:
+    """The hot loop: (decode), check, reconcile, classify - one pass, no per-line generator hand-offs.
+
+    ``items`` are raw lines (``decode=True``: a responses file) or decoded inline items (``decode=False``;
+    those may lack a key, and are then matched by position, the documented inline order).
+    """
+    from airflow_gemini_batch.reconcile import MATCHED, UNKNOWN
+
+    job_name = report.job_name
+    classify = parser.classify
+    generation = None if parser.embed else parser._generation
+    resolve = keys.resolve
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    line_no = 0
+    for item in items:
+        line_no += 1
+        if decode:
+            try:
+                obj = loads(item)
+            except decode_error:
+                if item.strip():
+                    # A last line without its newline is what a cut-off download looks like.
+                    report.lines += 1
+                    report.malformed(line_no, not item.endswith(b"\n"))
+                continue
+        else:
+            obj = item
+        report.lines += 1
+        if type(obj) is not dict:
+            report.malformed(line_no)
+            continue
+        response = obj.get("response")
+        if response is None and obj.get("error") is None and obj.get("status") is None:
+            report.malformed(line_no)  # valid JSON but no result in it: its key ends up missing
+            continue
+        key = obj.get("key")
+        if key is None:
+            key = _key_of(obj)
+        if key is not None:
+            status, original = resolve(key)
+        elif decode:
+            report.malformed(line_no)
+            continue
+        else:
+            # Inline embedding results carry no metadata; the service returns them in input order.
+            status, original = keys.take_next()
+        if status is MATCHED:
+            if generation and type(response) is dict:
+                yield generation(response, original, job_name)  # the common case, one call less
+            else:
+                yield classify(obj, original, job_name)
+        elif status is UNKNOWN:
+            report.unknown(key)
+        else:
+            report.duplicate(key)
+
+
+def iter_file_rows(
+    path: Path | str, parser: ResultParser, keys: KeyReconciler, report: ShardReport
+) -> Iterator[ResultRow]:
+    """Rows of a downloaded responses file, then a ``missing`` row for every key without a line."""
+    with open(path, "rb") as fh:
+        yield from _rows_from_objects(fh, parser, keys, report, decode=True)
+    yield from iter_missing_rows(keys, report.job_name)
+
+
+def iter_inline_rows(
+    items: list[Any], parser: ResultParser, keys: KeyReconciler, report: ShardReport
+) -> Iterator[ResultRow]:
+    """Rows of ``inlinedResponses`` items (numbered from 1 like lines), then the ``missing`` rows."""
+    yield from _rows_from_objects(items, parser, keys, report, decode=False)
+    yield from iter_missing_rows(keys, report.job_name)
+
+
+def iter_missing_rows(keys: KeyReconciler, job_name: str) -> Iterator[ResultRow]:
+    for key in keys.iter_unmatched():
+        yield ResultRow(key, MISSING, error_message="no result line for this key", job_name=job_name)
+
+
+def iter_job_failed_rows(
+    keys: KeyReconciler, job_name: str, state: str, error: dict[str, Any] | None
+) -> Iterator[ResultRow]:
+    """Every key of a job that did not succeed becomes ``failed``, naming the job state (never dropped)."""
+    code = (error or {}).get("code")
+    message = f"job {state}" + (f": {error['message']}" if error and error.get("message") else "")
+    for key in keys.iter_unmatched():
+        yield ResultRow(key, FAILED, error_code=code, error_message=message, job_name=job_name)

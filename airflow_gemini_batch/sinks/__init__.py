@@ -1,0 +1,58 @@
+"""Where loaded results go: a warehouse table (upsert on key) or files on object storage.
+
+A sink has ``open()``, ``write(rows)`` (one chunk of :class:`~airflow_gemini_batch.results.ResultRow`),
+``close()``, ``abort()`` and ``describe()``; :func:`table_sink` picks the right table sink for a connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_gemini_batch.sinks.objectstore import ObjectStorageSink
+from airflow_gemini_batch.sinks.postgres import PostgresTableSink
+from airflow_gemini_batch.sinks.schema import POSTGRES, TableLayout, check_identifier, split_table
+from airflow_gemini_batch.sinks.table import TableSink, dialect_of, get_db_hook
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "ObjectStorageSink",
+    "PostgresTableSink",
+    "TableLayout",
+    "TableSink",
+    "check_identifier",
+    "get_db_hook",
+    "split_table",
+    "table_sink",
+]
+
+
+def table_sink(
+    conn_id: str,
+    table: str,
+    *,
+    key_column: str = "key",
+    key_column_type: str = "TEXT",
+    output_columns: Mapping[str, str] | None = None,
+    errors_table: str | None = None,
+    create_table: bool = True,
+    hook: Any = None,
+) -> TableSink:
+    """The table sink for a common-sql connection: COPY-based on PostgreSQL, executemany elsewhere.
+
+    Identifiers and types are validated here, before any connection is opened.
+    """
+    split_table(table)  # refuse SQL in the name before even resolving the connection
+    hook = hook or get_db_hook(conn_id)
+    dialect = dialect_of(hook)
+    layout = TableLayout(
+        table=table,
+        dialect=dialect,
+        key_column=key_column,
+        key_column_type=key_column_type,
+        output_columns=dict(output_columns or {}),
+        errors_table=errors_table,
+    )
+    cls = PostgresTableSink if dialect == POSTGRES else TableSink
+    return cls(hook, layout, create_table=create_table)

@@ -1,0 +1,131 @@
+"""Result parsing and classification, on real result lines (the shapes the service and the emulator write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from airflow_gemini_batch.reconcile import KeyReconciler
+from airflow_gemini_batch.results import (
+    FAILED,
+    INVALID_OUTPUT,
+    MISSING,
+    SUCCEEDED,
+    ResultParser,
+    ShardReport,
+    iter_file_rows,
+    iter_inline_rows,
+    to_json_schema,
+)
+
+
+def response(text: str | None = "hi", finish: str = "STOP", **usage: int) -> dict[str, Any]:
+    parts = [] if text is None else [{"text": text}]
+    return {
+        "candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": finish}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5, **usage},
+        "modelVersion": "gemini-2.5-flash",
+    }
+
+
+def test_success_keeps_text_tokens_and_model_version():
+    row = ResultParser().classify({"key": "a", "response": response("hello")}, "a", "batches/1")
+    assert (row.outcome, row.text, row.finish_reason, row.model_version) == (
+        SUCCEEDED,
+        "hello",
+        "STOP",
+        "gemini-2.5-flash",
+    )
+    assert (row.prompt_tokens, row.output_tokens, row.total_tokens, row.job_name) == (3, 2, 5, "batches/1")
+
+
+def test_thought_parts_are_not_the_answer_and_thinking_tokens_are_kept():
+    resp = response(None, thoughtsTokenCount=7, cachedContentTokenCount=1)
+    resp["candidates"][0]["content"]["parts"] = [
+        {"text": "let me think", "thought": True},
+        {"text": "4"},
+        {"text": "2"},
+    ]
+    row = ResultParser().classify({"response": resp}, 1, None)
+    assert (row.text, row.thinking_tokens, row.cached_tokens) == ("42", 7, 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "message"),
+    [
+        ({"error": {"code": 3, "message": "bad"}}, 3, "bad"),
+        ({"status": {"code": 13, "message": "internal"}}, 13, "internal"),
+        ({"response": {"promptFeedback": {"blockReason": "SAFETY"}}}, None, "prompt blocked: SAFETY"),
+        ({"response": {"candidates": []}}, None, "response has no candidates"),
+        ({"response": response(None, finish="SAFETY")}, None, "no answer (finish reason SAFETY)"),
+    ],
+)
+def test_failures(line, code, message):
+    row = ResultParser().classify(line, "k", None)
+    assert (row.outcome, row.error_code, row.error_message) == (FAILED, code, message)
+
+
+def test_json_output_is_parsed_and_validated_against_a_gemini_style_schema():
+    schema = {"type": "OBJECT", "properties": {"n": {"type": "INTEGER", "nullable": True}}, "required": ["n"],
+              "propertyOrdering": ["n"]}  # fmt: skip
+    assert to_json_schema(schema)["properties"]["n"]["type"] == ["integer", "null"]
+    parser = ResultParser(response_schema=schema)
+    ok = parser.classify({"response": response('{"n": 4}')}, 1, None)
+    assert (ok.outcome, ok.json_value, ok.value) == (SUCCEEDED, '{"n": 4}', {"n": 4})
+    wrong = parser.classify({"response": response('{"n": "four"}')}, 1, None)
+    assert wrong.outcome == INVALID_OUTPUT and "at n" in wrong.error_message and wrong.json_value is None
+    broken = parser.classify({"response": response('{"n": ')}, 1, None)
+    assert broken.outcome == INVALID_OUTPUT and broken.error_message.startswith("output is not valid JSON")
+
+
+def test_embedding_lines():
+    parser = ResultParser(task="embed")
+    row = parser.classify({"response": {"embedding": {"values": [0.5, 0.25]}}}, "e", None)
+    assert (row.outcome, row.embedding, row.text) == (SUCCEEDED, [0.5, 0.25], None)
+    assert parser.classify({"response": {"embedding": {}}}, "e", None).outcome == FAILED
+
+
+def write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_a_file_with_malformed_truncated_unknown_and_duplicate_lines(tmp_path):
+    keys = KeyReconciler(write(tmp_path / "keys", b'"a"\n"b"\n"c"\n"d"\n"e"\n'), work_dir=str(tmp_path))
+    good = [orjson.dumps({"key": k, "response": response(k)}) for k in "abcde"]
+    lines = [good[0], b"{not json", good[2], good[2], orjson.dumps({"key": "zz", "response": response()}),
+             good[3], b"\n", orjson.dumps({"key": "x"}), good[4][:20]]  # fmt: skip
+    path = write(tmp_path / "out.jsonl", b"\n".join(lines))
+    report = ShardReport(job_name="batches/j")
+    rows = list(iter_file_rows(path, ResultParser(), keys, report))
+    assert [(r.key, r.outcome) for r in rows] == [("a", SUCCEEDED), ("c", SUCCEEDED), ("d", SUCCEEDED),
+                                                  ("b", MISSING), ("e", MISSING)]  # fmt: skip
+    assert (report.malformed_lines, report.malformed_line_numbers, report.truncated) == (
+        3,
+        [2, 9, 10],
+        True,
+    )  # a blank line in between
+    assert (report.unknown_keys, report.unknown_key_examples) == (1, ["zz"])
+    assert (report.duplicate_keys, report.duplicate_key_examples) == (1, ["c"])
+
+
+def test_inline_items_key_in_metadata_or_by_position(tmp_path):
+    keys = KeyReconciler(write(tmp_path / "keys", b"1\n2\n3\n"), work_dir=str(tmp_path))
+    items = [
+        {"metadata": {"key": "2"}, "response": response("two")},
+        {"metadata": {"key": "1"}, "error": {"code": 5}},
+    ]
+    rows = list(iter_inline_rows(items, ResultParser(), keys, ShardReport(job_name="j")))
+    assert [(r.key, r.outcome, r.text) for r in rows] == [
+        (2, SUCCEEDED, "two"),
+        (1, FAILED, None),
+        (3, MISSING, None),
+    ]
+
+    keys = KeyReconciler(write(tmp_path / "keys2", b'"p"\n"q"\n'), work_dir=str(tmp_path))
+    items = [{"response": {"embedding": {"values": [1.0]}}}, {"response": {"embedding": {"values": [2.0]}}}]
+    rows = list(iter_inline_rows(items, ResultParser(task="embed"), keys, ShardReport(job_name="j")))
+    assert [(r.key, r.embedding) for r in rows] == [("p", [1.0]), ("q", [2.0])]
