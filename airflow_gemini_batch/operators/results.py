@@ -156,8 +156,9 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
     :param destination_path: a folder (ObjectStoragePath URI or local path) for ``results.jsonl`` /
         ``results.parquet`` and ``errors.jsonl``. (templated)
     :param output_format: ``jsonl`` or ``parquet`` for ``destination_path``.
-    :param key_column: name of the key column. ``key_column_type``: its SQL type (``INTEGER`` when the
-        submitted keys are ints; keys keep their JSON type from the key list).
+    :param key_column: name of the key column in the destination.
+    :param key_column_type: its SQL type (``INTEGER`` when the submitted keys are ints; keys keep their JSON
+        type from the key list).
     :param output_columns: structured-output fields to copy into typed columns, e.g.
         ``{"sentiment": "TEXT", "score": "REAL"}`` (types from a per-dialect whitelist).
     :param create_table: create the tables when missing.
