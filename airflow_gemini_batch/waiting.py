@@ -37,7 +37,7 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchTimeoutError,
     GeminiBatchTriggerEventError,
 )
-from airflow_gemini_batch.hooks.gemini import (
+from airflow_gemini_batch.hooks.gemini import (  # noqa: F401 - is_transient is re-exported for callers here
     CANCELLED,
     EXPIRED,
     FAILED,
@@ -45,6 +45,7 @@ from airflow_gemini_batch.hooks.gemini import (
     RUNNING,
     SUCCEEDED,
     JobStatus,
+    is_transient,
 )
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_KIND
 
@@ -367,35 +368,3 @@ def permanent_code(error: BaseException) -> int | None:
     """The HTTP code of an SDK ``APIError``, else None."""
     code = getattr(error, "code", None)
     return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def is_transient(error: BaseException) -> bool:
-    """True for trouble that a later read may not see: 408/429/5xx, resets, timeouts, transport errors.
-
-    The SDK already retries transient codes for idempotent calls; this is for what still surfaces after that.
-    Other 4xx codes (e.g. 400/401/403/404) are permanent: waiting cannot fix a wrong name or a wrong key.
-    """
-    from google.genai.errors import APIError
-
-    if isinstance(error, APIError):
-        code = permanent_code(error)
-        return code is None or (code not in PERMANENT_HTTP_CODES and (code in (408, 429) or code >= 500))
-    if isinstance(error, (OSError, TimeoutError)):  # ConnectionResetError, asyncio.TimeoutError (3.11+) ...
-        return True
-    transport: list[type[BaseException]] = []
-    try:
-        import httpx
-
-        transport.append(httpx.TransportError)
-    except ImportError:
-        pass
-    try:
-        import aiohttp
-
-        transport.append(aiohttp.ClientError)
-    except ImportError:
-        pass
-    import asyncio
-
-    transport.append(asyncio.TimeoutError)
-    return isinstance(error, tuple(transport))

@@ -26,7 +26,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Airflow reads its home at import time: point it at a throw-away folder before anything imports airflow.
-_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="gemini-batch-tests-airflow-"))
+# Guarded, because a test module importing ``tests.conftest`` runs this module a second time.
+if "GEMINI_BATCH_TEST_AIRFLOW_HOME" not in os.environ:
+    os.environ["GEMINI_BATCH_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="gemini-batch-tests-airflow-")
+_AIRFLOW_HOME = Path(os.environ["GEMINI_BATCH_TEST_AIRFLOW_HOME"])
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
@@ -47,6 +50,50 @@ def airflow_db() -> Path:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return _AIRFLOW_HOME
+
+
+@pytest.fixture
+def register_dag(airflow_db: Path) -> Any:
+    """``register_dag(dag)``: write a DAG built inside a test to the metadata DB, as the DAG processor would.
+
+    ``dag.test()`` in Airflow 3.3 refuses a DAG that has no serialized version, and only finds DAGs through
+    bundles; a DAG defined in a test function is in no bundle, so it is written here under the default one.
+    """
+
+    def _register(dag: Any) -> Any:
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+        from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+        from airflow.serialization.serialized_objects import LazyDeserializedDAG
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            DagBundlesManager().sync_bundles_to_db(session=session)
+            session.flush()
+            update_dag_parsing_results_in_db(
+                "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+            )
+        return dag
+
+    return _register
+
+
+def xcom_of(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
+    """The XCom value a task of a finished ``dag.test()`` run pushed under ``key``."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+            .first()
+        )
+        return XComModel.deserialize_value(row) if row else None
 
 
 # ---- Gemini emulator ----------------------------------------------------------------------------------------

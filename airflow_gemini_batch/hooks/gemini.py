@@ -78,7 +78,7 @@ def is_transient(error: BaseException) -> bool:
     """
     code = getattr(error, "code", None)
     if isinstance(error, genai_errors.APIError):
-        return code in TRANSIENT_HTTP_CODES
+        return isinstance(code, int) and (code in (408, 429) or code >= 500)
     if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return True
     module = type(error).__module__.split(".")[0]

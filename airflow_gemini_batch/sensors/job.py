@@ -25,23 +25,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from airflow_gemini_batch.exceptions import (
-    GeminiBatchError,
-    GeminiBatchInputError,
-    GeminiBatchTimeoutError,
-    GeminiBatchTriggerEventError,
-)
-from airflow_gemini_batch.hooks.gemini import SUCCEEDED, GeminiBatchHook, JobStatus, check_job_name
-from airflow_gemini_batch.manifest import WAIT_SUMMARY_XCOM_KEY, job_names
-from airflow_gemini_batch.triggers.job import NOT_READ, GeminiBatchJobTrigger
+from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTimeoutError
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, check_job_name
+from airflow_gemini_batch.job_waiter import JobWaiter
+from airflow_gemini_batch.manifest import job_names
 from airflow_gemini_batch.waiting import (
     DEFAULT_OUTPUT_GRACE_SECONDS,
-    ProgressLog,
     WaitPolicy,
     evaluate,
-    is_transient,
-    parse_event,
-    permanent_code,
     progress_line,
 )
 
@@ -106,10 +97,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         self.cancel_on_kill = cancel_on_kill
         self.allow_partial = allow_partial
         self.output_grace_seconds = float(output_grace_seconds)
-        self._deadline: float | None = None
-        self._statuses: dict[str, JobStatus] = {}
-        self._output_pending_since: dict[str, float] = {}
-        self._progress = ProgressLog()
+        self._waiter: JobWaiter | None = None
 
     # ---- resolved inputs --------------------------------------------------------------------------------
 
@@ -142,32 +130,28 @@ class GeminiBatchJobSensor(BaseSensorOperator):
 
     # ---- execution --------------------------------------------------------------------------------------
 
+    def waiter(self, deadline: float | None = None) -> JobWaiter:
+        if self._waiter is None or deadline is not None:
+            self._waiter = JobWaiter(self.hook, self.resolved_job_names(), self.policy, self.log, deadline)
+        return self._waiter
+
     def execute(self, context: Context) -> Any:
         names = self.resolved_job_names()
-        self._statuses = {n: JobStatus(name=n, state=NOT_READ) for n in names}
         self.log.info("Waiting for %d Gemini batch job(s): %s", len(names), ", ".join(names))
         if not self.deferrable:
-            self._deadline = self._started_at(context) + self.timeout
+            self.waiter(deadline=self._started_at(context) + self.timeout)
             try:
                 return super().execute(context)
             except AirflowSensorTimeout as e:
                 raise self._timeout_error() from e
 
-        self._deadline = time.time() + self.timeout
+        waiter = self.waiter(deadline=time.time() + self.timeout)
         first = self.poke(context)
         if first:
             return first.xcom_value if isinstance(first, PokeReturnValue) else None
-        remaining = max(0.0, self._deadline - time.time())
+        remaining = max(0.0, (waiter.deadline or 0) - time.time())
         self.defer(
-            trigger=GeminiBatchJobTrigger(
-                job_names=names,
-                deadline=self._deadline,
-                gemini_conn_id=self.conn_id,
-                poll_interval=self.poll_interval,
-                cancel_on_kill=self.cancel_on_kill,
-                allow_partial=self.allow_partial,
-                output_grace_seconds=self.output_grace_seconds,
-            ),
+            trigger=waiter.trigger(self.conn_id, self.poll_interval, self.cancel_on_kill),
             method_name="execute_complete",
             timeout=timedelta(seconds=remaining + DEFER_TIMEOUT_SLACK_SECONDS),
         )
@@ -185,10 +169,10 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         return time.time()
 
     def _timeout_error(self) -> GeminiBatchTimeoutError:
-        statuses = list(self._statuses.values())
-        decision = evaluate(
-            statuses, self.policy, now=max(time.time(), self._deadline or 0), deadline=self._deadline
-        )
+        waiter = self.waiter()
+        statuses = list(waiter.statuses.values())
+        deadline = waiter.deadline
+        decision = evaluate(statuses, self.policy, now=max(time.time(), deadline or 0), deadline=deadline)
         if isinstance(decision.error, GeminiBatchTimeoutError):
             return decision.error
         return GeminiBatchTimeoutError(
@@ -196,89 +180,20 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        for name, status in list(self._statuses.items()):
-            if status.done and not (status.state == SUCCEEDED and not status.output_ready):
-                continue
-            try:
-                self._statuses[name] = self.hook.get_job(name)
-            except Exception as e:
-                if not is_transient(e):
-                    code = permanent_code(e)
-                    raise GeminiBatchError(
-                        f"Reading Gemini batch job {name} failed permanently"
-                        f"{f' with HTTP {code}' if code else ''}: {type(e).__name__}: {str(e)[:300]}"
-                    ) from e
-                self.log.warning(
-                    "Transient error reading %s; will retry next poke: %s", name, type(e).__name__
-                )
-        now = time.time()
-        statuses = list(self._statuses.values())
-        for s in statuses:
-            if s.state == SUCCEEDED and not s.output_ready:
-                self._output_pending_since.setdefault(s.name, now)
-        line = self._progress.changed(statuses)
-        if line:
-            self.log.info("Gemini batch progress: %s", line)
-        decision = evaluate(
-            statuses,
-            self.policy,
-            now=now,
-            deadline=self._deadline,
-            output_pending_since=self._output_pending_since,
-        )
+        decision = self.waiter().poll()
         if not decision.done:
-            if decision.unknown:
-                self.log.warning("Jobs in an unknown state, still waiting: %s", ", ".join(decision.unknown))
             return False
         summary = decision.raise_for_outcome()
-        self._push_summary(context, summary)
+        self.waiter().record_summary(context, summary)
         return PokeReturnValue(is_done=True, xcom_value=summary)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Check the trigger's event and apply the same evaluation to the statuses it carries."""
-        parsed = parse_event(event, expected_jobs=self.resolved_job_names())
-        self._statuses = {s.name: s for s in parsed.statuses}
-        self.log.info("Gemini batch progress: %s", progress_line(parsed.statuses))
-        if parsed.status == "error":
-            raise GeminiBatchError(parsed.message)
-        decision = evaluate(
-            parsed.statuses,
-            self.policy,
-            now=parsed.checked_at,
-            deadline=parsed.deadline,
-            output_pending_since=parsed.output_pending_since,
-        )
-        if not decision.done or decision.event_status != parsed.status:
-            raise GeminiBatchTriggerEventError(
-                f"Trigger event says {parsed.status!r} but its job statuses evaluate to "
-                f"{decision.event_status if decision.done else 'still waiting'!r}: {parsed.message}"
-            )
-        summary = decision.raise_for_outcome()
-        self._push_summary(context, summary)
+        summary = self.waiter().conclude(event)
+        self.waiter().record_summary(context, summary)
         return summary
-
-    def _push_summary(self, context: Context, summary: dict[str, Any]) -> None:
-        ti = context.get("ti")
-        if ti is not None:
-            ti.xcom_push(key=WAIT_SUMMARY_XCOM_KEY, value=summary)
-        self.log.info(
-            "Gemini batch wait succeeded: %d job(s), %d request(s), %d succeeded, %d failed%s.",
-            summary["job_count"],
-            summary["request_count"],
-            summary["succeeded_count"],
-            summary["failed_count"],
-            f", bad jobs: {[j['name'] for j in summary['bad_jobs']]}" if summary["bad_jobs"] else "",
-        )
 
     def on_kill(self) -> None:
         """Worker phase (poke / reschedule): cancel the jobs still running, when ``cancel_on_kill``."""
-        if not self.cancel_on_kill:
-            return
-        for name, status in self._statuses.items():
-            if status.done:
-                continue
-            try:
-                self.hook.cancel_job(name)
-                self.log.info("Cancelled Gemini batch job %s (task killed).", name)
-            except Exception as e:  # best effort: the kill must go through even if one cancel fails
-                self.log.warning("Could not cancel Gemini batch job %s: %s", name, type(e).__name__)
+        if self.cancel_on_kill and self._waiter is not None:
+            self._waiter.cancel_unfinished()

@@ -1,0 +1,93 @@
+"""Where a submit run keeps its files: shard JSONL files (local disk) and key lists (``staging_path``).
+
+Invariants:
+
+* Shard files are always on local disk: the SDK's resumable upload streams from a local path, and a shard
+  can be up to 2 GB, so it must never be held in memory or staged through an object store first.
+* Key lists (one JSON-encoded key per line, in shard order) and the skipped-keys file live under
+  ``staging_path`` so the results stage can reconcile every input row key by key. ``staging_path`` is an
+  ``ObjectStoragePath`` URI; when it is remote (``gs://...``) the files are written locally first, then
+  copied once.
+* The default staging folder is ``<tempdir>/gemini-batch/<identity hash>``: stable for a task instance across
+  retries (never the try number), so a retry overwrites the same files. It is local to one worker; deployments
+  with several workers must pass a shared ``staging_path`` (``gs://conn@bucket/prefix``, an NFS folder, ...)
+  or the results task may run where the key lists are not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from airflow.sdk import ObjectStoragePath
+
+SHARD_FILE = "shard-{index:05d}.jsonl"
+KEYS_FILE = "keys-{index:05d}.jsonl"
+SKIPPED_KEYS_FILE = "skipped_keys.jsonl"
+
+
+def default_staging_uri(identity_hash: str) -> str:
+    """``file://<tempdir>/gemini-batch/<identity hash>``: per task instance, shared by its retries."""
+    return (Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash).as_uri()
+
+
+def _local_path_of(uri: str) -> Path | None:
+    """The local folder a URI names, or None when it is not on this machine's file system."""
+    if uri.startswith("file://"):
+        return Path(ObjectStoragePath(uri).path)
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+class Staging:
+    """The files of one submit run: a local work folder for shards, and ``staging_path`` for key lists.
+
+    :param staging_uri: ``ObjectStoragePath`` URI or local path of the staging folder.
+    :param identity_hash: run-stable hash of the task instance; names the local work folder when the staging
+        folder is remote.
+    """
+
+    def __init__(self, staging_uri: str, identity_hash: str) -> None:
+        local = _local_path_of(staging_uri)
+        self.uri = local.as_uri() if local is not None else staging_uri.rstrip("/")
+        self.remote = local is None
+        self.local_dir = (
+            local if local is not None else Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash
+        )
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+
+    def shard_path(self, index: int) -> Path:
+        return self.local_dir / SHARD_FILE.format(index=index)
+
+    def local_keys_path(self, index: int) -> Path:
+        return self.local_dir / KEYS_FILE.format(index=index)
+
+    def keys_uri(self, index: int) -> str:
+        return f"{self.uri}/{KEYS_FILE.format(index=index)}"
+
+    @property
+    def local_skipped_path(self) -> Path:
+        return self.local_dir / SKIPPED_KEYS_FILE
+
+    @property
+    def skipped_uri(self) -> str:
+        return f"{self.uri}/{SKIPPED_KEYS_FILE}"
+
+    def clear_stale(self) -> None:
+        """Remove shard, key and skipped files a previous try left, so a smaller rerun leaves no extras."""
+        for pattern in ("shard-*.jsonl", "keys-*.jsonl", SKIPPED_KEYS_FILE, "*.tmp"):
+            for path in self.local_dir.glob(pattern):
+                path.unlink()
+        for path in self.local_dir.glob("dedupe-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, local: Path, uri: str) -> str:
+        """Copy a finished local file to the (remote) staging folder; local staging needs no copy."""
+        if self.remote:
+            target = ObjectStoragePath(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with local.open("rb") as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=8 * 1024 * 1024)
+        return uri

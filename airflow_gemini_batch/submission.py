@@ -1,0 +1,381 @@
+"""Idempotent submission: at most one paid batch job per shard per task instance, whatever fails and whenever.
+
+Invariants:
+
+* The identity is run-stable: ``dag_id``, ``task_id``, ``run_id``, ``map_index`` — never the try number. That
+  is the entire point: a retry, a clear or a rerun after a worker crash is the same identity, so it finds the
+  jobs the earlier try created instead of paying for them twice.
+* Every shard has a deterministic display name, ``agb-<sha256(identity)[:12]>-<fingerprint[:8]>-<index>``
+  (``-g<n>`` before the index after ``force_resubmit``); 34-40 characters, well under the 128 allowed. It is
+  how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
+* Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
+  (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
+  upload, the *intent* right before ``create``, the job name right after. A shard with an intent but no job
+  name is looked up by display name before anything is created for it.
+* ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is retried with
+  bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may exist), so the
+  job is looked up by display name before the next attempt.
+* Without records (no task state store in the context, or records lost with a re-created DAG run) one
+  ``batches.list`` scan finds any job that already carries one of this run's display names before anything
+  is created: slower, still at most one job per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from google.genai import errors as genai_errors
+
+from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus
+
+log = logging.getLogger(__name__)
+
+HEADER_KEY = "gemini_batch_submit"
+SHARD_KEY = "gemini_batch_submit.shard.{index}"
+DISPLAY_NAME_PREFIX = "agb"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+
+    @classmethod
+    def from_context(cls, context: Any) -> RunIdentity:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return cls(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
+
+    @property
+    def text(self) -> str:
+        return f"{self.dag_id}/{self.task_id}/{self.run_id}/{self.map_index}"
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+
+def display_name(identity_hash: str, fingerprint: str, index: int, generation: int = 0) -> str:
+    gen = f"-g{generation}" if generation else ""
+    return f"{DISPLAY_NAME_PREFIX}-{identity_hash}-{fingerprint[:8]}{gen}-{index:05d}"
+
+
+class SubmissionLedger:
+    """The submit run's records in the task state store (or nothing, when the context has none).
+
+    :param store: ``context["task_state_store"]`` (``get(key, default)``, ``set(key, value)``) or None.
+    """
+
+    def __init__(self, store: Any | None) -> None:
+        self.store = store
+        if store is None:
+            log.warning(
+                "No task_state_store in the context: crash recovery relies on finding jobs by their display "
+                "names (a batches.list scan)."
+            )
+
+    @property
+    def durable(self) -> bool:
+        return self.store is not None
+
+    def header(self) -> dict[str, Any] | None:
+        return self.store.get(HEADER_KEY, None) if self.store is not None else None
+
+    def shard(self, index: int) -> dict[str, Any]:
+        if self.store is None:
+            return {}
+        return self.store.get(SHARD_KEY.format(index=index), None) or {}
+
+    def _set(self, key: str, value: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.set(key, value)
+
+    def has_records(self) -> bool:
+        """Whether earlier tries of this task instance left records (then they are authoritative)."""
+        return self.header() is not None
+
+    def begin(
+        self,
+        *,
+        identity: RunIdentity,
+        fingerprint: str,
+        shard_count: int,
+        on_changed_input: str,
+        force_resubmit: bool,
+    ) -> int:
+        """Decide the generation for this run and record the header; raise on a changed input if asked to.
+
+        :returns: the generation (0 normally; +1 per ``force_resubmit``).
+        """
+        header = self.header()
+        generation = int(header.get("generation", 0)) if header else 0
+        if force_resubmit:
+            # Without a store there is nothing to count from; a clock value keeps forced names fresh.
+            generation = generation + 1 if self.durable else int(time.time())
+            log.warning("force_resubmit=True: ignoring earlier records, submitting generation %d", generation)
+        elif header and header.get("fingerprint") != fingerprint:
+            recorded = self.recorded_jobs(header)
+            if recorded and on_changed_input == "fail":
+                raise GeminiBatchChangedInputError(
+                    f"The input changed since an earlier try of this task instance submitted {len(recorded)} "
+                    f"job(s) ({', '.join(recorded[:5])}{' ...' if len(recorded) > 5 else ''}); fingerprint "
+                    f"{str(header.get('fingerprint'))[:12]} → {fingerprint[:12]}. Nothing new was submitted. "
+                    "Fix: restore the input, or set on_changed_input='resubmit' (new jobs for the new input; "
+                    "the old jobs keep running unless cancelled) or force_resubmit=True."
+                )
+            if recorded:
+                log.warning(
+                    "Input changed since jobs %s were submitted; on_changed_input=%r: submitting new jobs. "
+                    "The old jobs are left as they are.",
+                    recorded,
+                    on_changed_input,
+                )
+        self._set(
+            HEADER_KEY,
+            {
+                "identity": identity.text,
+                "fingerprint": fingerprint,
+                "generation": generation,
+                "shard_count": shard_count,
+            },
+        )
+        return generation
+
+    def recorded_jobs(self, header: dict[str, Any]) -> list[str]:
+        """Job names (or display names of intents) recorded under an earlier header."""
+        out = []
+        for index in range(int(header.get("shard_count", 0))):
+            rec = self.shard(index)
+            if rec.get("fingerprint") == header.get("fingerprint") and (
+                rec.get("job_name") or rec.get("intent")
+            ):
+                out.append(rec.get("job_name") or rec.get("display_name", f"shard {index}"))
+        return out
+
+    def record_upload(self, index: int, rec: dict[str, Any], file_name: str) -> None:
+        rec["file_name"] = file_name
+        self._set(SHARD_KEY.format(index=index), rec)
+
+    def record_intent(self, index: int, rec: dict[str, Any]) -> None:
+        rec["intent"] = True
+        self._set(SHARD_KEY.format(index=index), rec)
+
+    def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
+        rec["job_name"] = job_name
+        self._set(SHARD_KEY.format(index=index), rec)
+
+
+def find_existing_jobs(hook: GeminiBatchHook, display_names: set[str]) -> dict[str, JobStatus]:
+    """One pass over ``batches.list`` → the newest job for each of ``display_names`` that exists.
+
+    Run when the task instance has no records at all: the first try (normally finds nothing), a context
+    without a task state store, or records lost with their DAG run (``dag.test()`` re-creates the run, which
+    deletes its task state). One paged scan for all shards instead of one per shard.
+    """
+    found: dict[str, JobStatus] = {}
+    for job in hook.list_jobs():
+        if job.display_name in display_names and job.display_name not in found:
+            found[job.display_name] = job
+            if len(found) == len(display_names):
+                break
+    return found
+
+
+def _is_ambiguous(error: BaseException) -> bool:
+    """A failure after which the job may or may not exist."""
+    if isinstance(error, genai_errors.ServerError):
+        return True
+    if isinstance(error, genai_errors.APIError):
+        return False
+    import httpx
+
+    return isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, genai_errors.APIError):
+        return f"{error.code} {error.status or ''}: {error.message or ''}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class CreateRetry:
+    attempts: int = 6
+    base_seconds: float = 2.0
+    max_seconds: float = 120.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter: submitters hitting the same quota spread out instead of retrying in lockstep.
+        return random.uniform(0, min(self.max_seconds, self.base_seconds * 2**attempt))
+
+
+def create_once(
+    hook: GeminiBatchHook,
+    *,
+    display_name: str,
+    model: str,
+    embeddings: bool,
+    file_name: str | None,
+    inline_requests: list[dict[str, Any]] | None,
+    retry: CreateRetry,
+) -> JobStatus:
+    """Create one job with bounded retries that can never create a second one (see module docstring)."""
+    last: BaseException | None = None
+    for attempt in range(retry.attempts):
+        if attempt and last is not None and _is_ambiguous(last):
+            found = hook.find_job_by_display_name(display_name)
+            if found is not None:
+                log.info("Job %s (%s) exists after an ambiguous create error", found.name, display_name)
+                return found
+        try:
+            return hook.create_job(
+                model=model,
+                display_name=display_name,
+                file_name=file_name,
+                inline_requests=inline_requests,
+                embeddings=embeddings,
+            )
+        except Exception as e:
+            code = getattr(e, "code", None)
+            if code != 429 and not _is_ambiguous(e):
+                raise GeminiBatchSubmitError(
+                    f"Creating batch job {display_name} failed: {_error_text(e)}. Jobs created before it "
+                    "stay recorded; fix the cause and retry the task to submit the rest."
+                ) from e
+            last = e
+            if attempt + 1 < retry.attempts:
+                pause = retry.delay(attempt)
+                log.warning(
+                    "Create %s failed (%s); attempt %d/%d, retrying in %.1fs",
+                    display_name,
+                    _error_text(e),
+                    attempt + 1,
+                    retry.attempts,
+                    pause,
+                )
+                time.sleep(pause)
+    assert last is not None
+    if _is_ambiguous(last):
+        found = hook.find_job_by_display_name(display_name)
+        if found is not None:
+            return found
+    raise GeminiBatchSubmitError(
+        f"Creating batch job {display_name} failed {retry.attempts} times; last error: {_error_text(last)}. "
+        "Jobs created before it stay recorded, so a retry of the task submits only the rest. If this is 429 "
+        "RESOURCE_EXHAUSTED, the enqueued-token or concurrent-job quota is full: wait for running jobs, "
+        "lower max_tokens_per_job, or raise create_retry_attempts / create_retry_base_seconds."
+    ) from last
+
+
+@dataclass
+class ShardSubmission:
+    """The outcome for one shard: its job, its uploaded file, and whether this execution created the job."""
+
+    job_name: str
+    file_name: str | None
+    created_now: bool
+
+
+def submit_shard(
+    hook: GeminiBatchHook,
+    ledger: SubmissionLedger,
+    *,
+    index: int,
+    display_name: str,
+    fingerprint: str,
+    generation: int,
+    model: str,
+    embeddings: bool,
+    shard_path: Any,
+    inline_requests: list[dict[str, Any]] | None,
+    retry: CreateRetry,
+    on_created: Any = None,
+    known_jobs: dict[str, JobStatus] | None = None,
+) -> ShardSubmission:
+    """Re-attach to the shard's recorded job, or find its orphan, or upload (once) and create it (once).
+
+    :param known_jobs: display name → job from one ``find_existing_jobs`` scan, when this task instance has no
+        records (first try, no state store, or records lost); None when the records are authoritative.
+    """
+    base = {"fingerprint": fingerprint, "generation": generation, "display_name": display_name}
+    rec = ledger.shard(index)
+    if any(rec.get(k) != v for k, v in base.items()):
+        rec = {}  # a record of another input or generation: not ours to re-attach to
+    if rec.get("job_name"):
+        log.info("Shard %d: re-attaching to recorded job %s (%s)", index, rec["job_name"], display_name)
+        return ShardSubmission(rec["job_name"], rec.get("file_name"), created_now=False)
+    if known_jobs is not None or rec.get("intent") or not ledger.durable:
+        if known_jobs is not None and not rec.get("intent"):
+            found = known_jobs.get(display_name)
+        else:
+            found = hook.find_job_by_display_name(display_name)
+        if found is not None:
+            log.warning(
+                "Shard %d: found job %s by display name %s (created, but its name was never recorded); "
+                "re-attaching instead of creating another",
+                index,
+                found.name,
+                display_name,
+            )
+            rec = {**base, **rec}
+            ledger.record_job(index, rec, found.name)
+            return ShardSubmission(found.name, rec.get("file_name"), created_now=False)
+    rec = {**base, **rec}
+    file_name = None
+    if inline_requests is None:
+        file_name = rec.get("file_name")
+        if file_name:
+            log.info("Shard %d: reusing uploaded file %s", index, file_name)
+        else:
+            file_name = hook.upload_jsonl(shard_path, display_name=display_name)
+            ledger.record_upload(index, rec, file_name)
+            log.info("Shard %d: uploaded %s as %s", index, shard_path, file_name)
+    ledger.record_intent(index, rec)
+    job = create_once(
+        hook,
+        display_name=display_name,
+        model=model,
+        embeddings=embeddings,
+        file_name=file_name,
+        inline_requests=inline_requests,
+        retry=retry,
+    )
+    if on_created is not None:
+        on_created(job.name)
+    ledger.record_job(index, rec, job.name)
+    log.info("Shard %d: created job %s (%s)", index, job.name, display_name)
+    return ShardSubmission(job.name, file_name, created_now=True)
+
+
+def inline_requests(shard_path: Path) -> list[dict[str, Any]]:
+    """A small shard's lines as SDK ``InlinedRequest`` dicts (the key goes into ``metadata``).
+
+    The REST request's job-wide fields move into ``config`` (GenerateContentConfig takes the generation
+    config's fields flat, plus system instruction, tools, safety settings, cached content).
+    """
+    out = []
+    with shard_path.open("rb") as f:
+        for line in f:
+            item = orjson.loads(line)
+            request = dict(item["request"])
+            config = request.pop("generationConfig", {}) or {}
+            for name in ("systemInstruction", "tools", "safetySettings", "cachedContent", "toolConfig"):
+                if name in request:
+                    config[name] = request.pop(name)
+            out.append(
+                {"contents": request.pop("contents"), "metadata": {"key": item["key"]}, "config": config}
+            )
+    return out

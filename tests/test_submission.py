@@ -1,0 +1,201 @@
+"""Idempotent submission against the emulator, through the real SDK: at most one job per shard."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.submission import (
+    CreateRetry,
+    RunIdentity,
+    SubmissionLedger,
+    create_once,
+    display_name,
+    submit_shard,
+)
+
+FAST = CreateRetry(attempts=4, base_seconds=0.01)
+IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)
+
+
+class DictStateStore:
+    """Stands in for ``context["task_state_store"]``: same ``get``/``set`` contract, values JSON round-tripped
+    (as the real store does over the Execution API), kept across "tries" by reusing the instance."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.data[key]) if key in self.data else default
+
+    def set(self, key: str, value: Any) -> None:
+        if value is None:
+            raise ValueError("Cannot set value as None")
+        self.data[key] = json.dumps(value)
+
+
+@pytest.fixture
+def hook(gemini_conn):
+    return GeminiBatchHook(gemini_conn)
+
+
+@pytest.fixture
+def shard_file(tmp_path):
+    path = tmp_path / "shard.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"key": str(i), "request": {"contents": [{"parts": [{"text": f"p{i}"}]}]}}) + "\n"
+            for i in range(5)
+        )
+    )
+    return path
+
+
+def _create(hook, file_name, name="agb-test-00000", retry=FAST):
+    return create_once(
+        hook,
+        display_name=name,
+        model="gemini-2.5-flash",
+        embeddings=False,
+        file_name=file_name,
+        inline_requests=None,
+        retry=retry,
+    )
+
+
+def test_display_name_deterministic():
+    name = display_name(IDENTITY.hash, "f" * 64, 3)
+    assert name == display_name(RunIdentity("dag", "submit", "manual__2026-01-01", -1).hash, "f" * 64, 3)
+    assert name == f"agb-{IDENTITY.hash}-ffffffff-00003" and len(name) <= 128
+    assert display_name(IDENTITY.hash, "f" * 64, 3, generation=2).endswith("-g2-00003")
+    assert RunIdentity("dag", "submit", "manual__2026-01-01", 0).hash != IDENTITY.hash
+
+
+def test_429_then_success_creates_exactly_one_job(hook, emulator, shard_file):
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.inject_fault("batches.create", status=429, count=2)
+    job = _create(hook, file_name)
+    jobs = emulator.control.jobs()
+    assert [j["name"] for j in jobs] == [job.name]
+    assert jobs[0]["request_count"] == 5
+    assert emulator.control.calls()["batches.create"] == 3
+    assert emulator.control.calls()["batches.list"] == 0  # a 429 is a certain rejection: no lookup needed
+
+
+def test_429_exhausted_is_a_clear_error(hook, emulator, shard_file):
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.inject_fault("batches.create", status=429, count=10)
+    with pytest.raises(GeminiBatchSubmitError) as e:
+        _create(hook, file_name, retry=CreateRetry(attempts=3, base_seconds=0.01))
+    msg = str(e.value)
+    assert "failed 3 times" in msg and "429" in msg and "RESOURCE_EXHAUSTED" in msg
+    assert "a retry of the task submits only the rest" in msg
+    assert emulator.control.jobs() == []
+
+
+def test_5xx_is_ambiguous_and_looked_up_before_retry(hook, emulator, shard_file):
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.inject_fault("batches.create", status=503, count=1)
+    job = _create(hook, file_name)
+    assert [j["name"] for j in emulator.control.jobs()] == [job.name]
+    assert emulator.control.calls()["batches.list"] >= 1
+
+
+def test_4xx_fails_at_once(hook, emulator, shard_file):
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.inject_fault("batches.create", status=400, count=1)
+    with pytest.raises(GeminiBatchSubmitError, match="400"):
+        _create(hook, file_name)
+    assert emulator.control.calls()["batches.create"] == 1
+
+
+def _submit(hook, ledger, shard_file, index=0, fingerprint="a" * 64, generation=0, on_created=None):
+    return submit_shard(
+        hook,
+        ledger,
+        index=index,
+        display_name=display_name(IDENTITY.hash, fingerprint, index, generation),
+        fingerprint=fingerprint,
+        generation=generation,
+        model="gemini-2.5-flash",
+        embeddings=False,
+        shard_path=shard_file,
+        inline_requests=None,
+        retry=FAST,
+        on_created=on_created,
+    )
+
+
+def test_reattach_to_recorded_job(hook, emulator, shard_file):
+    store = DictStateStore()
+    first = _submit(hook, SubmissionLedger(store), shard_file)
+    assert first.created_now
+    again = _submit(hook, SubmissionLedger(store), shard_file)
+    assert (again.job_name, again.created_now) == (first.job_name, False)
+    assert len(emulator.control.jobs()) == 1
+    assert emulator.control.calls()["files.upload_start"] == 1
+
+
+def test_orphan_found_when_name_was_not_recorded(hook, emulator, shard_file, monkeypatch):
+    """The worker dies between create and recording the job name: the next try finds the job by name."""
+    store = DictStateStore()
+    ledger = SubmissionLedger(store)
+
+    def crash(*args, **kwargs):
+        raise SystemExit("worker killed right after create")
+
+    monkeypatch.setattr(ledger, "record_job", crash)
+    created: list[str] = []
+    with pytest.raises(SystemExit):
+        _submit(hook, ledger, shard_file, on_created=created.append)
+    assert len(emulator.control.jobs()) == 1
+
+    rerun = _submit(hook, SubmissionLedger(store), shard_file)
+    assert rerun.job_name == created[0] and not rerun.created_now
+    assert len(emulator.control.jobs()) == 1
+    assert json.loads(store.data["gemini_batch_submit.shard.0"])["job_name"] == created[0]
+
+
+def test_upload_reused_when_create_failed(hook, emulator, shard_file):
+    store = DictStateStore()
+    emulator.control.inject_fault("batches.create", status=400, count=1)
+    with pytest.raises(GeminiBatchSubmitError):
+        _submit(hook, SubmissionLedger(store), shard_file)
+    result = _submit(hook, SubmissionLedger(store), shard_file)
+    assert result.created_now and len(emulator.control.jobs()) == 1
+    assert emulator.control.calls()["files.upload_start"] == 1
+
+
+def test_no_state_store_falls_back_to_lookup(hook, emulator, shard_file):
+    first = _submit(hook, SubmissionLedger(None), shard_file)
+    again = _submit(hook, SubmissionLedger(None), shard_file)
+    assert again.job_name == first.job_name and not again.created_now
+    assert len(emulator.control.jobs()) == 1
+
+
+def test_changed_input_policy(hook, emulator, shard_file):
+    store = DictStateStore()
+    ledger = SubmissionLedger(store)
+    begin = dict(identity=IDENTITY, shard_count=1, force_resubmit=False)
+    assert ledger.begin(fingerprint="a" * 64, on_changed_input="fail", **begin) == 0
+    job = _submit(hook, ledger, shard_file)
+
+    with pytest.raises(GeminiBatchChangedInputError) as e:
+        ledger.begin(fingerprint="b" * 64, on_changed_input="fail", **begin)
+    assert job.job_name in str(e.value) and "on_changed_input='resubmit'" in str(e.value)
+
+    assert ledger.begin(fingerprint="b" * 64, on_changed_input="resubmit", **begin) == 0
+    new = _submit(hook, ledger, shard_file, fingerprint="b" * 64)
+    assert new.created_now and new.job_name != job.job_name
+    assert len(emulator.control.jobs()) == 2
+
+    forced = ledger.begin(
+        fingerprint="b" * 64, on_changed_input="fail", identity=IDENTITY, shard_count=1, force_resubmit=True
+    )
+    assert forced == 1
+    third = _submit(hook, ledger, shard_file, fingerprint="b" * 64, generation=forced)
+    assert third.created_now and len(emulator.control.jobs()) == 3
