@@ -48,20 +48,37 @@ DISPLAY_NAME_PREFIX = "agb"
 
 @dataclass(frozen=True)
 class RunIdentity:
+    """Which submission this is: DAG, task, run and map index — never the try number (that is the point).
+
+    The run is named by its logical date when it has one, else by its run id. A DAG run deleted and created
+    again for the same data interval (``airflow dags test``, a manual re-run of a day) is the same work on
+    the same input, so it finds its earlier jobs by display name instead of paying again; ``force_resubmit``
+    is the way to ask for fresh jobs on purpose.
+    """
+
     dag_id: str
     task_id: str
     run_id: str
     map_index: int
+    logical_date: str | None = None
 
     @classmethod
     def from_context(cls, context: Any) -> RunIdentity:
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
-        return cls(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
+        logical_date = context.get("logical_date") if hasattr(context, "get") else None
+        return cls(
+            ti.dag_id,
+            ti.task_id,
+            ti.run_id,
+            -1 if map_index is None else int(map_index),
+            logical_date.isoformat() if logical_date is not None else None,
+        )
 
     @property
     def text(self) -> str:
-        return f"{self.dag_id}/{self.task_id}/{self.run_id}/{self.map_index}"
+        run = f"logical:{self.logical_date}" if self.logical_date else self.run_id
+        return f"{self.dag_id}/{self.task_id}/{run}/{self.map_index}"
 
     @property
     def hash(self) -> str:
