@@ -43,7 +43,7 @@ setup-genai3: $(VENV3)/.installed
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-test: setup
+test: setup browser
 	$(BIN)/pytest
 	@if $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
 		$(MAKE) --no-print-directory test-genai3; \
@@ -54,6 +54,11 @@ test: setup
 # The SDK-facing suites again on google-genai 3.x (default REST version v1, httpx2 transport).
 test-genai3: setup-genai3
 	$(BIN3)/pytest tests/emulator tests/hooks
+
+# Debian's chromium for the UI browser test (installed with apt-get when missing and root; never downloaded
+# by Playwright). Without it the browser test skips locally and fails in CI.
+browser:
+	@sh scripts/install-chromium.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -31,6 +31,7 @@ from airflow.sdk import BaseOperator
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError, GeminiBatchResultsError
 from airflow_gemini_batch.hooks.gemini import SUCCEEDED as JOB_SUCCEEDED
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, RESULTS_SUMMARY_KIND, RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.pricing import compute_cost
 from airflow_gemini_batch.reconcile import KeyReconciler
@@ -169,6 +170,7 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
     :param download_dir: where responses files are downloaded (default: a temp dir, removed afterwards).
     """
 
+    operator_extra_links = (GeminiBatchJobLink(),)
     template_fields: Sequence[str] = (
         "manifest",
         "gemini_conn_id",

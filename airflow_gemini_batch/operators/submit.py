@@ -24,6 +24,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.job_waiter import JobWaiter
+from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, ShardInfo, job_names
 from airflow_gemini_batch.requests import DEFAULT_MAX_REQUEST_BYTES, InvalidRows, RequestEncoder, RequestSpec
 from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
@@ -127,6 +128,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         cancelled (they are listed in the wait summary; the good ones can still be loaded).
     """
 
+    operator_extra_links = (GeminiBatchJobLink(),)
     template_fields: Sequence[str] = (
         "sql",
         "source_conn_id",

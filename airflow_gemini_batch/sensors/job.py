@@ -28,6 +28,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTimeoutError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, check_job_name
 from airflow_gemini_batch.job_waiter import JobWaiter
+from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import job_names
 from airflow_gemini_batch.waiting import (
     DEFAULT_OUTPUT_GRACE_SECONDS,
@@ -68,6 +69,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     :param output_grace_seconds: how long a SUCCEEDED job may go without a visible responses file.
     """
 
+    operator_extra_links = (GeminiBatchJobLink(),)
     template_fields: Sequence[str] = ("manifest", "job_names", "gemini_conn_id")
     ui_color = "#e8f0fe"
 

@@ -1,0 +1,267 @@
+"""The plugin's HTTP API on Airflow's own app: auth on every route, DAG filtering, cancel, errors, caching.
+
+Real parts: Airflow's ``create_app()`` with the SimpleAuthManager and JWTs it signs, the metadata DB filled by
+``dag.test()`` runs, the emulator reached by the real SDK through ``GeminiBatchHook``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
+
+PREFIX = "/gemini-batch"
+CSRF = {"X-Requested-With": "gemini-batch"}
+
+
+@pytest.fixture(scope="module")
+def client(airflow_db: Any) -> Iterator[Any]:
+    """Airflow's whole api-server app (core API + mounted plugins), as ``airflow api-server`` builds it."""
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,viewer:viewer,op:op"
+    from airflow.api_fastapi.app import create_app
+    from airflow.configuration import conf
+
+    # When another test module imported airflow before ``airflow db migrate`` wrote airflow.cfg, this
+    # process's config has an empty JWT secret and the execution API's startup refuses to run.
+    if not conf.get("api_auth", "jwt_secret", fallback=""):
+        os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def token(username: str, role: str) -> dict[str, str]:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    jwt = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=username, role=role))
+    return {"Authorization": f"Bearer {jwt}"}
+
+
+ADMIN = ("admin", "admin")
+VIEWER = ("viewer", "viewer")
+
+
+@pytest.fixture
+def live() -> Any:
+    """A fresh live-state cache per test (the emulator is reset per test, so old reads are meaningless)."""
+    from airflow_gemini_batch.plugins.app import get_app
+    from airflow_gemini_batch.plugins.live import LiveStates
+
+    app = get_app()
+    app.state.live = LiveStates(ttl=60.0, max_calls=20)
+    return app.state.live
+
+
+def jobs(client: Any, user: tuple[str, str] = ADMIN, **params: Any) -> dict[str, Any]:
+    r = client.get(f"{PREFIX}/api/jobs", params=params, headers=token(*user))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def plugin_routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the plugin app, found programmatically so a new route cannot be missed."""
+    from airflow_gemini_batch.plugins.app import get_app
+
+    app = get_app()
+    assert not any(isinstance(r, Mount) for r in app.routes), "a Mount (e.g. StaticFiles) bypasses app auth"
+    out = []
+    for route in app.routes:
+        path = route.path.replace("{job_id}", "abc123")
+        methods = route.methods if isinstance(route, APIRoute) else {"GET"}
+        out += [(m, path) for m in sorted(methods) if m != "HEAD"]
+    return out
+
+
+def test_plugin_is_registered_and_light() -> None:
+    """Importing the plugin (what every worker does) must not import FastAPI or the app."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import airflow_gemini_batch.plugins.plugin as p; "
+        "print(any(m.startswith(('fastapi', 'airflow_gemini_batch.plugins.app')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_nav_entry_is_served_by_plugins_api(client: Any) -> None:
+    r = client.get("/api/v2/plugins", headers=token(*ADMIN))
+    plugin = next(p for p in r.json()["plugins"] if p["name"] == "gemini_batch")
+    view = plugin["external_views"][0]
+    assert view["name"] == "Gemini Batches" and view["url_route"] == "gemini-batches"
+    assert view["category"] == "browse" and view["href"] == "gemini-batch/ui/"
+    assert plugin["fastapi_apps"][0]["url_prefix"] == PREFIX
+
+
+def test_anonymous_gets_401_on_every_route(client: Any) -> None:
+    routes = plugin_routes()
+    assert len(routes) >= 5
+    for method, path in [*routes, ("GET", "/docs"), ("GET", "/openapi.json")]:
+        r = client.request(method, PREFIX + path, headers=CSRF)
+        expected = {401} if (method, path) in routes else {401, 404}
+        assert r.status_code in expected, f"{method} {path} → {r.status_code} for an anonymous user"
+    # A forged token is refused too.
+    r = client.get(f"{PREFIX}/api/jobs", headers={"Authorization": "Bearer not-a-jwt"})
+    assert r.status_code in (401, 403)
+
+
+def test_empty_state_explains_how_jobs_appear(client: Any, live: Any) -> None:
+    data = jobs(client, dag_id="no_such_dag")
+    assert data["jobs"] == [] and data["totals"]["jobs"] == 0
+    page = client.get(f"{PREFIX}/ui/", headers=token(*ADMIN)).text
+    assert "GeminiBatchSubmitOperator" in page and "recorded yet" in page
+
+
+def test_lists_recorded_jobs_with_live_state_outcomes_tokens_and_cost(
+    client: Any, live: Any, record_run: Any, emulator: Any
+) -> None:
+    dag_run = record_run("ui_listed", n_jobs=2, n_requests=4)
+    data = jobs(client, dag_id="ui_listed", run_id=dag_run.run_id)
+    assert len(data["jobs"]) == 2
+    for job in data["jobs"]:
+        assert job["state"] == "SUCCEEDED" and job["state_source"] == "live"
+        assert job["progress"] == {"total": 4, "succeeded": 4, "failed": 0, "pending": 0}
+        assert job["outcomes"]["succeeded"] == 4 and job["outcomes"]["missing"] == 0
+        assert job["tokens"]["total"] == 100 and job["cost"]["batch_usd"] == pytest.approx(0.0125)
+        assert job["task_ids"] == ["submit", "wait", "load"] and job["can_cancel"] is False
+        assert job["model"] == "gemini-2.5-flash" and job["shard_count"] == 2
+    emulator_names = {j["name"] for j in emulator.control.jobs()}
+    assert {j["job_name"] for j in data["jobs"]} == emulator_names
+    assert data["totals"]["requests"] == 8 and data["totals"]["tokens"] == 200
+    assert data["totals"]["cost"] == {"batch_usd": 0.025, "standard_usd": 0.05, "saved_usd": 0.025}
+    # Filters: by state, and by the task of any of our three operators (what the extra link uses).
+    assert len(jobs(client, dag_id="ui_listed", state="succeeded")["jobs"]) == 2
+    assert jobs(client, dag_id="ui_listed", state="RUNNING")["jobs"] == []
+    assert len(jobs(client, dag_id="ui_listed", run_id=dag_run.run_id, task_id="wait")["jobs"]) == 2
+    assert jobs(client, dag_id="ui_listed", task_id="other")["jobs"] == []
+    # Detail view, API and page.
+    job_id = data["jobs"][0]["job_id"]
+    r = client.get(f"{PREFIX}/api/jobs/{job_id}", headers=token(*VIEWER))
+    assert r.status_code == 200 and r.json()["job"]["job_name"] == f"batches/{job_id}"
+    assert client.get(f"{PREFIX}/ui/jobs/{job_id}", headers=token(*VIEWER)).status_code == 200
+    assert client.get(f"{PREFIX}/api/jobs/nope404", headers=token(*ADMIN)).status_code == 404
+
+
+def test_task_level_usage_is_not_split_by_guesswork(client: Any, live: Any, record_run: Any) -> None:
+    dag_run = record_run("ui_task_totals", n_jobs=2, per_job_usage=False)
+    data = jobs(client, dag_id="ui_task_totals", run_id=dag_run.run_id)
+    assert all(j["usage_is_task_total"] and j["usage_job_count"] == 2 for j in data["jobs"])
+    assert data["totals"]["tokens"] == 200  # the task total counted once, not once per job
+
+
+def test_user_sees_only_jobs_of_dags_they_may_read(
+    client: Any, live: Any, record_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    record_run("ui_team_a")
+    record_run("ui_team_b_secret")
+    manager = get_auth_manager()
+    original = manager.filter_authorized_dag_ids
+
+    def restricted(*, dag_ids: set[str], user: Any, **kw: Any) -> set[str]:
+        allowed = original(dag_ids=dag_ids, user=user, **kw)
+        return {d for d in allowed if "secret" not in d} if user.get_name() == "viewer" else allowed
+
+    monkeypatch.setattr(manager, "filter_authorized_dag_ids", restricted)
+    admin_dags = {j["dag_id"] for j in jobs(client, ADMIN)["jobs"]}
+    viewer = jobs(client, VIEWER)
+    assert {"ui_team_a", "ui_team_b_secret"} <= admin_dags
+    assert "ui_team_a" in {j["dag_id"] for j in viewer["jobs"]}
+    assert all("secret" not in j["dag_id"] for j in viewer["jobs"])
+    assert "ui_team_b_secret" not in viewer["dag_ids"]
+    assert jobs(client, VIEWER, dag_id="ui_team_b_secret")["jobs"] == []
+    secret = next(j for j in jobs(client, ADMIN, dag_id="ui_team_b_secret")["jobs"])
+    # The detail and cancel routes hide it as well (404: its existence does not leak).
+    assert client.get(f"{PREFIX}/api/jobs/{secret['job_id']}", headers=token(*VIEWER)).status_code == 404
+    r = client.post(f"{PREFIX}/api/jobs/{secret['job_id']}/cancel", headers=token(*VIEWER) | CSRF)
+    assert r.status_code == 404
+
+
+def test_cancel_needs_edit_permission_and_csrf_header_then_really_cancels(
+    client: Any, live: Any, record_run: Any, emulator: Any
+) -> None:
+    emulator.control.set_job_behaviour(match="ui-stay", stay_pending=True)
+    record_run("ui_cancel", wait=False, prefix="ui-stay")
+    job = jobs(client, dag_id="ui_cancel")["jobs"][0]
+    assert job["state"] == "PENDING" and job["can_cancel"] is True
+    assert jobs(client, VIEWER, dag_id="ui_cancel")["jobs"][0]["can_cancel"] is False
+    url = f"{PREFIX}/api/jobs/{job['job_id']}/cancel"
+
+    r = client.post(url, headers=token(*VIEWER) | CSRF)
+    assert r.status_code == 403 and "edit permission" in r.json()["detail"]
+    r = client.post(url, headers=token(*ADMIN))
+    assert r.status_code == 403 and "X-Requested-With" in r.json()["detail"]
+    r = client.post(url, headers=token(*ADMIN) | CSRF | {"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    r = client.get(url, headers=token(*ADMIN) | CSRF)
+    assert r.status_code == 405
+    assert not any(j["cancel_requested"] for j in emulator.control.jobs())
+
+    r = client.post(url, headers=token(*ADMIN) | CSRF | {"Origin": "http://testserver"})
+    assert r.status_code == 200, r.text
+    assert r.json()["job"]["state"] == "CANCELLED" and r.json()["job"]["can_cancel"] is False
+    (remote,) = emulator.control.jobs()
+    assert remote["name"] == job["job_name"] and remote["state"] == "BATCH_STATE_CANCELLED"
+
+
+def test_api_unreachable_shows_reason_and_recorded_state_without_secrets(
+    client: Any, live: Any, record_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    # The key of the emulator connection (read from it: importing tests.conftest would re-run it).
+    api_key = json.loads(os.environ["AIRFLOW_CONN_GEMINI_BATCH_DEFAULT"])["password"]
+    down = {"conn_type": "gemini_batch", "host": f"http://127.0.0.1:{closed_port}", "password": api_key}
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DOWN", json.dumps(down))
+    record_run("ui_unreachable", n_jobs=2, conn_id="gemini_down", load=False)
+    calls_before = live.calls
+    r = client.get(f"{PREFIX}/api/jobs", params={"dag_id": "ui_unreachable"}, headers=token(*ADMIN))
+    assert api_key not in r.text
+    rows = r.json()["jobs"]
+    assert len(rows) == 2
+    for job in rows:
+        assert job["live_error"] and "ConnectError" in job["live_error"]
+        assert job["state"] == "SUCCEEDED" and job["state_source"] == "recorded"
+        assert job["progress"]["succeeded"] == 3
+    assert live.calls - calls_before == 1, (
+        "a broken connection must cost one call per refresh, not one per job"
+    )
+
+
+def test_missing_connection_is_named(client: Any, live: Any, record_run: Any) -> None:
+    record_run("ui_no_conn", conn_id="gemini_nowhere", wait=False)
+    (job,) = jobs(client, dag_id="ui_no_conn")["jobs"]
+    assert "'gemini_nowhere' is not defined" in job["live_error"]
+    assert job["state"] == "UNKNOWN" and job["state_source"] == "none"
+
+
+def test_many_viewers_share_one_read_and_calls_are_capped(
+    client: Any, live: Any, record_run: Any, emulator: Any
+) -> None:
+    from airflow_gemini_batch.plugins.live import LiveStates
+
+    record_run("ui_cache", n_jobs=3, wait=False)
+    before = emulator.control.calls().get("batches.get", 0)
+    for user in (ADMIN, VIEWER, ADMIN, VIEWER):
+        assert len(jobs(client, user, dag_id="ui_cache")["jobs"]) == 3
+    assert emulator.control.calls().get("batches.get", 0) - before == 3  # one read per job, then the cache
+
+    from airflow_gemini_batch.plugins.app import get_app
+
+    get_app().state.live = capped = LiveStates(ttl=60.0, max_calls=2)
+    rows = jobs(client, dag_id="ui_cache")["jobs"]
+    assert capped.calls == 2 and sum(j["live_deferred"] for j in rows) == 1
+    rows = jobs(client, dag_id="ui_cache")["jobs"]  # the next refresh reads the one left over
+    assert capped.calls == 3 and not any(j["live_deferred"] for j in rows)
