@@ -73,6 +73,7 @@ def test_product_descriptions_end_to_end(example_env, emulator, register_dag):
     )
     assert len(out) == 3000 and sorted(out) == [p[0] for p in products]
     pid, name, category, material, price = products[41]
+    assert category in out[pid]
     assert name in out[pid] and material in out[pid] and str(price) in out[pid]
     assert _query(example_env, "SELECT COUNT(*) FROM product_descriptions_errors") == [(0,)]
     assert len(emulator.control.jobs()) == 1
