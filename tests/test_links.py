@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from airflow_gemini_batch.links import GeminiBatchJobLink, page_url
+from tests.conftest import xcom_of
 
 
 def ti_key(task_id: str = "submit", map_index: int = -1) -> Any:
@@ -49,43 +50,55 @@ def test_link_under_a_sub_path_and_to_one_job(monkeypatch: pytest.MonkeyPatch) -
     assert page_url(dag_id="d").startswith("/plugin/gemini-batches/gemini-batch/ui/?dag_id=d")
 
 
-def test_a_task_run_stores_the_link_for_the_ui(airflow_db: Path) -> None:
-    """Airflow evaluates ``get_link`` on the worker and stores the URL in XCom ``_link_<class>``."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.models.xcom import XComModel
-    from airflow.sdk import DAG, BaseOperator
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+def test_real_operators_store_the_link_for_the_ui(
+    airflow_db: Path,
+    gemini_conn: str,
+    emulator: Any,
+    sqlite_warehouse: Any,
+    register_dag: Any,
+    tmp_path: Path,
+) -> None:
+    """Airflow evaluates ``get_link`` on the worker and stores the URL in XCom ``_link_<class>``: for each of
+    our three operators, in a real ``dag.test()`` run against the emulator."""
+    from airflow.sdk import DAG
 
-    class LinkedOperator(BaseOperator):
-        operator_extra_links = (GeminiBatchJobLink(),)
-
-        def execute(self, context: Any) -> None:
-            return None
+    from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
+    from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
+    from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 
     with DAG(dag_id="links_e2e", schedule=None, start_date=datetime(2025, 1, 1, tzinfo=timezone.utc)) as dag:
-        LinkedOperator(task_id="submit")
-
-    # dag.test() in 3.3.2 only runs DAGs it finds serialized; write this in-test DAG as the dag-processor would.
-    DagBundlesManager().sync_bundles_to_db()
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        submit = GeminiBatchSubmitOperator(
+            task_id="submit",
+            requests=["Name a colour.", "Name a fruit."],
+            staging_path=str(tmp_path / "staging"),
+            gemini_conn_id=gemini_conn,
         )
+        wait = GeminiBatchJobSensor(
+            task_id="wait", manifest=submit.output, deferrable=True, poll_interval=0.2
+        )
+        load = GeminiBatchLoadResultsOperator(
+            task_id="load",
+            manifest=submit.output,
+            destination_conn_id=sqlite_warehouse.conn_id,
+            destination_table=sqlite_warehouse.table("links_results"),
+            key_column_type="INTEGER",
+        )
+        submit >> wait >> load
+
+    register_dag(dag)
     dag_run = dag.test()
     assert dag_run.state == "success"
+    assert len(emulator.control.jobs()) == 1
 
-    with create_session() as session:
-        row = session.execute(
-            select(XComModel).where(
-                XComModel.dag_id == "links_e2e",
-                XComModel.run_id == dag_run.run_id,
-                XComModel.key == GeminiBatchJobLink().xcom_key,
-            )
-        ).scalar_one()
-        url = XComModel.deserialize_value(row)
-    assert "/plugin/gemini-batches/gemini-batch/ui/?" in url
-    assert parse_qs(urlsplit(url).query)["task_id"] == ["submit"]
-    assert parse_qs(urlsplit(url).query)["run_id"] == [dag_run.run_id]
+    key = GeminiBatchJobLink().xcom_key
+    assert key == "_link_GeminiBatchJobLink"
+    for task_id in ("submit", "wait", "load"):
+        url = xcom_of(dag_run, task_id, key)
+        assert url, f"task {task_id} stored no {key} XCom"
+        parts = urlsplit(url)
+        assert parts.path.endswith("/plugin/gemini-batches/gemini-batch/ui/")
+        assert parse_qs(parts.query) == {
+            "dag_id": ["links_e2e"],
+            "run_id": [dag_run.run_id],
+            "task_id": [task_id],
+        }

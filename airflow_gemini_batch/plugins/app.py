@@ -34,12 +34,16 @@ from airflow_gemini_batch.plugins.live import LiveStates
 from airflow_gemini_batch.plugins.page import render_page
 from airflow_gemini_batch.plugins.plugin import URL_PREFIX
 from airflow_gemini_batch.plugins.records import JobRecord, load_job_records
+from airflow_gemini_batch.results import OUTCOMES
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
 log = logging.getLogger(__name__)
 
+#: The token and cost amounts of a results summary (``GeminiBatchLoadResultsOperator._summary``).
+TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
+COST_FIELDS = ("batch", "standard", "savings")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 #: The anti-CSRF header the page's cancel button sends.
 CSRF_HEADER_VALUE = "gemini-batch"
@@ -211,28 +215,48 @@ def _job_view(rec: JobRecord, live: dict[str, Any], can_edit: bool) -> dict[str,
 
 
 def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sums over the shown jobs; task-level usage totals are counted once per results task."""
+    """Sums over the shown jobs; a results task's tokens and cost are counted once, however many jobs it loaded.
+
+    ``outcomes`` sums the loaded jobs only (``loaded_jobs`` of them); ``cost`` sums the results tasks whose
+    model has a price (``unpriced_tasks`` counts the others), and is None when none has.
+    """
     totals: dict[str, Any] = {"jobs": len(jobs), "requests": 0, "succeeded": 0, "failed": 0, "pending": 0}
-    tokens = batch = standard = 0.0
-    has_cost = False
-    seen: set[tuple[str, str, str | None]] = set()
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    tokens = dict.fromkeys(TOKEN_FIELDS, 0)
+    cost = dict.fromkeys(COST_FIELDS, 0.0)
+    loaded = priced = unpriced = 0
+    currencies: set[str] = set()
+    seen: set[tuple[str, str, str | None, int | None]] = set()
     for j in jobs:
         for k in ("succeeded", "failed", "pending"):
             totals[k] += j["progress"][k]
         totals["requests"] += j["progress"]["total"]
-        if j["usage_is_task_total"]:
-            key = (j["dag_id"], j["run_id"], j["results_task_id"])
-            if key in seen:
-                continue
-            seen.add(key)
-        tokens += float((j.get("tokens") or {}).get("total") or 0)
-        cost = j.get("cost") or {}
-        if "batch_usd" in cost:
-            has_cost = True
-            batch += float(cost.get("batch_usd") or 0)
-            standard += float(cost.get("standard_usd") or 0)
-    totals["tokens"] = int(tokens)
-    totals["cost"] = (
-        {"batch_usd": batch, "standard_usd": standard, "saved_usd": standard - batch} if has_cost else None
-    )
+        if j["outcomes"] is None:
+            continue
+        loaded += 1
+        for k in OUTCOMES:
+            outcomes[k] += int(j["outcomes"].get(k) or 0)
+        task = (j["dag_id"], j["run_id"], j["results_task_id"], j["results_map_index"])
+        if task in seen:
+            continue
+        seen.add(task)
+        for k in TOKEN_FIELDS:
+            tokens[k] += int((j["tokens"] or {}).get(k) or 0)
+        job_cost = j["cost"] or {}
+        if job_cost.get("batch") is None:
+            unpriced += 1
+            continue
+        priced += 1
+        currencies.add(str(job_cost.get("currency") or "USD"))
+        for k in COST_FIELDS:
+            cost[k] += float(job_cost.get(k) or 0.0)
+    totals |= {
+        "loaded_jobs": loaded,
+        "outcomes": outcomes if loaded else None,
+        "tokens": tokens,
+        "cost": ({"currency": "/".join(sorted(currencies))} | {k: round(v, 6) for k, v in cost.items()})
+        if priced
+        else None,
+        "unpriced_tasks": unpriced,
+    }
     return totals

@@ -17,7 +17,13 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) =>
   ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const enc = encodeURIComponent;
 const num = (n) => (n == null ? "—" : Number(n).toLocaleString("en-US"));
-const usd = (n) => (n == null ? "—" : "$" + Number(n).toFixed(Math.abs(n) < 1 ? 4 : 2));
+function money(n, cur) {
+  if (n == null) return "—";
+  // Batch runs of a few prompts cost fractions of a cent: show them to the 6 decimals pricing keeps.
+  const a = Math.abs(n), v = a >= 1 ? Number(n).toFixed(2) : a >= 0.01 ? Number(n).toFixed(4)
+    : String(Number(Number(n).toFixed(6)));
+  return !cur || cur === "USD" ? "$" + v : `${v} ${esc(cur)}`;
+}
 
 // ---- theme: follow Airflow's colour mode -----------------------------------------------------------
 function theme() {
@@ -78,30 +84,47 @@ function progressCell(p) {
     `<div class="small nowrap">${num(p.succeeded)} ok · <span class="${p.failed ? "badtxt" : ""}">` +
     `${num(p.failed)} failed</span></div><div class="small muted nowrap">${num(p.pending)} pending of ${num(p.total)}</div>`;
 }
-function outcomesCell(o) {
+function outcomesCell(o, status) {
   if (!o) return `<span class="muted small">not loaded yet</span>`;
+  const verdict = status === "too_many_failures"
+    ? `<div class="warnbox">too many failures: the results task failed after loading</div>` : "";
   const rest = Object.entries(o).filter(([k, v]) => k !== "succeeded" && v);
   return `<span class="chip ok">${num(o.succeeded || 0)} succeeded</span>` +
     rest.map(([k, v]) => `<span class="chip bad">${num(v)} ${esc(k.replace(/_/g, " "))}</span>`).join("") +
-    (rest.length ? "" : `<div class="muted small">nothing failed or missing</div>`);
+    (rest.length ? "" : `<div class="muted small">nothing failed or missing</div>`) + verdict;
 }
 function tokensCell(j) {
   const t = j.tokens;
   if (!t) return `<span class="muted">—</span>`;
   let h = `${num(t.total)}`;
-  if (t.prompt != null) h += `<div class="muted small">in ${num(t.prompt)} · out ${num(t.output)}</div>`;
+  h += `<div class="muted small">in ${num(t.prompt)} · out ${num(t.output)}` +
+    (t.thinking ? ` · thinking ${num(t.thinking)}` : "") + (t.cached ? ` · cached ${num(t.cached)}` : "") + `</div>`;
   return h + shared(j);
 }
 function costCell(j, withTokens) {
   const c = j.cost;
-  if (!c || c.batch_usd == null) return `<span class="muted">${withTokens && j.tokens ? num(j.tokens.total) + " tokens" : "—"}</span>`;
-  let h = `<b>${usd(c.batch_usd)}</b>`;
-  if (c.standard_usd != null) {
-    h += `<div class="muted small nowrap">standard ${usd(c.standard_usd)}</div>` +
-      `<div class="save small nowrap">saved ${usd(c.standard_usd - c.batch_usd)}</div>`;
+  if (!c || c.batch == null) {
+    const why = c && c.model ? `<div class="muted small">no price known for ${esc(c.model)}</div>` : "";
+    return `<span class="muted">${withTokens && j.tokens ? num(j.tokens.total) + " tokens" : "—"}</span>` + why;
+  }
+  let h = `<b>${money(c.batch, c.currency)}</b>`;
+  if (c.standard != null) {
+    h += `<div class="muted small nowrap">standard ${money(c.standard, c.currency)}</div>` +
+      `<div class="save small nowrap">saved ${money(c.savings, c.currency)}</div>`;
   }
   if (withTokens && j.tokens) h += `<div class="muted small nowrap">${num(j.tokens.total)} tokens</div>`;
+  if (!withTokens && c.prices_as_of) h += `<div class="muted small">prices as of ${esc(c.prices_as_of)}</div>`;
   return h + shared(j);
+}
+function loadCell(j) {
+  const r = j.load_report;
+  if (!r) return `<span class="muted small">not loaded yet</span>`;
+  let h = `${num(r.key_count)} keys · ${num(r.lines)} result lines`;
+  const odd = [["unknown_keys", "lines with unknown keys (not loaded)"], ["duplicate_keys", "duplicate lines (ignored)"],
+    ["malformed_lines", "malformed lines"]].filter(([k]) => r[k]);
+  h += odd.map(([k, label]) => `<div class="badtxt small">${num(r[k])} ${label}</div>`).join("");
+  if (r.truncated) h += `<div class="badtxt small">the responses file ended in a truncated line</div>`;
+  return h + `<div class="muted small">results task ${esc(j.results_task_id)}: ${esc(j.results_status || "—")}</div>`;
 }
 const shared = (j) => (j.usage_is_task_total
   ? `<div class="muted small" title="The results task reports one total for its ${j.usage_job_count} jobs">` +
@@ -154,21 +177,25 @@ async function loadList() {
       `task add progress, outcomes, tokens and cost. Only DAGs you may read are listed.</p></div>`;
     return;
   }
-  const t = data.totals, c = t.cost;
+  const t = data.totals, c = t.cost, o = t.outcomes;
   const cards = [["Jobs", num(t.jobs)], ["Requests", num(t.requests)], ["Succeeded", num(t.succeeded)],
-    ["Failed", num(t.failed)], ["Pending", num(t.pending)], ["Tokens", num(t.tokens)]];
-  if (c) cards.push(["Cost at batch price", usd(c.batch_usd)], ["At standard price", usd(c.standard_usd)],
-    ["Saved", usd(c.saved_usd)]);
+    ["Failed", num(t.failed)], ["Pending", num(t.pending)]];
+  if (o) cards.push([`Loaded OK (${num(t.loaded_jobs)} jobs)`, num(o.succeeded)],
+    ["Loaded not OK", num(o.failed + o.invalid_output + o.missing)]);
+  cards.push(["Tokens", num(t.tokens.total)]);
+  if (c) cards.push(["Cost at batch price", money(c.batch, c.currency)],
+    ["At standard price", money(c.standard, c.currency)], ["Saved", money(c.savings, c.currency)]);
   const rows = data.jobs.map((j) => `<tr data-job="${esc(j.job_id)}">
     <td class="wrap"><a target="_top" href="${esc(taskUrl(j))}"><b>${esc(j.dag_id)}</b></a>
-      <div class="small">${esc(j.task_id)}${j.map_index >= 0 ? ` [${j.map_index}]` : ""}</div>
+      <div class="small" title="the tasks that submitted, waited for and loaded this job">${
+        esc(j.task_ids.join(" → "))}${j.map_index >= 0 ? ` [${j.map_index}]` : ""}</div>
       <div class="muted small mono">${esc(j.run_id)}</div></td>
     <td><a class="mono job" href="${esc(jobUrl(j))}" title="${esc(j.job_name)}">${esc(j.job_id)}</a>
       <div class="muted small">${esc(j.model || "")}${j.task ? " · " + esc(j.task) : ""}</div>
       <div class="muted small">${j.shard_count > 1 ? `shard ${j.shard_index + 1} of ${j.shard_count}` : "single job"}</div></td>
     <td>${stateCell(j)}</td><td>${progressCell(j.progress)}</td>
     <td class="small nowrap">${when(j.create_time)}<div class="muted">${j.end_time ? when(j.end_time) : "not ended"}</div></td>
-    <td class="outcomes">${outcomesCell(j.outcomes)}</td><td class="small">${costCell(j, true)}</td>
+    <td class="outcomes">${outcomesCell(j.outcomes, j.results_status)}</td><td class="small">${costCell(j, true)}</td>
     <td>${cancelButton(j)}</td></tr>`).join("");
   $("main").innerHTML = `<div class="cards">${cards.map(([k, v]) =>
     `<div class="card"><div class="v">${v}</div><div class="k">${k}</div></div>`).join("")}</div>
@@ -188,13 +215,14 @@ async function loadDetail(id) {
   $("subtitle").innerHTML = `<a href="${C.appBase}/ui/">← all jobs</a> · ` +
     `<a target="_top" href="${esc(taskUrl(j))}">open the task in Airflow</a>`;
   const rows = [["State", stateCell(j)], ["Progress", progressCell(j.progress)],
-    ["DAG / run / task", `${esc(j.dag_id)} / <span class="mono">${esc(j.run_id)}</span> / ${esc(j.task_id)}`],
+    ["DAG / run / task", `${esc(j.dag_id)} / <span class="mono">${esc(j.run_id)}</span> / ${esc(j.task_ids.join(" → "))}`],
     ["Display name", esc(j.display_name || "—")], ["Model", esc(j.model || "—")], ["Task", esc(j.task || "—")],
     ["Shard", j.shard_count > 1 ? `${j.shard_index + 1} of ${j.shard_count}` : "single job"],
     ["Requests", num(j.progress.total)], ["Connection", `<span class="mono">${esc(j.gemini_conn_id)}</span>`],
     ["Created", when(j.create_time, true)], ["Ended", when(j.end_time, true)],
     ["Last update", when(j.update_time, true)],
-    ["Outcomes after loading", outcomesCell(j.outcomes)], ["Tokens", tokensCell(j)], ["Cost", costCell(j, false)]];
+    ["Outcomes after loading", outcomesCell(j.outcomes, j.results_status)], ["Loading", loadCell(j)],
+    ["Tokens", tokensCell(j)], ["Cost", costCell(j, false)]];
   $("main").innerHTML = `<div style="margin-bottom:12px">${cancelButton(j)}</div><div class="grid">${
     rows.map(([k, v]) => `<div class="k">${k}</div><div>${v}</div>`).join("")}</div>
     <details><summary class="muted">Recorded and live data (JSON)</summary><pre>${esc(JSON.stringify(j, null, 2))}</pre></details>`;

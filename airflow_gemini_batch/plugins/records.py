@@ -1,8 +1,10 @@
 """What our operators recorded about batch jobs, read back from Airflow's metadata DB (the XCom table).
 
-The submit operator pushes a manifest (one shard = one job), the sensor a wait summary (recorded state and
-batchStats per job), the results operator a results summary (outcomes, tokens, cost). This module joins them
-into one :class:`JobRecord` per job, newest first.
+The submit operator pushes a manifest (``manifest.Manifest``: one shard = one job); the sensor, or the submit
+task itself with ``wait_for_completion=True``, a wait summary (``waiting.build_summary``: state and batchStats
+per job); the results operator a results summary (``GeminiBatchLoadResultsOperator._summary``: outcome counts
+per job, tokens and cost per task). This module joins them into one :class:`JobRecord` per job, newest first.
+Those producers are the only shapes read here: a document of another ``kind`` is ignored.
 
 Invariants:
 
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
 #: Hard cap on manifests read per request, whatever the caller asks: the page is a monitor, not an archive.
 MAX_MANIFESTS = 1000
 
+#: The ``ShardReport`` fields the page shows besides the outcome counts.
+LOAD_REPORT_FIELDS = ("key_count", "lines", "unknown_keys", "duplicate_keys", "malformed_lines", "truncated")
+
+_JobKey = tuple[str, str, str]  # (dag_id, run_id, job_name)
+_Wait = tuple[str, dict[str, Any]]  # (task_id, the job's entry in the wait summary)
+#: (task_id, map_index, results summary, the job's ShardReport)
+_Loaded = tuple[str, int, dict[str, Any], dict[str, Any]]
+
 
 @dataclass
 class JobRecord:
@@ -61,10 +71,18 @@ class JobRecord:
     #: The job's entry in the sensor's wait summary (state, batchStats counts, times, error), if any.
     wait: dict[str, Any] | None = None
     wait_task_id: str | None = None
-    #: The job's outcome counts from the results summary (succeeded, failed, invalid_output, missing, ...).
-    outcomes: dict[str, Any] | None = None
+    #: The job's outcome counts from the results summary's ``ShardReport`` (succeeded, failed,
+    #: invalid_output, missing).
+    outcomes: dict[str, int] | None = None
+    #: What loading the job's responses found besides outcomes (key and line counts, unknown and duplicate
+    #: keys, malformed lines); a subset of the ``ShardReport``.
+    load_report: dict[str, Any] | None = None
+    #: The results task's verdict: ``ok`` or ``too_many_failures`` (it fails after loading everything).
+    results_status: str | None = None
     results_task_id: str | None = None
-    #: Tokens and cost: the job's own if the results summary has them per job, else the results task's totals.
+    results_map_index: int | None = None
+    #: Tokens (``prompt``, ``output``, ``thinking``, ``cached``, ``total``) and cost (``currency``, ``batch``,
+    #: ``standard``, ``savings``, ``prices_as_of``, ...) of the results task that loaded this job.
     tokens: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None
     #: True when ``tokens``/``cost`` are the totals of a results task that loaded several jobs.
@@ -149,7 +167,7 @@ def load_job_records(
     records: list[JobRecord] = []
     for m in manifests:
         manifest = _decode(m.value)
-        if not isinstance(manifest, dict) or manifest.get("kind", MANIFEST_KIND) != MANIFEST_KIND:
+        if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
             continue
         shards = [s for s in manifest.get("shards") or [] if isinstance(s, dict) and s.get("job_name")]
         for shard in shards:
@@ -182,63 +200,78 @@ def load_job_records(
 
 def _load_summaries(
     session: Session, runs: set[tuple[str, str]]
-) -> tuple[dict[tuple[str, str, str], tuple[str, dict]], dict[tuple[str, str, str], tuple[str, dict]]]:
+) -> tuple[dict[_JobKey, _Wait], dict[_JobKey, _Loaded]]:
     """Wait and results summaries of these runs, indexed by (dag_id, run_id, job_name).
 
     Summaries name their jobs, so they are matched by job name, not by task id: the page needs no knowledge
-    of how a DAG wires our operators together.
+    of how a DAG wires our operators together (a sensor, or the submit task itself with
+    ``wait_for_completion=True``, records the wait summary).
     """
     dag_ids = {d for d, _ in runs}
     run_ids = {r for _, r in runs}
     stmt = select(
-        XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.key, XComModel.value
+        XComModel.dag_id,
+        XComModel.run_id,
+        XComModel.task_id,
+        XComModel.map_index,
+        XComModel.key,
+        XComModel.value,
     ).where(
         XComModel.key.in_((WAIT_SUMMARY_XCOM_KEY, RESULTS_SUMMARY_XCOM_KEY)),
         XComModel.dag_id.in_(dag_ids),
         XComModel.run_id.in_(run_ids),
     )
-    waits: dict[tuple[str, str, str], tuple[str, dict]] = {}
-    results: dict[tuple[str, str, str], tuple[str, dict]] = {}
+    waits: dict[_JobKey, _Wait] = {}
+    results: dict[_JobKey, _Loaded] = {}
     for row in session.execute(stmt):
         if (row.dag_id, row.run_id) not in runs:
             continue
         doc = _decode(row.value)
         if not isinstance(doc, dict):
             continue
-        if row.key == WAIT_SUMMARY_XCOM_KEY and doc.get("kind", WAIT_SUMMARY_KIND) == WAIT_SUMMARY_KIND:
-            for job in doc.get("jobs") or []:
-                if isinstance(job, dict) and job.get("name"):
+        jobs = [j for j in doc.get("jobs") or [] if isinstance(j, dict)]
+        if row.key == WAIT_SUMMARY_XCOM_KEY and doc.get("kind") == WAIT_SUMMARY_KIND:
+            # waiting.build_summary: one JobStatus-like entry per job, keyed by "name".
+            for job in jobs:
+                if job.get("name"):
                     waits[(row.dag_id, row.run_id, job["name"])] = (row.task_id, job)
-        elif (
-            row.key == RESULTS_SUMMARY_XCOM_KEY
-            and doc.get("kind", RESULTS_SUMMARY_KIND) == RESULTS_SUMMARY_KIND
-        ):
-            for name in doc.get("jobs") or {}:
-                results[(row.dag_id, row.run_id, name)] = (row.task_id, doc)
+        elif row.key == RESULTS_SUMMARY_XCOM_KEY and doc.get("kind") == RESULTS_SUMMARY_KIND:
+            # GeminiBatchLoadResultsOperator._summary: "jobs" is a list of ShardReport dicts ("job_name").
+            for job in jobs:
+                if job.get("job_name"):
+                    results[(row.dag_id, row.run_id, job["job_name"])] = (
+                        row.task_id,
+                        row.map_index,
+                        doc,
+                        job,
+                    )
     return waits, results
 
 
-def _attach_wait(rec: JobRecord, found: tuple[str, dict] | None) -> None:
+def _attach_wait(rec: JobRecord, found: _Wait | None) -> None:
     if found is None:
         return
     rec.wait_task_id, rec.wait = found
-    rec.task_ids.append(rec.wait_task_id)
+    _add_task(rec, rec.wait_task_id)
 
 
-def _attach_results(rec: JobRecord, found: tuple[str, dict] | None) -> None:
+def _attach_results(rec: JobRecord, found: _Loaded | None) -> None:
     if found is None:
         return
-    rec.results_task_id, doc = found
-    rec.task_ids.append(rec.results_task_id)
-    jobs = doc.get("jobs") or {}
-    per_job = jobs.get(rec.job_name) or {}
-    # Per-job counts may be flat ({succeeded, failed, ...}) or nested under "counts"; accept both.
-    counts = per_job.get("counts") if isinstance(per_job.get("counts"), dict) else per_job
-    rec.outcomes = {k: v for k, v in counts.items() if isinstance(v, (int, float))}
-    if isinstance(per_job.get("tokens"), dict) or isinstance(per_job.get("cost"), dict):
-        rec.tokens, rec.cost = per_job.get("tokens"), per_job.get("cost")
-    else:
-        # Only totals for the whole results task: say so on the page rather than split them by guesswork.
-        rec.tokens, rec.cost = doc.get("tokens"), doc.get("cost")
-        rec.usage_job_count = len(jobs)
-        rec.usage_is_task_total = len(jobs) > 1
+    rec.results_task_id, rec.results_map_index, doc, report = found
+    _add_task(rec, rec.results_task_id)
+    counts = report.get("counts") or {}
+    rec.outcomes = {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}
+    rec.load_report = {k: report.get(k) for k in LOAD_REPORT_FIELDS if k in report}
+    rec.results_status = doc.get("status")
+    # The results summary records tokens and cost for the whole task only: say so on the page (and count it
+    # once in the totals) rather than split it over the jobs by guesswork.
+    rec.tokens, rec.cost = doc.get("tokens"), doc.get("cost")
+    rec.usage_job_count = len(doc.get("jobs") or [])
+    rec.usage_is_task_total = rec.usage_job_count > 1
+
+
+def _add_task(rec: JobRecord, task_id: str) -> None:
+    # The submit task with wait_for_completion=True records the manifest and the wait summary both.
+    if task_id not in rec.task_ids:
+        rec.task_ids.append(task_id)

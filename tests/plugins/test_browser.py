@@ -113,18 +113,39 @@ def _open_from_nav(page: Any) -> Any:
     return page.frame_locator("iframe[title='Gemini Batches']")
 
 
-def test_page_in_a_real_browser(record_run: Any, emulator: Any, api_server: str, tmp_path: Path) -> None:
+def money(amount: float) -> str:
+    """USD as the page's script formats it (``money`` in page_script.py)."""
+    if abs(amount) >= 1:
+        return f"${amount:.2f}"
+    if abs(amount) >= 0.01:
+        return f"${amount:.4f}"
+    return "$" + (f"{amount:.6f}".rstrip("0").rstrip(".") or "0")
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Checked before the api-server starts, so a missing browser fails (CI) or skips (elsewhere) at once."""
     _require_chromium()
+    return CHROMIUM
+
+
+def test_page_in_a_real_browser(
+    chromium: Path, record_run: Any, emulator: Any, api_server: str, tmp_path: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
-    # A finished run (outcomes, tokens, cost) and a still-pending job the admin can cancel.
-    record_run("reviews_enrichment", n_jobs=2, n_requests=5)
-    emulator.control.set_job_behaviour(match="nightly-pending", stay_pending=True)
-    record_run("nightly_embeddings", wait=False, prefix="nightly-pending")
+    from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, RESULTS_SUMMARY_XCOM_KEY
+    from tests.conftest import xcom_of
+
+    # A finished run of the real operators (2 jobs of 5; outcomes, tokens, cost) and a still-pending job the
+    # admin can cancel.
+    finished_run = record_run("reviews_enrichment", n_requests=10, max_requests_per_job=5)
+    results = xcom_of(finished_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    pending_run = record_run("nightly_summaries", wait=None, load=False, pending=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             for mode in ("light", "dark"):
                 context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme=mode)
@@ -139,9 +160,14 @@ def test_page_in_a_real_browser(record_run: Any, emulator: Any, api_server: str,
                 assert (
                     "SUCCEEDED" in text and "5 ok" in text and "0 failed" in text and "0 pending of 5" in text
                 )
-                assert "$0.0125" in text and "saved $0.0125" in text and "gemini-2.5-flash" in text
-                assert "5 succeeded" in text and "100 tokens" in text
-                pending = frame.locator("tr", has_text="nightly_embeddings")
+                cost, tokens = results["cost"], results["tokens"]
+                assert money(cost["batch"]) in text and f"saved {money(cost['savings'])}" in text
+                assert f"standard {money(cost['standard'])}" in text and "gemini-2.5-flash" in text
+                assert "5 succeeded" in text and f"{tokens['total']:,} tokens" in text
+                assert "task total (2 jobs)" in text
+                cards = frame.locator(".cards").inner_text()
+                assert money(cost["batch"]) in cards and "Loaded OK" in cards
+                pending = frame.locator("tr", has_text="nightly_summaries")
                 assert "PENDING" in pending.inner_text() and "not loaded yet" in pending.inner_text()
                 assert frame.locator("body").evaluate("() => document.documentElement.dataset.theme") == mode
                 page.screenshot(path=str(ARTIFACTS / f"gemini-batches-{mode}.png"))
@@ -149,7 +175,9 @@ def test_page_in_a_real_browser(record_run: Any, emulator: Any, api_server: str,
                     # The job detail view, reached by the job link inside the iframe.
                     finished.first.locator("a.job").click()
                     frame.locator(".grid").wait_for(timeout=30_000)
-                    assert "Outcomes after loading" in frame.locator("main").inner_text()
+                    detail = frame.locator("main").inner_text()
+                    assert "Outcomes after loading" in detail and "5 keys · 5 result lines" in detail
+                    assert f"prices as of {cost['prices_as_of']}" in detail
                     page.screenshot(path=str(ARTIFACTS / "gemini-batch-job-dark.png"))
                 context.close()
 
@@ -158,18 +186,19 @@ def test_page_in_a_real_browser(record_run: Any, emulator: Any, api_server: str,
             page = context.new_page()
             _login(page, api_server)
             frame = _open_from_nav(page)
-            button = frame.locator("tr", has_text="nightly_embeddings").get_by_role(
+            button = frame.locator("tr", has_text="nightly_summaries").get_by_role(
                 "button", name="Cancel job"
             )
             button.click()
             frame.get_by_role("button", name="Click again to cancel").click()
-            frame.locator("tr", has_text="nightly_embeddings").locator(
+            frame.locator("tr", has_text="nightly_summaries").locator(
                 ".badge", has_text="CANCELLED"
             ).wait_for(timeout=30_000)
             context.close()
         finally:
             browser.close()
 
-    states = {j["display_name"]: j["state"] for j in emulator.control.jobs()}
-    assert states["nightly-pending-shard-0"] == "BATCH_STATE_CANCELLED"
-    assert states["reviews_enrichment-shard-0"] == "BATCH_STATE_SUCCEEDED"
+    pending_job = xcom_of(pending_run, "submit", MANIFEST_XCOM_KEY)["shards"][0]["job_name"]
+    states = {j["name"]: j["state"] for j in emulator.control.jobs()}
+    assert states.pop(pending_job) == "BATCH_STATE_CANCELLED"
+    assert list(states.values()) == ["BATCH_STATE_SUCCEEDED"] * 2

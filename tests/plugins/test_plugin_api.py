@@ -1,7 +1,7 @@
 """The plugin's HTTP API on Airflow's own app: auth on every route, DAG filtering, cancel, errors, caching.
 
 Real parts: Airflow's ``create_app()`` with the SimpleAuthManager and JWTs it signs, the metadata DB filled by
-``dag.test()`` runs, the emulator reached by the real SDK through ``GeminiBatchHook``.
+``dag.test()`` runs of our real submit / sensor / load operators, the emulator reached by the real SDK.
 """
 
 from __future__ import annotations
@@ -12,11 +12,22 @@ import secrets
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 
+from airflow_gemini_batch.links import GeminiBatchJobLink
+from airflow_gemini_batch.manifest import (
+    MANIFEST_XCOM_KEY,
+    RESULTS_SUMMARY_XCOM_KEY,
+    WAIT_SUMMARY_XCOM_KEY,
+)
+from tests.conftest import xcom_of
+from tests.plugins.conftest import MODEL
+
+LINK_XCOM_KEY = GeminiBatchJobLink().xcom_key  # "_link_GeminiBatchJobLink"
 PREFIX = "/gemini-batch"
 CSRF = {"X-Requested-With": "gemini-batch"}
 
@@ -122,41 +133,104 @@ def test_empty_state_explains_how_jobs_appear(client: Any, live: Any) -> None:
     assert "GeminiBatchSubmitOperator" in page and "recorded yet" in page
 
 
-def test_lists_recorded_jobs_with_live_state_outcomes_tokens_and_cost(
+def test_lists_real_runs_with_live_state_outcomes_tokens_and_cost(
     client: Any, live: Any, record_run: Any, emulator: Any
 ) -> None:
-    dag_run = record_run("ui_listed", n_jobs=2, n_requests=4)
+    """Submit → sensor → load, 8 prompts in 2 jobs of 4, 2 of them failing: the page shows what they recorded."""
+    dag_run = record_run("ui_listed", n_requests=8, max_requests_per_job=4, failing={1, 6})
+    wait = xcom_of(dag_run, "wait", WAIT_SUMMARY_XCOM_KEY)
+    results = xcom_of(dag_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    manifest = xcom_of(dag_run, "submit", MANIFEST_XCOM_KEY)
+    assert results["counts"] == {"succeeded": 6, "failed": 2, "invalid_output": 0, "missing": 0}
+    assert results["tokens"]["total"] > 0 and results["cost"]["batch"] > 0
+
     data = jobs(client, dag_id="ui_listed", run_id=dag_run.run_id)
     assert len(data["jobs"]) == 2
+    waited = {j["name"]: j for j in wait["jobs"]}
+    loaded = {j["job_name"]: j for j in results["jobs"]}
+    shards = {s["job_name"]: s for s in manifest["shards"]}
     for job in data["jobs"]:
+        name = job["job_name"]
         assert job["state"] == "SUCCEEDED" and job["state_source"] == "live"
-        assert job["progress"] == {"total": 4, "succeeded": 4, "failed": 0, "pending": 0}
-        assert job["outcomes"]["succeeded"] == 4 and job["outcomes"]["missing"] == 0
-        assert job["tokens"]["total"] == 100 and job["cost"]["batch_usd"] == pytest.approx(0.0125)
+        assert job["progress"] == {"total": 4, "succeeded": 3, "failed": 1, "pending": 0}
+        assert (waited[name]["succeeded_count"], waited[name]["failed_count"]) == (3, 1)
+        assert (
+            job["outcomes"]
+            == loaded[name]["counts"]
+            == {
+                "succeeded": 3,
+                "failed": 1,
+                "invalid_output": 0,
+                "missing": 0,
+            }
+        )
+        assert job["load_report"]["key_count"] == 4 and job["load_report"]["unknown_keys"] == 0
+        assert job["results_status"] == "ok"
+        # Tokens and cost exist for the results task only: shown as its total, flagged as such.
+        assert job["tokens"] == results["tokens"] and job["cost"] == results["cost"]
+        assert job["usage_is_task_total"] and job["usage_job_count"] == 2
         assert job["task_ids"] == ["submit", "wait", "load"] and job["can_cancel"] is False
-        assert job["model"] == "gemini-2.5-flash" and job["shard_count"] == 2
-    emulator_names = {j["name"] for j in emulator.control.jobs()}
-    assert {j["job_name"] for j in data["jobs"]} == emulator_names
-    assert data["totals"]["requests"] == 8 and data["totals"]["tokens"] == 200
-    assert data["totals"]["cost"] == {"batch_usd": 0.025, "standard_usd": 0.05, "saved_usd": 0.025}
+        assert job["model"] == MODEL and job["task"] == "generate" and job["shard_count"] == 2
+        assert job["display_name"] == shards[name]["display_name"] and job["request_count"] == 4
+    assert sorted(j["shard_index"] for j in data["jobs"]) == [0, 1]
+    assert {j["job_name"] for j in data["jobs"]} == {j["name"] for j in emulator.control.jobs()}
+
+    totals = data["totals"]
+    assert (totals["jobs"], totals["requests"], totals["succeeded"], totals["failed"]) == (2, 8, 6, 2)
+    assert totals["outcomes"] == results["counts"] and totals["loaded_jobs"] == 2
+    assert totals["tokens"] == results["tokens"]  # the task total counted once, not once per job
+    cost = results["cost"]
+    assert totals["cost"] == {
+        "currency": "USD",
+        "batch": cost["batch"],
+        "standard": cost["standard"],
+        "savings": cost["savings"],
+    }
+    assert totals["cost"]["standard"] == pytest.approx(2 * totals["cost"]["batch"])
+    assert totals["unpriced_tasks"] == 0
+
     # Filters: by state, and by the task of any of our three operators (what the extra link uses).
     assert len(jobs(client, dag_id="ui_listed", state="succeeded")["jobs"]) == 2
     assert jobs(client, dag_id="ui_listed", state="RUNNING")["jobs"] == []
-    assert len(jobs(client, dag_id="ui_listed", run_id=dag_run.run_id, task_id="wait")["jobs"]) == 2
     assert jobs(client, dag_id="ui_listed", task_id="other")["jobs"] == []
+    for task_id in ("submit", "wait", "load"):
+        link = xcom_of(dag_run, task_id, LINK_XCOM_KEY)
+        assert link, f"no {LINK_XCOM_KEY} XCom for task {task_id}"
+        query = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
+        assert query == {"dag_id": "ui_listed", "run_id": dag_run.run_id, "task_id": task_id}
+        assert len(jobs(client, **query)["jobs"]) == 2
+
     # Detail view, API and page.
     job_id = data["jobs"][0]["job_id"]
     r = client.get(f"{PREFIX}/api/jobs/{job_id}", headers=token(*VIEWER))
     assert r.status_code == 200 and r.json()["job"]["job_name"] == f"batches/{job_id}"
+    assert r.json()["job"]["outcomes"] == loaded[f"batches/{job_id}"]["counts"]
     assert client.get(f"{PREFIX}/ui/jobs/{job_id}", headers=token(*VIEWER)).status_code == 200
     assert client.get(f"{PREFIX}/api/jobs/nope404", headers=token(*ADMIN)).status_code == 404
 
 
-def test_task_level_usage_is_not_split_by_guesswork(client: Any, live: Any, record_run: Any) -> None:
-    dag_run = record_run("ui_task_totals", n_jobs=2, per_job_usage=False)
-    data = jobs(client, dag_id="ui_task_totals", run_id=dag_run.run_id)
-    assert all(j["usage_is_task_total"] and j["usage_job_count"] == 2 for j in data["jobs"])
-    assert data["totals"]["tokens"] == 200  # the task total counted once, not once per job
+def test_submit_that_waits_itself_and_a_single_job_with_its_own_usage(
+    client: Any, live: Any, record_run: Any
+) -> None:
+    """``wait_for_completion=True``: the submit task records the manifest and the wait summary both."""
+    dag_run = record_run("ui_self_wait", n_requests=3, wait="submit")
+    assert xcom_of(dag_run, "submit", WAIT_SUMMARY_XCOM_KEY)["jobs"][0]["succeeded_count"] == 3
+    results = xcom_of(dag_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    (job,) = jobs(client, dag_id="ui_self_wait")["jobs"]
+    assert job["task_ids"] == ["submit", "load"] and job["wait_task_id"] == "submit"
+    assert job["wait"]["state"] == "SUCCEEDED" and job["wait"]["request_count"] == 3
+    assert job["outcomes"]["succeeded"] == 3 and job["shard_count"] == 1
+    assert not job["usage_is_task_total"] and job["usage_job_count"] == 1
+    assert job["tokens"] == results["tokens"] and job["cost"] == results["cost"]
+
+
+def test_model_without_a_price_has_tokens_but_no_cost(client: Any, live: Any, record_run: Any) -> None:
+    dag_run = record_run("ui_unpriced", model="gemini-emulated-unpriced-model")
+    results = xcom_of(dag_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    assert results["cost"]["batch"] is None
+    data = jobs(client, dag_id="ui_unpriced")
+    assert data["totals"]["cost"] is None and data["totals"]["unpriced_tasks"] == 1
+    assert data["totals"]["tokens"] == results["tokens"] and results["tokens"]["total"] > 0
 
 
 def test_user_sees_only_jobs_of_dags_they_may_read(
@@ -164,8 +238,8 @@ def test_user_sees_only_jobs_of_dags_they_may_read(
 ) -> None:
     from airflow.api_fastapi.app import get_auth_manager
 
-    record_run("ui_team_a")
-    record_run("ui_team_b_secret")
+    record_run("ui_team_a", load=False)
+    record_run("ui_team_b_secret", load=False)
     manager = get_auth_manager()
     original = manager.filter_authorized_dag_ids
 
@@ -191,8 +265,7 @@ def test_user_sees_only_jobs_of_dags_they_may_read(
 def test_cancel_needs_edit_permission_and_csrf_header_then_really_cancels(
     client: Any, live: Any, record_run: Any, emulator: Any
 ) -> None:
-    emulator.control.set_job_behaviour(match="ui-stay", stay_pending=True)
-    record_run("ui_cancel", wait=False, prefix="ui-stay")
+    record_run("ui_cancel", wait=None, load=False, pending=True)
     job = jobs(client, dag_id="ui_cancel")["jobs"][0]
     assert job["state"] == "PENDING" and job["can_cancel"] is True
     assert jobs(client, VIEWER, dag_id="ui_cancel")["jobs"][0]["can_cancel"] is False
@@ -218,14 +291,14 @@ def test_cancel_needs_edit_permission_and_csrf_header_then_really_cancels(
 def test_api_unreachable_shows_reason_and_recorded_state_without_secrets(
     client: Any, live: Any, record_run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Jobs submitted and waited for on a working connection, which then stops answering.
+    record_run("ui_unreachable", n_requests=6, max_requests_per_job=3, conn_id="gemini_down", load=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    # The key of the emulator connection (read from it: importing tests.conftest would re-run it).
-    api_key = json.loads(os.environ["AIRFLOW_CONN_GEMINI_BATCH_DEFAULT"])["password"]
+    api_key = json.loads(os.environ["AIRFLOW_CONN_GEMINI_DOWN"])["password"]
     down = {"conn_type": "gemini_batch", "host": f"http://127.0.0.1:{closed_port}", "password": api_key}
     monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DOWN", json.dumps(down))
-    record_run("ui_unreachable", n_jobs=2, conn_id="gemini_down", load=False)
     calls_before = live.calls
     r = client.get(f"{PREFIX}/api/jobs", params={"dag_id": "ui_unreachable"}, headers=token(*ADMIN))
     assert api_key not in r.text
@@ -240,8 +313,12 @@ def test_api_unreachable_shows_reason_and_recorded_state_without_secrets(
     )
 
 
-def test_missing_connection_is_named(client: Any, live: Any, record_run: Any) -> None:
-    record_run("ui_no_conn", conn_id="gemini_nowhere", wait=False)
+def test_missing_connection_is_named(
+    client: Any, live: Any, record_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs submitted on a connection an admin has since deleted.
+    record_run("ui_no_conn", conn_id="gemini_nowhere", wait=None, load=False)
+    monkeypatch.delenv("AIRFLOW_CONN_GEMINI_NOWHERE")
     (job,) = jobs(client, dag_id="ui_no_conn")["jobs"]
     assert "'gemini_nowhere' is not defined" in job["live_error"]
     assert job["state"] == "UNKNOWN" and job["state_source"] == "none"
@@ -252,7 +329,7 @@ def test_many_viewers_share_one_read_and_calls_are_capped(
 ) -> None:
     from airflow_gemini_batch.plugins.live import LiveStates
 
-    record_run("ui_cache", n_jobs=3, wait=False)
+    record_run("ui_cache", n_requests=3, max_requests_per_job=1, wait=None, load=False)
     before = emulator.control.calls().get("batches.get", 0)
     for user in (ADMIN, VIEWER, ADMIN, VIEWER):
         assert len(jobs(client, user, dag_id="ui_cache")["jobs"]) == 3
