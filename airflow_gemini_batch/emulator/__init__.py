@@ -2,6 +2,7 @@
 
 The real ``google-genai`` SDK talks to it over real HTTP (``HttpOptions(base_url=server.base_url)``).
 Answers are deterministic (see ``responder``) and failures are injectable at runtime (see ``control``).
+Given a data dir, file and job metadata persist across restarts (see ``persist``), like the real service's.
 """
 
 from __future__ import annotations

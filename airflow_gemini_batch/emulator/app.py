@@ -32,8 +32,9 @@ from airflow_gemini_batch.emulator import routes_batches, routes_files
 from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.engine import JobEngine
 from airflow_gemini_batch.emulator.faults import Fault, Knobs
+from airflow_gemini_batch.emulator.persist import StateFile
 from airflow_gemini_batch.emulator.routes_control import control_router
-from airflow_gemini_batch.emulator.store import FileStore
+from airflow_gemini_batch.emulator.store import FileStore, advance_seq
 
 Handler = Callable[["Emulator", Request, dict[str, Any], "Fault | None"], Awaitable[Response]]
 _V = r"(?:/(?P<v>v\d+[a-z0-9]*))?"
@@ -75,18 +76,48 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
 
 
 class Emulator:
-    """All mutable emulator state; one instance per app."""
+    """All mutable emulator state; one instance per app.
 
-    def __init__(self, data_dir: Path, pending_seconds: float = 0.0, running_seconds: float = 0.0) -> None:
+    With ``persist`` the metadata of files and jobs is saved in ``<data_dir>/state.json`` on every change and
+    loaded here, so a new process on the same data dir carries on where the last one stopped (see ``persist``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        pending_seconds: float = 0.0,
+        running_seconds: float = 0.0,
+        persist: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.files = FileStore(data_dir)
         self.engine = JobEngine(self.files)
         self.knobs = Knobs(pending_seconds=pending_seconds, running_seconds=running_seconds)
+        self.state: StateFile | None = None
+        if persist:
+            self.state = StateFile(
+                data_dir, lambda: {"files": self.files.snapshot(), "jobs": self.engine.snapshot()}
+            )
+            loaded = self.state.load()
+            top = self.files.restore(loaded["files"])
+            # Why seqs first: restored workers may finish (and create output files) at once.
+            advance_seq(max([top, *(int(job.get("seq") or 0) for job in loaded["jobs"])]))
+            self.engine.restore(loaded["jobs"])
+            self.files.on_change = self.engine.on_change = self.state.save
+            self.state.save()
 
     def reset(self) -> None:
         self.engine.reset()
         self.files.reset()
         self.knobs.reset()
+        if self.state is not None:
+            self.state.clear()
+
+    def shutdown(self) -> None:
+        """Process exit: stop job workers, keep (and stop writing) the persisted state."""
+        if self.state is not None:
+            self.state.close()
+        self.engine.shutdown()
 
     @staticmethod
     def version_of(request: Request) -> str:
@@ -143,11 +174,19 @@ async def _dispatch(emu: Emulator, request: Request) -> Response:
 
 
 def create_app(
-    data_dir: str | Path | None = None, pending_seconds: float = 0.0, running_seconds: float = 0.0
+    data_dir: str | Path | None = None,
+    pending_seconds: float = 0.0,
+    running_seconds: float = 0.0,
+    persist: bool | None = None,
 ) -> FastAPI:
-    """The emulator ASGI app; ``app.state.emulator`` holds its state (see ``Emulator``)."""
+    """The emulator ASGI app; ``app.state.emulator`` holds its state (see ``Emulator``).
+
+    :param persist: keep file and job metadata across restarts in ``data_dir`` (default: on exactly when a
+        ``data_dir`` is given; a throwaway temp dir has nothing to come back to).
+    """
     root = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emulator-"))
-    emu = Emulator(root, pending_seconds=pending_seconds, running_seconds=running_seconds)
+    keep = data_dir is not None if persist is None else persist
+    emu = Emulator(root, pending_seconds=pending_seconds, running_seconds=running_seconds, persist=keep)
     app = FastAPI(title="Gemini Batch API emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = emu
     app.include_router(control_router(emu))

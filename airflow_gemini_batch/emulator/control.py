@@ -23,7 +23,7 @@ class EmulatorControl:
         return response.json()
 
     def reset(self) -> None:
-        """Forget files, jobs, faults, behaviours and call counts; config back to the server defaults."""
+        """Forget files, jobs, faults, behaviours and call counts (persisted ones too); config to defaults."""
         self._call("POST", "reset")
 
     def configure(self, **kw: float) -> dict[str, float]:
@@ -44,7 +44,14 @@ class EmulatorControl:
         return self._call("POST", "faults", body)["fault"]
 
     def set_job_behaviour(self, match: str = "*", **kw: Any) -> dict[str, Any]:
-        """kw: final_state, stay_pending, corrupt_output, fail_keys, count."""
+        """Shape jobs created from now on whose display name contains ``match`` (``"*"``: all).
+
+        kw: ``final_state``, ``stay_pending``, ``corrupt_output``, ``fail_keys``, ``count`` (jobs this rule
+        applies to; None = all), ``report_state`` (any string: sent verbatim as ``metadata.state``) with
+        ``report_state_reads`` (how many ``batches.get`` reads of each job report it, default 3, None = all;
+        ``batches.list`` shows it meanwhile too). Only ``metadata.state`` is changed; ``done``, output and
+        errors follow the normal lifecycle, which goes on underneath.
+        """
         return self._call("POST", "job_behaviour", {"match": match, **kw})["job_behaviour"]
 
     def jobs(self) -> list[dict[str, Any]]:

@@ -15,6 +15,11 @@ Invariants:
   drop_key = first key has no line; unknown_key = one extra line with a key never sent;
   duplicate_key = first line written twice. For inline output: truncate drops the last item, malformed
   leaves the first item with neither ``response`` nor ``error``, the other three behave as for files.
+* Every job metadata change (created, finished, cancelled, deleted) calls ``on_change`` afterwards (outside
+  the lock), so the persisted snapshot follows. ``restore`` re-adds persisted jobs: a job that was still
+  processing when the process stopped gets a fresh worker, which redoes it from the first line on the
+  job's original timeline (its ``start_time`` is in the past, so pacing catches up at once).
+* ``shutdown`` stops the workers but keeps every job (process exit); ``reset`` forgets them.
 """
 
 from __future__ import annotations
@@ -28,13 +33,12 @@ import orjson
 
 from airflow_gemini_batch.emulator import responder
 from airflow_gemini_batch.emulator.common import new_id
+from airflow_gemini_batch.emulator.jobs import Job
 from airflow_gemini_batch.emulator.store import FileStore, paginate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
-
-    from airflow_gemini_batch.emulator.jobs import Job
 
 log = logging.getLogger(__name__)
 UNKNOWN_KEY = "__emulator_unknown_key__"
@@ -129,12 +133,19 @@ class JobEngine:
         self.files = files
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        self._workers: list[threading.Thread] = []
 
     # ---- creation ----
 
     def add(self, job: Job) -> Job:
         with self._lock:
             self._jobs[job.id] = job
+        self.on_change()
+        self._schedule(job)
+        return job
+
+    def _schedule(self, job: Job) -> None:
         if job.needs_worker:
             delay = max(job.start_time - time.time(), 0.0)
             if delay <= 0:
@@ -143,7 +154,32 @@ class JobEngine:
                 timer = threading.Timer(delay, self.ensure_worker, args=(job,))
                 timer.daemon = True
                 timer.start()
-        return job
+
+    # ---- persistence ----
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [job.to_dict() for job in sorted(self._jobs.values(), key=lambda j: j.seq)]
+
+    def restore(self, bodies: list[dict[str, Any]]) -> int:
+        """Re-add persisted jobs, restarting unfinished work; returns the max seq."""
+        top = 0
+        for body in bodies:
+            job = Job.from_dict(body)
+            top = max(top, job.seq)
+            if job.deleted or job.cancelled_at is not None:
+                job.stop.set()  # never work on these again
+            elif job.finished_at is None:
+                # Interrupted mid-way: its partial output was discarded, so it is redone from the start.
+                job.processed = job.succeeded = job.failed = 0
+                job.output_file, job.inline_output = None, None
+            # Why: a finished or stopped job must never get a worker (reads start one lazily otherwise).
+            job.worker_started = job.finished_at is not None or job.stop.is_set()
+            with self._lock:
+                self._jobs[job.id] = job
+            if not job.worker_started:
+                self._schedule(job)
+        return top
 
     @staticmethod
     def new_job_id() -> str:
@@ -186,11 +222,28 @@ class JobEngine:
             if state in ("PENDING", "RUNNING"):
                 job.cancelled_at = now
                 job.stop.set()
+        self.on_change()
 
     def delete(self, job: Job) -> None:
         with self._lock:
             job.deleted = True
         job.stop.set()
+        self.on_change()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every worker and wait for it, keeping the jobs (their persisted state says where to resume).
+
+        Why wait: a stopping worker deletes its partial output; a successor on the same data dir must not
+        have that file deleted from under it.
+        """
+        with self._lock:
+            jobs = list(self._jobs.values())
+            workers = list(self._workers)
+        for job in jobs:
+            job.stop.set()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(deadline - time.monotonic(), 0.0))
 
     def reset(self) -> None:
         with self._lock:
@@ -207,7 +260,10 @@ class JobEngine:
                 return
             job.worker_started = True
         thread = threading.Thread(target=self._run, args=(job,), name=f"emulator-job-{job.id}", daemon=True)
-        thread.start()
+        with self._lock:  # started under the lock, so shutdown() never sees (and joins) an unstarted thread
+            self._workers = [t for t in self._workers if t.is_alive()]
+            self._workers.append(thread)
+            thread.start()
 
     def _run(self, job: Job) -> None:
         try:
@@ -274,8 +330,9 @@ class JobEngine:
         finally:
             if fh is not None:
                 fh.close()
+            if job.stop.is_set():  # stopped (also mid-loop): a partial output is never kept
+                tmp_path.unlink(missing_ok=True)
         if job.stop.is_set():
-            tmp_path.unlink(missing_ok=True)
             return
         if inline:
             job.inline_output = writer.items
@@ -284,6 +341,7 @@ class JobEngine:
             job.output_file = f"files/{out_id}"
         with self._lock:
             job.finished_at = time.time()
+        self.on_change()
 
     @staticmethod
     def _pace(job: Job, fraction: float) -> None:

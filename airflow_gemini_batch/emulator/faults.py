@@ -6,6 +6,8 @@ Invariants:
 * A fault is consumed exactly once per matching call (``count`` calls in total), in the order injected.
 * A job behaviour applies to jobs created *after* it was set; the newest matching rule wins, and a rule with
   a ``count`` is used up after that many jobs (``None`` = forever).
+* ``report_state`` / ``report_state_reads`` make matching jobs show a raw ``metadata.state`` on the wire
+  for their first N ``batches.get`` reads (see ``jobs.Job.reported_state``), to test unknown-state handling.
 * ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
 """
 
@@ -52,6 +54,9 @@ class JobBehaviour:
     corrupt_output: str | None = None
     fail_keys: list[str] = field(default_factory=list)
     count: int | None = None
+    # Raw ``metadata.state`` for the first ``report_state_reads`` batches.get reads (None = every read).
+    report_state: str | None = None
+    report_state_reads: int | None = 3
 
     def matches(self, display_name: str) -> bool:
         return self.match == "*" or self.match in display_name
@@ -64,6 +69,8 @@ class JobBehaviour:
             "corrupt_output": self.corrupt_output,
             "fail_keys": list(self.fail_keys),
             "count": self.count,
+            "report_state": self.report_state,
+            "report_state_reads": self.report_state_reads,
         }
 
 
@@ -148,10 +155,25 @@ class Knobs:
     # ---- job behaviours ----
 
     def add_behaviour(self, body: dict[str, Any]) -> JobBehaviour:
-        allowed = {"match", "final_state", "stay_pending", "corrupt_output", "fail_keys", "count"}
+        allowed = {
+            "match",
+            "final_state",
+            "stay_pending",
+            "corrupt_output",
+            "fail_keys",
+            "count",
+            "report_state",
+            "report_state_reads",
+        }
         unknown = set(body) - allowed
         if unknown:
             raise ValidationError(f"unknown job_behaviour keys: {sorted(unknown)}")
+        report_state = body.get("report_state")
+        if report_state is not None and (not isinstance(report_state, str) or not report_state):
+            raise ValidationError("report_state must be a non-empty string (sent verbatim as metadata.state)")
+        reads = body.get("report_state_reads", 3)
+        if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int) or reads < 0):
+            raise ValidationError("report_state_reads must be an integer >= 0, or null for every read")
         behaviour = JobBehaviour(
             match=str(body.get("match") or "*"),
             final_state=str(body.get("final_state") or "SUCCEEDED").upper().removeprefix("BATCH_STATE_"),
@@ -159,6 +181,8 @@ class Knobs:
             corrupt_output=body.get("corrupt_output"),
             fail_keys=[str(k) for k in body.get("fail_keys") or []],
             count=None if body.get("count") is None else int(body["count"]),
+            report_state=report_state,
+            report_state_reads=reads,
         )
         if behaviour.final_state not in FINAL_STATES:
             raise ValidationError(f"final_state must be one of {list(FINAL_STATES)}")

@@ -12,6 +12,12 @@ Invariants:
   ``output_delay_seconds`` after the end time (the real service is known to report SUCCEEDED first).
 * ``batchStats`` counts are int64 strings, zero counts omitted, ``pendingRequestCount`` only while pending.
 * FAILED / EXPIRED / CANCELLED operations carry a top-level ``error`` (google.rpc codes 13 / 4 / 1).
+* Raw state knob (behaviour ``report_state``): the first ``report_state_reads`` ``batches.get`` reads
+  (``None`` = every read) report exactly that string as ``metadata.state``; ``batches.list`` shows it too
+  while reads remain, without using one up. Only ``metadata.state`` changes: ``done``, output, ``error``
+  and ``batchStats`` follow the true lifecycle, which runs on unaffected (the knob changes the wire, not the
+  job). Afterwards the job reports its true state again.
+* ``to_dict`` / ``from_dict`` are the persisted form (everything but the worker's thread handles).
 """
 
 from __future__ import annotations
@@ -19,13 +25,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_gemini_batch.emulator.common import int64, rfc3339
+from airflow_gemini_batch.emulator.faults import JobBehaviour
 from airflow_gemini_batch.emulator.store import next_seq
-
-if TYPE_CHECKING:
-    from airflow_gemini_batch.emulator.faults import JobBehaviour
 
 TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1main."
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
@@ -62,6 +66,7 @@ class Job:
     failed: int = 0
     output_file: str | None = None
     inline_output: list[dict[str, Any]] | None = None
+    report_reads_used: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -79,6 +84,15 @@ class Job:
     @property
     def needs_worker(self) -> bool:
         return self.behaviour.final_state == "SUCCEEDED" and not self.behaviour.stay_pending
+
+    def reported_state(self, consume: bool = False) -> str | None:
+        """The raw ``metadata.state`` override, while the behaviour's ``report_state`` reads last."""
+        raw, reads = self.behaviour.report_state, self.behaviour.report_state_reads
+        if raw is None or (reads is not None and self.report_reads_used >= reads):
+            return None
+        if consume:
+            self.report_reads_used += 1
+        return raw
 
     def state_at(self, now: float) -> tuple[str, float, float | None]:
         """``(state, update_time, end_time)``."""
@@ -113,7 +127,8 @@ class Job:
             return {"inlinedResponses": {"inlinedResponses": self.inline_output}}
         return None
 
-    def operation(self, now: float) -> dict[str, Any]:
+    def operation(self, now: float, raw_state: str | None = None) -> dict[str, Any]:
+        """The Operation on the wire; ``raw_state`` (see ``reported_state``) replaces ``metadata.state``."""
         state, update_time, end_time = self.state_at(now)
         batch_type = "EmbedContentBatch" if self.kind == "embed" else "GenerateContentBatch"
         meta: dict[str, Any] = {
@@ -128,7 +143,7 @@ class Job:
             meta["endTime"] = rfc3339(end_time)
         meta["updateTime"] = rfc3339(update_time)
         meta["batchStats"] = self.batch_stats(state)
-        meta["state"] = f"BATCH_STATE_{state}"
+        meta["state"] = raw_state if raw_state is not None else f"BATCH_STATE_{state}"
         meta["name"] = self.name
         op: dict[str, Any] = {"name": self.name, "metadata": meta, "done": state in TERMINAL}
         output = self.output()
@@ -155,4 +170,21 @@ class Job:
             "cancel_requested": self.cancel_requested,
             "deleted": self.deleted,
             "behaviour": self.behaviour.as_dict(),
+            "report_state_reads_used": self.report_reads_used,
         }
+
+    # ---- persistence ----
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {
+            key: getattr(self, key)
+            for key in self.__dataclass_fields__
+            if key not in ("stop", "worker_started", "behaviour")
+        }
+        return body | {"behaviour": self.behaviour.as_dict()}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Job:
+        known = {key for key in cls.__dataclass_fields__ if key not in ("stop", "worker_started")}
+        fields = {key: value for key, value in body.items() if key in known}
+        return cls(**fields | {"behaviour": JobBehaviour(**body.get("behaviour") or {})})

@@ -83,7 +83,9 @@ def _job(emu: Emulator, params: dict[str, Any]) -> Job:
 
 
 async def get(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
-    return json_response(_job(emu, params).operation(time.time()))
+    job = _job(emu, params)
+    # Why consume here only: the raw-state knob counts batches.get reads (what pollers do), not list pages.
+    return json_response(job.operation(time.time(), raw_state=job.reported_state(consume=True)))
 
 
 async def list_batches(
@@ -91,7 +93,8 @@ async def list_batches(
 ) -> Response:
     page, token = emu.engine.list(emu.page_size(request, default=10), request.query_params.get("pageToken"))
     now = time.time()
-    body: dict[str, Any] = {"operations": [job.operation(now) for job in page]} if page else {}
+    ops = [job.operation(now, raw_state=job.reported_state()) for job in page]
+    body: dict[str, Any] = {"operations": ops} if ops else {}
     if token:
         body["nextPageToken"] = token
     return json_response(body)

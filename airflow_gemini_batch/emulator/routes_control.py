@@ -3,12 +3,15 @@ shape job outcomes, and inspect what the client did.
 
 Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
 
-* ``POST /_emulator/reset`` - forget files, jobs, faults, behaviours, call counts; config back to defaults.
+* ``POST /_emulator/reset`` - forget files, jobs, faults, behaviours, call counts (also the persisted
+  state in the data dir, if any); config back to defaults.
 * ``GET|POST /_emulator/config`` - read / set ``pending_seconds``, ``running_seconds``,
   ``output_delay_seconds``, ``reply_delay_seconds``.
 * ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?}``.
 * ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
-  "fail_keys", "count"}``.
+  "fail_keys", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
+  as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``
+  reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
 * ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged.
 * ``GET /_emulator/calls`` - call counts per endpoint name.
 * ``GET /_emulator/health`` - liveness.

@@ -7,6 +7,8 @@ Invariants:
 * ``start()`` returns only once uvicorn accepts connections; ``stop()`` joins the thread.
 * Logging stays quiet (no access log, uvicorn at WARNING) and uvicorn's dictConfig is not applied, so the
   host process's logging setup (pytest, Airflow) is left alone.
+* With a ``data_dir`` (and ``persist`` not False) file and job metadata persist in it: ``stop()`` keeps them
+  on disk, and a new ``EmulatorServer`` on the same dir lists the same files and jobs (see ``persist``).
 * Keep-alive timeout (120 s) exceeds aiohttp's client pool idle timeout (15 s), so the server never closes
   a connection the client is about to reuse (which makes the SDK sleep 1-10 s and retry).
 """
@@ -68,12 +70,19 @@ class EmulatorServer:
         running_seconds: float = 0.0,
         log_level: str = "warning",
         access_log: bool = False,
+        persist: bool | None = None,
     ) -> None:
+        """:param persist: keep metadata across restarts in ``data_dir`` (default: when one is given)."""
         self.host = host
         self.data_dir = (
             Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emu-"))
         )
-        self.app = create_app(self.data_dir, pending_seconds=pending_seconds, running_seconds=running_seconds)
+        self.app = create_app(
+            self.data_dir,
+            pending_seconds=pending_seconds,
+            running_seconds=running_seconds,
+            persist=data_dir is not None if persist is None else persist,
+        )
         self._requested_port = port
         self._log_level = log_level
         self._access_log = access_log
@@ -120,7 +129,7 @@ class EmulatorServer:
             self._thread.join(timeout)
         if self._sock is not None:
             self._sock.close()
-        self.emulator.engine.reset()
+        self.emulator.shutdown()
         self._server = self._thread = self._sock = None
 
     def __enter__(self) -> EmulatorServer:

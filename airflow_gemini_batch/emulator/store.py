@@ -1,4 +1,5 @@
-"""Files: metadata in memory, bytes on disk under ``<data_dir>/files/``.
+"""Files: metadata in memory (persisted by ``persist.StateFile`` when enabled), bytes on disk under
+``<data_dir>/files/``.
 
 Invariants:
 
@@ -9,6 +10,10 @@ Invariants:
 * Listing is newest first; a page token is the sequence number of the last item returned, so items created
   while paging never shift pages, and a non-empty ``nextPageToken`` always comes with a non-empty page.
 * All mutations happen under one lock (event-loop handlers and job-worker threads both use the store).
+* Every metadata mutation (finalize, generated output, delete, reset) calls ``on_change`` afterwards, outside
+  the lock, so the persisted snapshot follows; ``restore`` rebuilds records from a snapshot.
+* Sequence numbers (list order, page tokens) are process-wide and never reused: restoring a snapshot
+  advances the counter past every restored ``seq``.
 """
 
 from __future__ import annotations
@@ -26,14 +31,25 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from airflow_gemini_batch.emulator.common import API_HOST, ApiError, int64, new_id, rfc3339
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 FILE_TTL_SECONDS = 48 * 3600
 _seq = itertools.count(1)
+_seq_lock = threading.Lock()
 
 
 def next_seq() -> int:
-    return next(_seq)
+    with _seq_lock:
+        return next(_seq)
+
+
+def advance_seq(at_least: int) -> None:
+    """Make every later ``next_seq()`` greater than ``at_least`` (after restoring persisted items)."""
+    global _seq  # one process-wide counter, shared by files and jobs
+    with _seq_lock:
+        upcoming = next(_seq)
+        _seq = itertools.count(max(upcoming, at_least + 1))
 
 
 @dataclass
@@ -73,6 +89,20 @@ class FileRecord:
             body["downloadUri"] = f"{API_HOST}/download/{version}/files/{self.id}:download?alt=media"
         return body
 
+    def to_dict(self) -> dict[str, Any]:
+        """Persisted form; the path is stored relative to the files dir (the data dir may move)."""
+        return {
+            "id": self.id,
+            "display_name": self.display_name,
+            "mime_type": self.mime_type,
+            "size": self.size,
+            "sha256_b64": self.sha256_b64,
+            "source": self.source,
+            "path": self.path.name,
+            "create_time": self.create_time,
+            "seq": self.seq,
+        }
+
 
 @dataclass
 class UploadSession:
@@ -95,6 +125,27 @@ class FileStore:
         self._lock = threading.Lock()
         self._files: dict[str, FileRecord] = {}
         self._uploads: dict[str, UploadSession] = {}
+        self.on_change: Callable[[], None] = lambda: None
+
+    # ---- persistence ----
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [record.to_dict() for record in sorted(self._files.values(), key=lambda r: r.seq)]
+
+    def restore(self, records: list[dict[str, Any]]) -> int:
+        """Rebuild records from a snapshot (dropping those whose bytes are gone); returns the max seq."""
+        for stale in [*self.files_dir.glob("*.upload"), *self.files_dir.glob("*.part")]:
+            stale.unlink(missing_ok=True)  # an interrupted upload or output: never finalized
+        top = 0
+        with self._lock:
+            for raw in records:
+                record = FileRecord(**{**raw, "path": self.files_dir / str(raw["path"])})
+                if not record.path.is_file():
+                    continue
+                self._files[record.id] = record
+                top = max(top, record.seq)
+        return top
 
     # ---- uploads ----
 
@@ -154,6 +205,7 @@ class FileStore:
         with self._lock:
             self._uploads.pop(session.upload_id, None)
             self._files[record.id] = record
+        self.on_change()
         return record
 
     # ---- generated files ----
@@ -179,6 +231,7 @@ class FileStore:
         )
         with self._lock:
             self._files[file_id] = record
+        self.on_change()
         return record
 
     # ---- read / delete ----
@@ -205,6 +258,7 @@ class FileStore:
         if record is None:
             raise ApiError(404, f"File files/{file_id} not found.")
         record.path.unlink(missing_ok=True)
+        self.on_change()
 
     def reset(self) -> None:
         with self._lock:
