@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import orjson
@@ -34,6 +35,9 @@ def _dagbag():
     """Parsed the way the DAG processor parses a bundle (the bundle folder importable, as Airflow does)."""
     from airflow.dag_processing.dagbag import BundleDagBag
 
+    # The settings module reads the environment at import; another test's dag.test() may have parsed the
+    # bundle (and cached it) under a different environment.
+    sys.modules.pop("_gemini_batch_example_settings", None)
     return BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags")
 
 
