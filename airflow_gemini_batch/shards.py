@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import math
@@ -26,7 +25,6 @@ import shutil
 import time
 from array import array
 from bisect import bisect_right
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import IO, TYPE_CHECKING, Any
@@ -34,9 +32,10 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.streaming import paused_gc
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
     from airflow_gemini_batch.requests import InvalidRows, RequestEncoder
@@ -291,24 +290,6 @@ def build_shards(
             model=model,
             progress_every_seconds=progress_every_seconds,
         )
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while streaming rows.
-
-    Every fetched row is a tuple, and each 700 new tuples trigger a collection that, every few rounds, walks
-    the whole heap of an Airflow worker (hundreds of thousands of objects): that doubled the build time. The
-    loop creates no reference cycles (tuples, lists, bytes, str), so reference counting frees everything; the
-    collector's previous state is restored afterwards.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _build_shards(

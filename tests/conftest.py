@@ -125,6 +125,34 @@ def gemini_conn(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     return "gemini_batch_default"
 
 
+def inline_requests(n: int, prefix: str = "k") -> list[dict[str, Any]]:
+    """``n`` tiny inline GenerateContent requests keyed ``<prefix>0..``."""
+    return [
+        {
+            "contents": [{"role": "user", "parts": [{"text": f"say {prefix}{i}"}]}],
+            "metadata": {"key": f"{prefix}{i}"},
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def make_jobs(gemini_conn: str) -> Any:
+    """``make_jobs(["a", "b"], requests=3)`` → job names, one inline job per display name (real SDK)."""
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+
+    def _make(display_names: list[str], requests: int = 2) -> list[str]:
+        hook = GeminiBatchHook(gemini_conn)
+        return [
+            hook.create_job(
+                model="gemini-2.5-flash", display_name=d, inline_requests=inline_requests(requests, d)
+            ).name
+            for d in display_names
+        ]
+
+    return _make
+
+
 # ---- warehouses ---------------------------------------------------------------------------------------------
 
 

@@ -382,21 +382,6 @@ def _dag(table: str, conn_id: str, staging: str):
     return dag
 
 
-def _register(dag: Any) -> None:
-    """Write the in-test DAG to the metadata DB as the DAG processor would: dag.test() in 3.3 needs that."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-        session.flush()
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-        )
-
-
 def _task_outcome(dag_run) -> tuple[str, dict]:
     """(task state, manifest XCom) from the metadata DB."""
     from airflow.models import TaskInstance
@@ -437,12 +422,12 @@ def _stored_job_names(dag_run) -> list[str]:
 
 
 def test_dag_test_end_to_end_and_rerun_reattaches(
-    airflow_db, sqlite_warehouse, gemini_conn, emulator, tmp_path
+    register_dag, sqlite_warehouse, gemini_conn, emulator, tmp_path
 ):
     table = sqlite_warehouse.table("e2e")
     sqlite_warehouse.create_prompts_table(table, 3000)
     dag = _dag(table, sqlite_warehouse.conn_id, (tmp_path / "staging").as_uri())
-    _register(dag)
+    register_dag(dag)
     when = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
     run = dag.test(logical_date=when, run_after=when)
     assert run.state == "success"
@@ -470,7 +455,7 @@ def test_dag_test_end_to_end_and_rerun_reattaches(
     assert len(emulator.control.jobs()) == 3
 
 
-def test_dag_test_xcom_requests_are_not_rendered(airflow_db, gemini_conn, emulator, tmp_path):
+def test_dag_test_xcom_requests_are_not_rendered(register_dag, gemini_conn, emulator, tmp_path):
     """Prompts arriving through XCom are data: Jinja in them stays literal (only DAG-authored text renders)."""
     from airflow.sdk import DAG, task
 
@@ -483,7 +468,7 @@ def test_dag_test_xcom_requests_are_not_rendered(airflow_db, gemini_conn, emulat
         GeminiBatchSubmitOperator(
             task_id="submit", requests=prompts(), staging_path=(tmp_path / "staging").as_uri()
         )
-    _register(dag)
+    register_dag(dag)
     run = dag.test()
     assert run.state == "success"
     shard = (tmp_path / "staging" / "shard-00000.jsonl").read_bytes().splitlines()
