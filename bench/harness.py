@@ -42,10 +42,11 @@ def _reset_peak() -> None:
 def run_case(target: str, **kwargs: Any) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.harness", target, json.dumps(kwargs)],
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark case {target} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
