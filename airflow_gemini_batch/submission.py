@@ -12,9 +12,10 @@ Invariants:
   (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
   upload, the *intent* right before ``create``, the job name right after. A shard with an intent but no job
   name is looked up by display name before anything is created for it.
-* ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is retried with
-  bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may exist), so the
-  job is looked up by display name before the next attempt.
+* Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
+  failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is
+  retried with bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may
+  exist), so the job is looked up by display name before the next attempt.
 * Without records (no task state store in the context, or records lost with a re-created DAG run) one
   ``batches.list`` scan finds any job that already carries one of this run's display names before anything
   is created: slower, still at most one job per shard.
@@ -33,6 +34,7 @@ import orjson
 from google.genai import errors as genai_errors
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
+from airflow_gemini_batch.hooks.gemini import describe_error, is_transient
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -297,6 +299,37 @@ def create_once(
     ) from last
 
 
+def upload_with_retry(hook: GeminiBatchHook, path: Any, display_name: str, retry: CreateRetry) -> str:
+    """Upload one shard file, retrying transient failures (429, 5xx, connection resets) with backoff.
+
+    The SDK gives up on the first failed upload *chunk* (the server's reply ends the resumable session), so
+    a single 503 mid-upload would otherwise fail the whole submit. Repeating an upload is safe, unlike
+    ``create``: a failed attempt leaves at most an unused file, which costs nothing and expires in 48 h.
+    """
+    for attempt in range(retry.attempts):
+        try:
+            return hook.upload_jsonl(path, display_name=display_name)
+        except Exception as e:
+            if not is_transient(e) or attempt + 1 == retry.attempts:
+                raise GeminiBatchSubmitError(
+                    f"Uploading the shard file for {display_name} failed"
+                    f"{f' after {attempt + 1} attempts' if attempt else ''}: {describe_error(e)[:300]}. "
+                    "Nothing was created for this shard; jobs created before it stay recorded, so a retry "
+                    "of the task submits only the rest."
+                ) from e
+            pause = retry.delay(attempt)
+            log.warning(
+                "Upload for %s failed (%s); attempt %d/%d, retrying in %.1fs",
+                display_name,
+                describe_error(e)[:300],
+                attempt + 1,
+                retry.attempts,
+                pause,
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
 @dataclass
 class ShardSubmission:
     """The outcome for one shard: its job, its uploaded file, and whether this execution created the job."""
@@ -357,7 +390,7 @@ def submit_shard(
         if file_name:
             log.info("Shard %d: reusing uploaded file %s", index, file_name)
         else:
-            file_name = hook.upload_jsonl(shard_path, display_name=display_name)
+            file_name = upload_with_retry(hook, shard_path, display_name, retry)
             ledger.record_upload(index, rec, file_name)
             log.info("Shard %d: uploaded %s as %s", index, shard_path, file_name)
     ledger.record_intent(index, rec)
