@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
-    from airflow_gemini_batch.requests import InvalidRows, RequestEncoder
+    from airflow_gemini_batch.requests import RequestEncoder
     from airflow_gemini_batch.staging import Staging
+    from airflow_gemini_batch.validation import InvalidRows
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ import orjson
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.requests import InvalidRows, RequestEncoder, RequestSpec
+from airflow_gemini_batch.requests import RequestEncoder, RequestSpec
 from airflow_gemini_batch.shards import ShardLimits, build_shards
 from airflow_gemini_batch.staging import Staging
+from airflow_gemini_batch.validation import InvalidRows
 
 COLUMNS = ["id", "prompt"]
 

@@ -26,7 +26,7 @@ from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.job_waiter import JobWaiter
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, ShardInfo, job_names
-from airflow_gemini_batch.requests import DEFAULT_MAX_REQUEST_BYTES, InvalidRows, RequestEncoder, RequestSpec
+from airflow_gemini_batch.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
 from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
 from airflow_gemini_batch.shards import (
     DEFAULT_MAX_BYTES_PER_JOB,
@@ -53,6 +53,7 @@ from airflow_gemini_batch.submission import (
     inline_requests,
     submit_shard,
 )
+from airflow_gemini_batch.validation import InvalidRows
 from airflow_gemini_batch.waiting import WaitPolicy
 
 if TYPE_CHECKING:
