@@ -52,29 +52,30 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
-@pytest.fixture
-def register_dag(airflow_db: Path) -> Any:
-    """``register_dag(dag)``: write a DAG built inside a test to the metadata DB, as the DAG processor would.
+def write_dag_to_db(dag: Any) -> Any:
+    """Write a DAG built inside a test to the metadata DB, as the DAG processor would.
 
     ``dag.test()`` in Airflow 3.3 refuses a DAG that has no serialized version, and only finds DAGs through
     bundles; a DAG defined in a test function is in no bundle, so it is written here under the default one.
     """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
 
-    def _register(dag: Any) -> Any:
-        from airflow.dag_processing.bundles.manager import DagBundlesManager
-        from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-        from airflow.serialization.serialized_objects import LazyDeserializedDAG
-        from airflow.utils.session import create_session
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+        session.flush()
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )
+    return dag
 
-        with create_session() as session:
-            DagBundlesManager().sync_bundles_to_db(session=session)
-            session.flush()
-            update_dag_parsing_results_in_db(
-                "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-            )
-        return dag
 
-    return _register
+@pytest.fixture
+def register_dag(airflow_db: Path) -> Any:
+    """``register_dag(dag)``: :func:`write_dag_to_db`, after the metadata DB is migrated."""
+    return write_dag_to_db
 
 
 def xcom_of(dag_run: Any, task_id: str, key: str = "return_value") -> Any:

@@ -39,3 +39,12 @@ def run_dag(register_dag: Callable[[Any], Any]) -> Callable[..., Any]:
         return dag.test(logical_date=logical_date, run_after=logical_date)
 
     return _run
+
+
+@pytest.fixture
+def tables(sqlite_warehouse: Any, request: pytest.FixtureRequest) -> tuple[Any, str, str]:
+    """A SQLite source table of ``N`` rows (the test module's ``N``) and a fresh destination table name."""
+    wh = sqlite_warehouse
+    src = wh.table("src")
+    wh.create_prompts_table(src, request.module.N)
+    return wh, src, wh.table("dst")

@@ -228,19 +228,3 @@ def rerun_task(dag: Any, dag_run: Any, task_id: str) -> str:
         session.expunge(ti)
     _run_task(ti=ti, task=dag.task_dict[task_id], run_triggerer=True)
     return ti_states(dag_run)[task_id]
-
-
-def register(dag: Any) -> Any:
-    """Write an in-test DAG to the metadata DB (as ``register_dag`` does, for module-scoped fixtures)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-        session.flush()
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-        )
-    return dag

@@ -43,14 +43,6 @@ def assert_clean_end_state(wh: Any, dst: str, emulator: Any) -> None:
     assert wh.query(f'SELECT COUNT(*), COUNT(DISTINCT "key") FROM {dst}') == [(N, N)]
 
 
-@pytest.fixture
-def tables(sqlite_warehouse: Any) -> tuple[Any, str, str]:
-    wh = sqlite_warehouse
-    src = wh.table("src")
-    wh.create_prompts_table(src, N)
-    return wh, src, wh.table("dst")
-
-
 def _run(tables: tuple[Any, str, str], tmp_path: Any) -> dict[str, Any]:
     wh, src, dst = tables
     _, _, summary = run_inline(

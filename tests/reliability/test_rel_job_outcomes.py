@@ -25,14 +25,6 @@ PER_SHARD = 6
 SHARDS = 2
 
 
-@pytest.fixture
-def tables(sqlite_warehouse: Any) -> tuple[Any, str, str]:
-    wh = sqlite_warehouse
-    src = wh.table("src")
-    wh.create_prompts_table(src, N)
-    return wh, src, wh.table("dst")
-
-
 def _dag(tables: tuple[Any, str, str], tmp_path: Any, name: str, **kw: Any) -> Any:
     wh, src, dst = tables
     kw.setdefault("submit", {})

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from tests.conftest import write_dag_to_db
 from tests.reliability.helpers import (
     LogCapture,
     context,
     pipeline,
-    register,
     submit_op,
     ti_states,
     unique_dag_id,
@@ -142,7 +142,7 @@ def world(airflow_db: Path, emulator_server: Any, tmp_path_factory: pytest.TempP
                 load={"max_failed_fraction": 0.5},
                 **common,
             )
-            w.runs["ok"] = register(ok).test()
+            w.runs["ok"] = write_dag_to_db(ok).test()
             emulator.control.set_job_behaviour(final_state="FAILED", count=1)
             failed = pipeline(
                 unique_dag_id("canary_failed"),
@@ -150,7 +150,7 @@ def world(airflow_db: Path, emulator_server: Any, tmp_path_factory: pytest.TempP
                 staging=w.staging / "failed",
                 **common,
             )
-            w.runs["failed"] = register(failed).test()
+            w.runs["failed"] = write_dag_to_db(failed).test()
             emulator.control.inject_fault("batches.create", status=403)
             rejected = pipeline(
                 unique_dag_id("canary_rejected"),
@@ -158,7 +158,7 @@ def world(airflow_db: Path, emulator_server: Any, tmp_path_factory: pytest.TempP
                 staging=w.staging / "rejected",
                 **common,
             )
-            w.runs["rejected"] = register(rejected).test()
+            w.runs["rejected"] = write_dag_to_db(rejected).test()
             w.exceptions += _direct_exceptions(emulator, tmp)
         w.output = fds.text + "\n" + handler.text
     finally:
