@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from _gemini_batch_example_settings import DEFAULT_ARGS, MODEL, POLL_INTERVAL, WAREHOUSE_CONN_ID
-from airflow.sdk import BaseHook, dag, task
+from _gemini_batch_example_settings import (
+    DEFAULT_ARGS,
+    MODEL,
+    POLL_INTERVAL,
+    WAREHOUSE_CONN_ID,
+    seed_table_once,
+)
+from airflow.sdk import dag, task
 
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
@@ -25,32 +31,17 @@ MATERIALS = ("oak", "steel", "bamboo", "recycled plastic", "ceramic", "linen")
 @task
 def seed_products() -> int:
     """Create and fill ``products`` if it does not exist yet (deterministic, so reruns see the same input)."""
-    hook = BaseHook.get_hook(WAREHOUSE_CONN_ID)
-    hook.run(
-        "CREATE TABLE IF NOT EXISTS products ("
-        " id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL, material TEXT NOT NULL,"
-        " price_cents INTEGER NOT NULL)"
-    )
-    existing = hook.get_first("SELECT COUNT(*) FROM products")[0]
-    if existing == 0:
-        rows = (
-            (
-                i,
-                f"{MATERIALS[i % 6].title()} {CATEGORIES[i % 6 - 1]} item #{i}",
-                CATEGORIES[i % 6 - 1],
-                MATERIALS[i % 6],
-                499 + (i * 37) % 20000,
-            )
+    return seed_table_once(
+        "products",
+        "CREATE TABLE IF NOT EXISTS products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "category TEXT NOT NULL, material TEXT NOT NULL, price_cents INTEGER NOT NULL)",
+        ["id", "name", "category", "material", "price_cents"],
+        lambda: (
+            (i, f"{MATERIALS[i % 6].title()} {CATEGORIES[i % 6 - 1]} item #{i}", CATEGORIES[i % 6 - 1],
+             MATERIALS[i % 6], 499 + (i * 37) % 20000)
             for i in range(1, PRODUCT_COUNT + 1)
-        )
-        hook.insert_rows(
-            "products",
-            rows,
-            target_fields=["id", "name", "category", "material", "price_cents"],
-            commit_every=1000,
-            executemany=True,
-        )
-    return hook.get_first("SELECT COUNT(*) FROM products")[0]
+        ),
+    )  # fmt: skip
 
 
 @task

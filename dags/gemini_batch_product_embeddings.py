@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from _gemini_batch_example_settings import DEFAULT_ARGS, POLL_INTERVAL, WAREHOUSE_CONN_ID
-from airflow.sdk import BaseHook, dag, task
+from _gemini_batch_example_settings import DEFAULT_ARGS, POLL_INTERVAL, WAREHOUSE_CONN_ID, seed_table_once
+from airflow.sdk import dag, task
 
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
@@ -18,13 +18,13 @@ from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 
 @task
 def seed_catalog() -> int:
-    hook = BaseHook.get_hook(WAREHOUSE_CONN_ID)
-    hook.run("CREATE TABLE IF NOT EXISTS catalog (sku INTEGER PRIMARY KEY, title TEXT NOT NULL)")
-    if hook.get_first("SELECT COUNT(*) FROM catalog")[0] == 0:
-        words = ("lamp", "chair", "kettle", "rake", "hammer", "notebook", "tent", "mug")
-        rows = ((i, f"{words[i % 8]} model {i}") for i in range(1, 401))
-        hook.insert_rows("catalog", rows, target_fields=["sku", "title"], executemany=True)
-    return hook.get_first("SELECT COUNT(*) FROM catalog")[0]
+    words = ("lamp", "chair", "kettle", "rake", "hammer", "notebook", "tent", "mug")
+    return seed_table_once(
+        "catalog",
+        "CREATE TABLE IF NOT EXISTS catalog (sku INTEGER PRIMARY KEY, title TEXT NOT NULL)",
+        ["sku", "title"],
+        lambda: ((i, f"{words[i % 8]} model {i}") for i in range(1, 401)),
+    )
 
 
 @dag(

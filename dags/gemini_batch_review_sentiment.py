@@ -10,8 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from _gemini_batch_example_settings import DEFAULT_ARGS, MODEL, POLL_INTERVAL, WAREHOUSE_CONN_ID
-from airflow.sdk import BaseHook, dag, task
+from _gemini_batch_example_settings import (
+    DEFAULT_ARGS,
+    MODEL,
+    POLL_INTERVAL,
+    WAREHOUSE_CONN_ID,
+    seed_table_once,
+)
+from airflow.sdk import dag, task
 from pydantic import BaseModel, Field
 
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
@@ -35,12 +41,12 @@ class ReviewSentiment(BaseModel):
 
 @task
 def seed_reviews() -> int:
-    hook = BaseHook.get_hook(WAREHOUSE_CONN_ID)
-    hook.run("CREATE TABLE IF NOT EXISTS reviews (review_id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    if hook.get_first("SELECT COUNT(*) FROM reviews")[0] == 0:
-        rows = ((i, f"{REVIEWS[i % len(REVIEWS)]} (order {1000 + i})") for i in range(1, 501))
-        hook.insert_rows("reviews", rows, target_fields=["review_id", "body"], executemany=True)
-    return hook.get_first("SELECT COUNT(*) FROM reviews")[0]
+    return seed_table_once(
+        "reviews",
+        "CREATE TABLE IF NOT EXISTS reviews (review_id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        ["review_id", "body"],
+        lambda: ((i, f"{REVIEWS[i % len(REVIEWS)]} (order {1000 + i})") for i in range(1, 501)),
+    )
 
 
 @dag(
