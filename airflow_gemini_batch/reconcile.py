@@ -13,8 +13,11 @@ Memory choice (key lists can hold millions of keys):
   an **on-disk index**: a throw-away SQLite file ``(canonical key → position, JSON key)`` built from the key
   list the first time it is needed. SQLite's page cache is capped (:data:`INDEX_CACHE_KB`), so the index costs
   disk, not RAM, however long the list.
-* Which positions were matched is one byte per key (a ``bytearray``): 1 MB per million keys. That, one key
-  line and the capped SQLite cache are the whole memory bound of a shard's reconciliation.
+* Which positions were matched is one byte per key (a ``bytearray``): 1 MB per million keys. That, one block
+  of the key list (:data:`KEY_BLOCK_BYTES`, parsed at once) and the capped SQLite cache are the whole memory
+  bound of a shard's reconciliation.
+* A run of in-order result keys is matched with a few list comparisons (:meth:`KeyReconciler.match_in_order`),
+  not one call per key: reconciliation is on the per-line hot path of a load.
 
 Keys compare by a canonical text: a string as itself, anything else as its JSON (``5`` → ``"5"``). That way an
 int key still matches when the service echoes it back as the string ``"5"`` (inline ``metadata`` is
@@ -68,6 +71,20 @@ def iter_key_lines(path: str) -> Iterator[tuple[str, Any]]:
 _END = object()
 
 
+def _parse_key_lines(lines: list[bytes]) -> list[Any]:
+    """Parse key-list lines (one C-level ``map``); whitespace-only lines are skipped, a bad line raises."""
+    try:
+        return list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        # The rare slow path: a whitespace-only line is not a key; any other unparsable line raises here.
+        return list(map(orjson.loads, filter(None, map(bytes.strip, lines))))
+
+
+#: Bytes of key list parsed at a time: keys are parsed a block at a time by one C-level ``map`` (no Python
+#: frame per key), and one block is all of the list the merge holds.
+KEY_BLOCK_BYTES = 64 * 1024
+
+
 class KeyReconciler:
     """Resolves result keys against one shard's key list (see the module docstring for the memory bound).
 
@@ -79,59 +96,103 @@ class KeyReconciler:
         self.keys_path = keys_path
         self.work_dir = work_dir
         self._fh: IO[bytes] | None = open_keys(keys_path)
-        self._next: Any = _END  # the key-list value at position self._pos, read one line ahead
-        self._pos = 0
+        self._rest = b""  # an incomplete last line of the previous block
+        self._buf: list[Any] = []  # parsed key-list values of the current block
+        self._base = 0  # list position of self._buf[0]
+        self._pos = 0  # list position of self._next
+        self._next: Any = _END  # the key-list value at position self._pos (the merge's head)
         self._seen = bytearray()  # one byte per key read so far: 1 = matched
         self._exhausted = False
         self._index: sqlite3.Connection | None = None
         self._index_path: str | None = None
         self.matched = 0
         self.lookups = 0  # how often the merge fell back to the index (out-of-order results)
-        self._advance()
+        self._next = self._refill()
 
-    def _advance(self) -> None:
-        assert self._fh is not None
-        readline = self._fh.readline
-        while raw := readline():
-            try:
-                self._next = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                if raw.strip():
-                    raise
-                continue
-            self._seen.append(0)
-            return
-        self._next = _END
+    def _refill(self) -> Any:
+        """Parse the next block of the key list; its first value (or ``_END``). Blank lines are not keys."""
+        fh = self._fh
+        while fh is not None:
+            block = fh.read(KEY_BLOCK_BYTES)
+            if block:
+                data = self._rest + block
+                cut = data.rfind(b"\n") + 1
+                self._rest, data = data[cut:], data[:cut]
+            else:
+                data, self._rest = self._rest, b""
+            lines = data.split(b"\n")
+            if b"" in lines:
+                lines = list(filter(None, lines))
+            buf = _parse_key_lines(lines) if lines else []
+            if buf:
+                self._buf = buf
+                self._base = self._pos
+                self._seen.extend(bytes(len(buf)))
+                return buf[0]
+            if not block:
+                break
+        self._buf = []
+        self._base = self._pos
         self._exhausted = True
+        return _END
 
-    def _match_next(self) -> Any:
-        value = self._next
-        self._seen[self._pos] = 1
+    def _step(self) -> None:
+        """Move the merge's head past the current key."""
         self._pos += 1
-        self.matched += 1
-        self._advance()
-        return value
+        i = self._pos - self._base
+        self._next = self._buf[i] if i < len(self._buf) else self._refill()
 
     def resolve(self, key: Any) -> tuple[str, Any]:
         """``(MATCHED, key-list value)``, ``(DUPLICATE, None)`` or ``(UNKNOWN, None)`` for one result key."""
         nxt = self._next
-        # Same type and value is the in-order common case; the canonical text covers an int echoed as "5".
-        if nxt is not _END and ((type(nxt) is type(key) and nxt == key) or canonical(nxt) == canonical(key)):
-            self._seen[self._pos] = 1
-            self._pos += 1
+        # Same type and value is the in-order common case (``_END``'s type is no JSON type); the canonical
+        # text covers an int echoed as "5". Inlined step: this runs once per result line.
+        if (type(nxt) is type(key) and nxt == key) or (nxt is not _END and canonical(nxt) == canonical(key)):
+            pos = self._pos
+            self._seen[pos] = 1
             self.matched += 1
-            self._advance()
+            self._pos = pos = pos + 1
+            i = pos - self._base
+            self._next = self._buf[i] if i < len(self._buf) else self._refill()
             return MATCHED, nxt
         return self._resolve_slow(canonical(key))
+
+    def match_in_order(self, run: list[Any]) -> int:
+        """Match the longest prefix of ``run`` that is, in order, the next keys of the list; its length.
+
+        The in-order common case of a whole run of result keys in a few C-level list comparisons instead of
+        one :meth:`resolve` per key. Only int and str keys of the same type and value count (``True == 1``
+        and ``1 == 1.0`` in Python, not here), so a matched key *is* the key list's value. The caller resolves
+        the keys after the prefix one by one.
+        """
+        done = 0
+        while done < len(run) and self._next is not _END:
+            buf, i = self._buf, self._pos - self._base
+            part = run[done : done + len(buf) - i]
+            expected = buf[i : i + len(part)]
+            types = list(map(type, expected))
+            n = len(part)
+            if part != expected or types != list(map(type, part)) or types.count(int) + types.count(str) != n:
+                break
+            self._seen[self._pos : self._pos + n] = b"\x01" * n
+            self._pos += n
+            self.matched += n
+            done += n
+            j = self._pos - self._base
+            self._next = buf[j] if j < len(buf) else self._refill()
+        return done
 
     def take_next(self) -> tuple[str, Any]:
         """Match the next key in list order (for results that carry no key and are documented in order)."""
         while self._next is not _END and self._seen[self._pos]:
-            self._pos += 1
-            self._advance()
+            self._step()
         if self._next is _END:
             return UNKNOWN, None
-        return MATCHED, self._match_next()
+        value = self._next
+        self._seen[self._pos] = 1
+        self.matched += 1
+        self._step()
+        return MATCHED, value
 
     def _resolve_slow(self, canon: str) -> tuple[str, Any]:
         self.lookups += 1
@@ -142,8 +203,7 @@ class KeyReconciler:
         # Move the merge forward past a jump (keys skipped over stay unmatched and end up missing), so
         # that results that are back in order take the fast path again.
         while self._next is not _END and self._pos <= position:
-            self._pos += 1
-            self._advance()
+            self._step()
         if self._seen[position]:
             return DUPLICATE, None
         self._seen[position] = 1
@@ -179,8 +239,8 @@ class KeyReconciler:
     def key_count(self) -> int:
         """Number of keys in the list (reads the rest of the list if the merge has not reached its end)."""
         while not self._exhausted:
-            self._pos += 1
-            self._advance()
+            self._pos = self._base + len(self._buf)
+            self._next = self._refill()
         return len(self._seen)
 
     def iter_unmatched(self) -> Iterator[Any]:

@@ -6,8 +6,9 @@ Invariants:
   ``missing`` - so the counts add up to what was sent (architecture invariant 5). A line that cannot be
   parsed is never guessed at: it is reported (count + line numbers) and its key becomes ``missing`` through
   reconciliation (:mod:`airflow_gemini_batch.reconcile`).
-* Parsing is streamed: a responses file is read one line at a time with orjson; nothing here holds more than
-  one line. Inline responses (capped at 20 MB by the service) are the only input that is a list in memory.
+* Parsing is streamed: a responses file is read a block of lines at a time (~256 KB,
+  :mod:`airflow_gemini_batch.results_file`); nothing holds more than a block. Inline responses (capped at
+  20 MB by the service) are the only input that is a list in memory.
 * The parser is tolerant, because the wire format is loosely documented: a line may carry ``response``,
   ``error`` or ``status``; the key sits at the top level (``key``, file output) or in ``metadata.key``
   (inline output); a response without candidates (a blocked prompt) is a failure, not a success.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -188,6 +190,24 @@ class ResultParser:
                 key, FAILED, None, None, None, finish, prompt, output, thinking, cached, total,
                 model_version, None, f"no answer (finish reason {finish})", job_name,
             )  # fmt: skip
+        return self.answer_row(
+            key, text, finish, prompt, output, thinking, cached, total, model_version, job_name
+        )
+
+    def answer_row(
+        self,
+        key: Any,
+        text: str | None,
+        finish: str | None,
+        prompt: int | None,
+        output: int | None,
+        thinking: int | None,
+        cached: int | None,
+        total: int | None,
+        model_version: str | None,
+        job_name: str | None,
+    ) -> ResultRow:
+        """The row of an answer: ``succeeded``, or ``invalid_output`` when JSON is expected and it is not."""
         if not self.parse_json:
             # tuple.__new__ skips the NamedTuple's Python-level __new__: this is the per-line hot path.
             return _new(
@@ -195,6 +215,7 @@ class ResultParser:
                             model_version, None, None, job_name, None),
             )  # fmt: skip
         outcome, value, message = self._check_json(text)
+        # The answer is already JSON text when valid: stored as it came, never re-serialized.
         return ResultRow(
             key, outcome, text, text if outcome == SUCCEEDED else None, None, finish, prompt, output,
             thinking, cached, total, model_version, None, message, job_name, value,
@@ -265,85 +286,72 @@ def _key_of(obj: dict[str, Any]) -> Any:
     return key
 
 
-def _rows_from_objects(
-    items: Iterable[Any],
-    parser: ResultParser,
-    keys: KeyReconciler,
-    report: ShardReport,
-    *,
-    decode: bool,
-) -> Iterator[ResultRow]:
-    """The hot loop: (decode), check, reconcile, classify - one pass, no per-line generator hand-offs.
+def _object_row(
+    obj: Any, line_no: int, parser: ResultParser, keys: KeyReconciler, report: ShardReport, by_position: bool
+) -> ResultRow | None:
+    """The tolerant handling of one decoded line or inline item (``None``: reported, not a row).
 
-    ``items`` are raw lines (``decode=True``: a responses file) or decoded inline items (``decode=False``;
-    those may lack a key, and are then matched by position, the documented inline order).
+    ``by_position``: an item without a key is matched to the next key in list order (inline embedding
+    results carry no metadata; the service returns them in input order); a file line without one is malformed.
     """
     from airflow_gemini_batch.reconcile import MATCHED, UNKNOWN
 
-    job_name = report.job_name
-    classify = parser.classify
-    generation = None if parser.embed else parser._generation
-    resolve = keys.resolve
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    line_no = 0
-    for item in items:
-        line_no += 1
-        if decode:
-            try:
-                obj = loads(item)
-            except decode_error:
-                if item.strip():
-                    # A last line without its newline is what a cut-off download looks like.
-                    report.lines += 1
-                    report.malformed(line_no, not item.endswith(b"\n"))
-                continue
-        else:
-            obj = item
-        report.lines += 1
-        if type(obj) is not dict:
-            report.malformed(line_no)
-            continue
-        response = obj.get("response")
-        if response is None and obj.get("error") is None and obj.get("status") is None:
-            report.malformed(line_no)  # valid JSON but no result in it: its key ends up missing
-            continue
-        key = obj.get("key")
-        if key is None:
-            key = _key_of(obj)
-        if key is not None:
-            status, original = resolve(key)
-        elif decode:
-            report.malformed(line_no)
-            continue
-        else:
-            # Inline embedding results carry no metadata; the service returns them in input order.
-            status, original = keys.take_next()
-        if status is MATCHED:
-            if generation and type(response) is dict:
-                yield generation(response, original, job_name)  # the common case, one call less
-            else:
-                yield classify(obj, original, job_name)
-        elif status is UNKNOWN:
-            report.unknown(key)
-        else:
-            report.duplicate(key)
+    report.lines += 1
+    if type(obj) is not dict:
+        report.malformed(line_no)
+        return None
+    response = obj.get("response")
+    if response is None and obj.get("error") is None and obj.get("status") is None:
+        report.malformed(line_no)  # valid JSON but no result in it: its key ends up missing
+        return None
+    key = _key_of(obj)
+    if key is not None:
+        status, original = keys.resolve(key)
+    elif by_position:
+        status, original = keys.take_next()
+    else:
+        report.malformed(line_no)
+        return None
+    if status is MATCHED:
+        if not parser.embed and type(response) is dict:
+            return parser._generation(response, original, report.job_name)
+        return parser.classify(obj, original, report.job_name)
+    if status is UNKNOWN:
+        report.unknown(key)
+    else:
+        report.duplicate(key)
+    return None
+
+
+def _rows_from_items(
+    items: Iterable[Any], parser: ResultParser, keys: KeyReconciler, report: ShardReport
+) -> Iterator[ResultRow]:
+    for line_no, item in enumerate(items, 1):
+        row = _object_row(item, line_no, parser, keys, report, True)
+        if row is not None:
+            yield row
 
 
 def iter_file_rows(
     path: Path | str, parser: ResultParser, keys: KeyReconciler, report: ShardReport
 ) -> Iterator[ResultRow]:
-    """Rows of a downloaded responses file, then a ``missing`` row for every key without a line."""
-    with open(path, "rb") as fh:
-        yield from _rows_from_objects(fh, parser, keys, report, decode=True)
-    yield from iter_missing_rows(keys, report.job_name)
+    """Rows of a downloaded responses file, then a ``missing`` row for every key without a line.
+
+    Not a generator itself: ``chain`` flattens the blocks in C, so taking a row costs no Python-level step.
+    """
+    from airflow_gemini_batch.results_file import file_row_blocks
+
+    return chain(
+        chain.from_iterable(file_row_blocks(path, parser, keys, report)),
+        iter_missing_rows(keys, report.job_name),
+    )
 
 
 def iter_inline_rows(
     items: list[Any], parser: ResultParser, keys: KeyReconciler, report: ShardReport
 ) -> Iterator[ResultRow]:
     """Rows of ``inlinedResponses`` items (numbered from 1 like lines), then the ``missing`` rows."""
-    yield from _rows_from_objects(items, parser, keys, report, decode=False)
+    yield from _rows_from_items(items, parser, keys, report)
     yield from iter_missing_rows(keys, report.job_name)
 
 

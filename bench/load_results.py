@@ -131,8 +131,8 @@ def _final_tuples(rows: int, db: str) -> list[tuple]:
     from airflow_gemini_batch.results import N_STORED, ResultParser, ShardReport, iter_file_rows
 
     files = generate(rows)
-    now = datetime.now(timezone.utc)
-    loaded_at = now if db == "postgres" else now.isoformat(timespec="microseconds")
+    # What both table sinks bind for loaded_at: ISO 8601 text (PostgreSQL parses it into TIMESTAMPTZ).
+    loaded_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     rows_iter = iter_file_rows(
         files["responses"], ResultParser(), KeyReconciler(files["keys"]), ShardReport("b")
     )

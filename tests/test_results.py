@@ -129,3 +129,95 @@ def test_inline_items_key_in_metadata_or_by_position(tmp_path):
     items = [{"response": {"embedding": {"values": [1.0]}}}, {"response": {"embedding": {"values": [2.0]}}}]
     rows = list(iter_inline_rows(items, ResultParser(task="embed"), keys, ShardReport(job_name="j")))
     assert [(r.key, r.embedding) for r in rows] == [("p", [1.0]), ("q", [2.0])]
+
+
+def _shapes() -> list[bytes]:
+    """Result lines of every shape the fast path must accept or hand over, keys 0..n in (mostly) list order."""
+    ok = response("fine")
+    lines = [orjson.dumps({"key": i, "response": ok}) for i in range(5)]
+    lines += [
+        orjson.dumps({"response": response("meta key"), "key": 5, "extra": {"nested": [1, {"a": None}]}}),
+        orjson.dumps({"key": "6", "response": response("int key echoed as a string")}),
+        orjson.dumps({"key": 7, "response": {**ok, "usageMetadata": {}}}),
+        orjson.dumps({"key": 8, "response": {k: v for k, v in ok.items() if k != "usageMetadata"}}),
+        orjson.dumps({"key": 9, "response": response(None, finish="SAFETY")}),
+        orjson.dumps({"key": 10, "response": response(None)}),
+        orjson.dumps({"key": 11, "response": {"promptFeedback": {"blockReason": "OTHER"}}}),
+        orjson.dumps({"key": 12, "error": {"code": 8, "message": "quota"}}),
+        orjson.dumps(
+            {
+                "key": 13,
+                "response": {
+                    **ok,
+                    "candidates": [
+                        {
+                            "content": {"parts": [{"text": "hmm", "thought": True}, {"text": "answer"}]},
+                            "finishReason": "STOP",
+                        }
+                    ],
+                },
+            }
+        ),
+        orjson.dumps(
+            {
+                "key": 14,
+                "response": {**ok, "candidates": [{"content": {"parts": [{"text": "a"}, {"text": "b"}]}}]},
+            }
+        ),
+        orjson.dumps(
+            {
+                "key": 15,
+                "response": {
+                    **ok,
+                    "candidates": [
+                        {"content": {"parts": [{"functionCall": {"name": "f"}}]}, "finishReason": "STOP"}
+                    ],
+                },
+            }
+        ),
+        orjson.dumps({"key": 16, "response": {**ok, "modelVersion": 3}}),  # odd type: general path
+        orjson.dumps({"key": 17, "response": {**ok, "usageMetadata": {"totalTokenCount": 1.5}}}),
+        orjson.dumps({"key": 18, "response": {**ok, "candidates": []}}),
+        orjson.dumps({"key": 19, "response": {**ok, "candidates": [{"finishReason": "STOP"}]}}),
+        orjson.dumps({"key": None, "response": ok}),
+        orjson.dumps({"metadata": {"key": 20}, "response": response("key in metadata")}),
+        orjson.dumps({"key": 21, "response": None, "status": {"code": 4}}),
+        orjson.dumps({"key": 22, "response": response('\u00e9t\u00e9 \u2603 "quoted"\n\ttab')}),
+        orjson.dumps({"key": True, "response": ok}),  # a bool is not the int 1
+        orjson.dumps({"key": 1.0, "response": ok}),  # nor is a float
+        orjson.dumps({"key": 24, "response": ok}),  # 23 skipped: missing
+        orjson.dumps({"key": 3, "response": ok}),  # duplicate, out of order
+        orjson.dumps({"key": 999, "response": ok}),  # unknown
+        b"[1, 2]",
+        b"   ",
+        b"{broken",
+        orjson.dumps({"key": 25, "response": ok}),
+    ]
+    return lines
+
+
+def _load(path: str, keys_path: str, tmp_path: Path, parser: ResultParser) -> tuple[list, dict]:
+    report = ShardReport(job_name="batches/j")
+    keys = KeyReconciler(keys_path, work_dir=str(tmp_path))
+    rows = [tuple(r) for r in iter_file_rows(path, parser, keys, report)]
+    return rows, report.to_dict()
+
+
+@pytest.mark.parametrize("parse_json", [False, True])
+@pytest.mark.parametrize("block", [64, 1 << 18])
+def test_the_fast_path_classifies_every_line_like_the_general_path(tmp_path, monkeypatch, parse_json, block):
+    """The msgspec fast path is an optimisation only: rows and report equal the orjson general path's, for
+    every line shape, whatever the block boundaries (64 bytes: a line or two per block)."""
+    import airflow_gemini_batch.results_file as results
+
+    keys_path = write(tmp_path / "keys", b"".join(b"%d\n" % i for i in range(26)))
+    lines = _shapes()
+    path = write(tmp_path / "out.jsonl", b"\n".join(lines) + b"\n" + lines[0][:30])  # cut-off last line
+    monkeypatch.setattr(results, "READ_BLOCK_BYTES", block)
+    fast = _load(path, keys_path, tmp_path, ResultParser(parse_json=parse_json))
+    monkeypatch.setattr(results, "_LINE_DECODER", None)
+    general = _load(path, keys_path, tmp_path, ResultParser(parse_json=parse_json))
+    assert fast == general
+    rows, report = fast
+    assert len(rows) == 26 and sorted(r[0] for r in rows) == list(range(26))
+    assert report["truncated"] and report["duplicate_keys"] == 1 and report["unknown_keys"] == 3

@@ -131,3 +131,29 @@ def test_parquet_row_groups_per_chunk(tmp_path):
         (2, None, None),
         (3, None, [1.0, 2.0]),
     ]
+
+
+def test_streamed_copy_commits_buffers_errors_and_aborts_cleanly(postgres_warehouse, monkeypatch):
+    """Into fresh tables the PostgreSQL sink keeps one COPY open across chunks: errors rows wait in a bounded
+    buffer, commits end the COPY, and an abort fails the open COPY so none of its rows stay."""
+    import airflow_gemini_batch.sinks.postgres as pg
+
+    wh = postgres_warehouse
+    monkeypatch.setattr(pg, "ERRORS_BUFFER_ROWS", 3)  # flushed mid-load, not only at the end
+    table = wh.table("stream")
+    wh.table(f"{table}_errors")
+    sink = table_sink(wh.conn_id, table, key_column_type="INTEGER")
+    sink.commit_every = 40  # a commit every other chunk
+    chunks = [[ok(i) if i % 4 else bad(i) for i in range(start, start + 20)] for start in range(0, 100, 20)]
+    load(sink, *chunks)
+    assert wh.query(f'SELECT COUNT(*), COUNT(DISTINCT "key") FROM {table}') == [(100, 100)]
+    assert wh.query(f'SELECT COUNT(*) FROM {table}_errors WHERE MOD("key", 4) = 0') == [(25,)]
+    assert wh.query(f"SELECT COUNT(*) FROM {table}_errors") == [(25,)]
+
+    aborted = wh.table("aborted")
+    wh.table(f"{aborted}_errors")
+    sink = table_sink(wh.conn_id, aborted, key_column_type="INTEGER")
+    sink.open()
+    sink.write([ok(1), bad(2)])
+    sink.abort()
+    assert wh.query(f"SELECT COUNT(*) FROM {aborted}") == [(0,)]

@@ -538,3 +538,33 @@ def test_dag_test_end_to_end(airflow_db, gemini_conn, emulator, sqlite_warehouse
     ]
     assert sqlite_warehouse.query(f"SELECT COUNT(*) FROM {table}") == [(5,)]
     assert len(emulator.control.jobs()) == 1
+
+
+def test_load_totals_count_column_wise_like_row_by_row():
+    """LoadTotals.add sums whole chunks column-wise; the rule stays the per-row one: every outcome counted,
+    tokens only from rows that report a total, the first failed keys in order."""
+    from airflow_gemini_batch.operators.results import LoadTotals
+    from airflow_gemini_batch.results import OUTCOMES, ResultRow, ShardReport
+
+    rows = []
+    for i in range(2_000):
+        outcome = OUTCOMES[0] if i % 7 else OUTCOMES[1 + i % 3]
+        total = None if i % 11 == 0 else i % 50
+        rows.append(ResultRow(i, outcome, prompt_tokens=i % 5 or None, output_tokens=3, thinking_tokens=None,
+                              cached_tokens=i % 2, total_tokens=total))  # fmt: skip
+    totals, report = LoadTotals(), ShardReport(job_name="j")
+    for start in range(0, len(rows), 300):
+        totals.add(rows[start : start + 300], report)
+    with_total = [r for r in rows if r.total_tokens is not None]
+    assert totals.counts == {o: sum(r.outcome == o for r in rows) for o in OUTCOMES} == report.counts
+    assert totals.tokens == {
+        "prompt": sum(r.prompt_tokens or 0 for r in with_total),
+        "output": sum(r.output_tokens for r in with_total),
+        "thinking": 0,
+        "cached": sum(r.cached_tokens for r in with_total),
+        "total": sum(r.total_tokens for r in with_total),
+    }
+    assert totals.first_failed_keys == [r.key for r in rows if r.outcome != OUTCOMES[0]][:10]
+    assert totals.rows == 2_000
+    with pytest.raises(ValueError, match="unknown outcome"):
+        totals.add([ResultRow(1, "weird")], report)
