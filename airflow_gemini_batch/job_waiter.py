@@ -13,13 +13,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchTriggerEventError
-from airflow_gemini_batch.hooks.gemini import SUCCEEDED, JobStatus, check_job_name, describe_error
+from airflow_gemini_batch.hooks.gemini import JobStatus, check_job_name, describe_error
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.triggers.job import NOT_READ, GeminiBatchJobTrigger
 from airflow_gemini_batch.waiting import (
-    ProgressLog,
     WaitDecision,
     WaitPolicy,
+    WaitTracker,
     evaluate,
     is_transient,
     parse_event,
@@ -58,11 +58,10 @@ class JobWaiter:
         self.policy = policy
         self.log = log
         self.deadline = deadline
+        self._tracker = WaitTracker(policy, deadline)
         self.statuses: dict[str, JobStatus] = {
             check_job_name(n): JobStatus(name=n, state=NOT_READ) for n in dict.fromkeys(job_names)
         }
-        self.output_pending_since: dict[str, float] = {}
-        self._progress = ProgressLog()
 
     @property
     def job_names(self) -> list[str]:
@@ -71,7 +70,7 @@ class JobWaiter:
     def poll(self) -> WaitDecision:
         """Read every job not finished yet once, log progress when it changed, and evaluate."""
         for name, status in list(self.statuses.items()):
-            if status.done and not (status.state == SUCCEEDED and not status.output_ready):
+            if status.settled:
                 continue
             try:
                 self.statuses[name] = self.hook.get_job(name)
@@ -83,24 +82,7 @@ class JobWaiter:
                         f"{f' with HTTP {code}' if code else ''}: {describe_error(e)[:300]}"
                     ) from e
                 self.log.warning("Transient error reading %s; will retry: %s", name, describe_error(e))
-        now = time.time()
-        statuses = list(self.statuses.values())
-        for s in statuses:
-            if s.state == SUCCEEDED and not s.output_ready:
-                self.output_pending_since.setdefault(s.name, now)
-        line = self._progress.changed(statuses)
-        if line:
-            self.log.info("Gemini batch progress: %s", line)
-        decision = evaluate(
-            statuses,
-            self.policy,
-            now=now,
-            deadline=self.deadline,
-            output_pending_since=self.output_pending_since,
-        )
-        if not decision.done and decision.unknown:
-            self.log.warning("Jobs in an unknown state, still waiting: %s", ", ".join(decision.unknown))
-        return decision
+        return self._tracker.assess(list(self.statuses.values()), time.time(), self.log)
 
     def wait(self, poll_interval: float) -> dict[str, Any]:
         """Block until the wait is decided (the non-deferrable path); return the summary or raise."""

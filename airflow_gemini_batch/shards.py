@@ -263,6 +263,7 @@ def fingerprint_of(shards: Iterable[Shard], task: str, model: str) -> str:
     return digest.hexdigest()
 
 
+@paused_gc()
 def build_shards(
     batches: Iterable[Sequence[tuple[Any, ...]]],
     make_encoder: Any,
@@ -276,34 +277,12 @@ def build_shards(
 ) -> ShardPlan:
     """Stream ``batches`` of rows through the encoder into shards; validate everything before returning.
 
+    Runs with the cyclic GC paused (``streaming.paused_gc``).
+
     :param make_encoder: ``() -> RequestEncoder``, called after the first batch (when the source's columns are
         known), so an unknown column or placeholder fails before more rows are read.
     :raises GeminiBatchInputError: invalid rows with ``on_invalid_row="fail"``, or too many shards.
     """
-    with paused_gc():
-        return _build_shards(
-            batches,
-            make_encoder,
-            staging,
-            limits,
-            invalid,
-            task=task,
-            model=model,
-            progress_every_seconds=progress_every_seconds,
-        )
-
-
-def _build_shards(
-    batches: Iterable[Sequence[tuple[Any, ...]]],
-    make_encoder: Any,
-    staging: Staging,
-    limits: ShardLimits,
-    invalid: InvalidRows,
-    *,
-    task: str,
-    model: str,
-    progress_every_seconds: float,
-) -> ShardPlan:
     writer = ShardWriter(staging, limits)
     encoder: RequestEncoder | None = None
     rows_read = 0

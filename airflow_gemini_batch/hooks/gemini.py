@@ -124,6 +124,11 @@ class JobStatus:
         """SUCCEEDED is not enough: the responses file (or inline list) can appear after the state flips."""
         return self.state == SUCCEEDED and (self.responses_file is not None or self.has_inline_responses)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing left to read: terminal, and when SUCCEEDED, its output visible too."""
+        return self.done and (self.state != SUCCEEDED or self.output_ready)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

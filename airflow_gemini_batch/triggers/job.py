@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_gemini_batch.hooks.gemini import SUCCEEDED, GeminiBatchHook, JobStatus, check_job_name
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus, check_job_name
 from airflow_gemini_batch.waiting import (
-    ProgressLog,
     WaitPolicy,
+    WaitTracker,
     build_event,
-    evaluate,
     is_transient,
     permanent_code,
 )
@@ -113,7 +112,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
 
     def _needs_poll(self, status: JobStatus) -> bool:
         # Terminal jobs keep their last status; a SUCCEEDED job is re-read only until its output shows up.
-        return not status.done or (status.state == SUCCEEDED and not status.output_ready)
+        return not status.settled
 
     async def _read(
         self, client: AsyncClient, sem: asyncio.Semaphore, name: str
@@ -160,8 +159,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         client = await self._hook().aget_client()
         sem = asyncio.Semaphore(self.max_concurrency)
-        progress = ProgressLog()
-        output_pending_since: dict[str, float] = {}
+        tracker = WaitTracker(self.policy, self.deadline)
         failing_rounds = 0
         self.log.info(
             "Watching %d Gemini batch job(s) until %s (poll every %gs).",
@@ -177,23 +175,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
                     return
                 now = time.time()
                 statuses = [self._statuses[n] for n in self.job_names]
-                for s in statuses:
-                    if s.state == SUCCEEDED and not s.output_ready:
-                        output_pending_since.setdefault(s.name, now)
-                line = progress.changed(statuses)
-                if line:
-                    self.log.info("Gemini batch progress: %s", line)
-                decision = evaluate(
-                    statuses,
-                    self.policy,
-                    now=now,
-                    deadline=self.deadline,
-                    output_pending_since=output_pending_since,
-                )
-                if decision.unknown:
-                    self.log.warning(
-                        "Jobs in an unknown state, still waiting: %s", ", ".join(decision.unknown)
-                    )
+                decision = tracker.assess(statuses, now, self.log)
                 if decision.done:
                     message = str(decision.error) if decision.error else "All Gemini batch jobs are done."
                     yield TriggerEvent(
@@ -203,7 +185,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
                             checked_at=now,
                             deadline=self.deadline,
                             message=message,
-                            output_pending_since=output_pending_since,
+                            output_pending_since=tracker.output_pending_since,
                         )
                     )
                     return
