@@ -38,6 +38,8 @@ FAILED = "failed"
 INVALID_OUTPUT = "invalid_output"
 MISSING = "missing"
 OUTCOMES = (SUCCEEDED, FAILED, INVALID_OUTPUT, MISSING)
+#: The token sums a report keeps (``ResultRow`` ``*_tokens`` fields, in this order).
+TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
 
 #: How many example keys / line numbers a report keeps (the counts are always complete).
 EXAMPLES = 10
@@ -249,6 +251,8 @@ class ShardReport:
     key_count: int = 0
     lines: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    #: Token sums of this job's rows (``TOKEN_FIELDS``), so cost can be told per job, not only per task.
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
     unknown_keys: int = 0
     unknown_key_examples: list[Any] = field(default_factory=list)
     duplicate_keys: int = 0
@@ -274,7 +278,8 @@ class ShardReport:
             self.duplicate_key_examples.append(key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        # Copies of the dicts and lists: the summary must not change if the report is touched afterwards.
+        return {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in self.__dict__.items()}
 
 
 def _key_of(obj: dict[str, Any]) -> Any:

@@ -100,7 +100,7 @@ def _hook(db: str) -> Any:
 
 def ours(rows: int, db: str, table: str) -> Any:
     """The operator's path: iter_file_rows (orjson + classify + reconcile) → stream_to_sink → table sink."""
-    from airflow_gemini_batch.operators.results import LoadTotals, stream_to_sink
+    from airflow_gemini_batch.loading import LoadTotals, stream_to_sink
     from airflow_gemini_batch.reconcile import KeyReconciler
     from airflow_gemini_batch.results import ResultParser, ShardReport, iter_file_rows
     from airflow_gemini_batch.sinks import table_sink

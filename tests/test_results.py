@@ -221,3 +221,17 @@ def test_the_fast_path_classifies_every_line_like_the_general_path(tmp_path, mon
     rows, report = fast
     assert len(rows) == 26 and sorted(r[0] for r in rows) == list(range(26))
     assert report["truncated"] and report["duplicate_keys"] == 1 and report["unknown_keys"] == 3
+
+
+def test_shard_report_dict_has_per_job_tokens_and_is_a_snapshot():
+    """The summary's job entry carries the job's token sums; later changes to the report do not leak into it."""
+    report = ShardReport(job_name="batches/j")
+    report.tokens["prompt"] += 5
+    report.counts["succeeded"] += 1
+    snapshot = report.to_dict()
+    assert snapshot["tokens"] == {"prompt": 5, "output": 0, "thinking": 0, "cached": 0, "total": 0}
+    report.tokens["prompt"] += 1
+    report.counts["succeeded"] += 1
+    report.unknown("k")
+    assert snapshot["tokens"]["prompt"] == 5 and snapshot["counts"]["succeeded"] == 1
+    assert snapshot["unknown_key_examples"] == []

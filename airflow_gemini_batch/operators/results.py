@@ -10,7 +10,8 @@ Invariants:
   ``missing`` - and ``succeeded + failed + invalid_output + missing`` equals the keys submitted. Keys of a job
   that did not succeed (FAILED / EXPIRED / CANCELLED) are all ``failed`` with ``job <STATE>`` in the error.
 * Results never go through XCom: they stream from the downloaded file to the sink in chunks; XCom gets a
-  summary of counts, tokens and cost (``kind = RESULTS_SUMMARY_KIND``).
+  summary of counts, tokens and cost (``kind = RESULTS_SUMMARY_KIND``), for the task and for each job
+  (``jobs[i]["tokens"]`` / ``["cost"]``); the task's ``tokens`` are exactly the sum of its jobs'.
 * ``max_failed_fraction`` is checked **after** everything is written, so good rows are loaded and bad ones are
   queryable even when the task then fails.
 """
@@ -20,8 +21,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from itertools import compress, islice, repeat
-from operator import is_not, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +30,12 @@ from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputEr
 from airflow_gemini_batch.hooks.gemini import SUCCEEDED as JOB_SUCCEEDED
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.links import GeminiBatchJobLink
+from airflow_gemini_batch.loading import LoadTotals, stream_to_sink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, RESULTS_SUMMARY_KIND, RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.pricing import compute_cost
 from airflow_gemini_batch.reconcile import KeyReconciler
 from airflow_gemini_batch.results import (
     EXAMPLES,
-    OUTCOMES,
     SUCCEEDED,
     ResultParser,
     ShardReport,
@@ -45,100 +44,13 @@ from airflow_gemini_batch.results import (
     iter_job_failed_rows,
 )
 from airflow_gemini_batch.sinks import ObjectStorageSink, split_table, table_sink
-from airflow_gemini_batch.streaming import paused_gc
 
 if TYPE_CHECKING:
-    import logging
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Sequence
 
     from airflow.sdk import Context
 
     from airflow_gemini_batch.results import ResultRow
-
-TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
-# ResultRow positions: outcome, then prompt/output/thinking/cached/total tokens (in TOKEN_FIELDS order).
-_OUTCOME = itemgetter(1)
-_TOTAL = itemgetter(10)
-_TOKEN_GETTERS = tuple(itemgetter(i) for i in (6, 7, 8, 9, 10))
-PROGRESS_EVERY_SECONDS = 10.0
-
-
-class LoadTotals:
-    """Running counts and token sums over all rows of a load (a handful of ints, whatever the row count)."""
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(OUTCOMES, 0)
-        self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
-        self.first_failed_keys: list[Any] = []
-        self.rows = 0
-
-    def add(self, rows: list[ResultRow], report: ShardReport) -> None:
-        """Count a chunk. Column-wise (``map``/``itemgetter``/``list.count``/``sum``: C-level loops, no Python
-        step per row), since this runs on every row of a load."""
-        counts, shard_counts = self.counts, report.counts
-        n = len(rows)
-        outcomes = list(map(_OUTCOME, rows))
-        succeeded = outcomes.count(SUCCEEDED)
-        per_outcome = (
-            [succeeded, *(outcomes.count(o) for o in OUTCOMES[1:])] if succeeded != n else [n, 0, 0, 0]
-        )
-        if sum(per_outcome) != n:
-            unknown = next(o for o in outcomes if o not in counts)
-            raise ValueError(f"unknown outcome {unknown!r}")
-        for outcome, count in zip(OUTCOMES, per_outcome, strict=True):
-            counts[outcome] += count
-            shard_counts[outcome] += count
-        if succeeded != n and len(self.first_failed_keys) < EXAMPLES:
-            self.first_failed_keys += [r[0] for r in rows if r[1] != SUCCEEDED][
-                : EXAMPLES - len(self.first_failed_keys)
-            ]
-        # Tokens count only on rows that report a total (as the per-row rule always did).
-        totals = list(map(_TOTAL, rows))
-        without_total = totals.count(None)
-        if without_total < n:
-            counted = rows if not without_total else list(compress(rows, map(is_not, totals, repeat(None))))
-            tokens = self.tokens
-            for name, getter in zip(TOKEN_FIELDS[:-1], _TOKEN_GETTERS[:-1], strict=True):
-                tokens[name] += sum(filter(None, map(getter, counted)))
-            tokens["total"] += sum(filter(None, totals))
-        self.rows += len(rows)
-
-
-def chunks(rows: Iterable[ResultRow], size: int) -> Iterator[list[ResultRow]]:
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def stream_to_sink(
-    rows: Iterable[ResultRow],
-    sink: Any,
-    totals: LoadTotals,
-    report: ShardReport,
-    chunk_size: int,
-    log: logging.Logger | None = None,
-) -> int:
-    """The hot loop of a load: chunk the rows, count them, write them; log progress every few seconds.
-
-    One chunk is the most this holds in memory. Shared by the operator and ``bench/load_results.py``.
-    (Parsing on a helper thread was measured slower, re-measured with 20 k-row chunks too: the drivers release
-    the GIL per row, and re-taking it from a busy parser thread costs more than the overlap gains. PostgreSQL
-    overlaps anyway: its sink keeps one COPY open, so the server stores rows while the next chunk is parsed.)
-    """
-    start = last_log = time.monotonic()
-    start_rows = totals.rows
-    with paused_gc():
-        for chunk in chunks(rows, chunk_size):
-            totals.add(chunk, report)
-            sink.write(chunk)
-            if log is not None and (now := time.monotonic()) - last_log >= PROGRESS_EVERY_SECONDS:
-                done = totals.rows - start_rows
-                log.info(
-                    "%s: %d lines parsed, %d rows loaded (%.0f rows/s)",
-                    report.job_name, report.lines, done, done / max(now - start, 1e-9),
-                )  # fmt: skip
-                last_log = now
-    return totals.rows - start_rows
 
 
 class GeminiBatchLoadResultsOperator(BaseOperator):
@@ -386,12 +298,12 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
             self.log.warning(
                 "Manifest request_count %s != %d keys in the key lists", request_count, keys_total
             )
-        cost = compute_cost(
-            manifest.get("model") or "",
-            totals.tokens,
-            embeddings=manifest.get("task") == "embed",
-            overrides=self.prices,
-        )
+        cost = self._cost(manifest, totals.tokens)
+        jobs = [r.to_dict() for r in reports]
+        for job in jobs:
+            # Same model, embeddings flag and overrides as the task. An unpriced model was warned about once
+            # already (just above): its per-job cost is the same "no price" answer, without a warning per job.
+            job["cost"] = self._cost(manifest, job["tokens"]) if cost["batch"] is not None else dict(cost)
         failed_fraction = not_ok / keys_total if keys_total else 0.0
         return {
             "kind": RESULTS_SUMMARY_KIND,
@@ -411,13 +323,21 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
             "duplicate_keys": sum(r.duplicate_keys for r in reports),
             "duplicate_key_examples": [k for r in reports for k in r.duplicate_key_examples][:EXAMPLES],
             "malformed_lines": sum(r.malformed_lines for r in reports),
-            "jobs": [r.to_dict() for r in reports],
+            "jobs": jobs,
             "tokens": dict(totals.tokens),
             "cost": cost,
             "destination": sink.describe(),
             "rows_loaded": totals.rows,
             "seconds": round(seconds, 3),
         }
+
+    def _cost(self, manifest: dict[str, Any], tokens: dict[str, int]) -> dict[str, Any]:
+        return compute_cost(
+            manifest.get("model") or "",
+            tokens,
+            embeddings=manifest.get("task") == "embed",
+            overrides=self.prices,
+        )
 
     def _check_failures(self, summary: dict[str, Any]) -> None:
         if summary["status"] == "ok":

@@ -34,15 +34,14 @@ from airflow_gemini_batch.plugins.live import LiveStates
 from airflow_gemini_batch.plugins.page import render_page
 from airflow_gemini_batch.plugins.plugin import URL_PREFIX
 from airflow_gemini_batch.plugins.records import JobRecord, load_job_records
-from airflow_gemini_batch.results import OUTCOMES
+from airflow_gemini_batch.results import OUTCOMES, TOKEN_FIELDS
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
 log = logging.getLogger(__name__)
 
-#: The token and cost amounts of a results summary (``GeminiBatchLoadResultsOperator._summary``).
-TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
+#: The cost amounts of a results summary's job entry (``GeminiBatchLoadResultsOperator._summary``).
 COST_FIELDS = ("batch", "standard", "savings")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 #: The anti-CSRF header the page's cancel button sends.
@@ -215,10 +214,10 @@ def _job_view(rec: JobRecord, live: dict[str, Any], can_edit: bool) -> dict[str,
 
 
 def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sums over the shown jobs; a results task's tokens and cost are counted once, however many jobs it loaded.
+    """Sums over the shown jobs, each job counted once (each carries its own tokens and cost).
 
-    ``outcomes`` sums the loaded jobs only (``loaded_jobs`` of them); ``cost`` sums the results tasks whose
-    model has a price (``unpriced_tasks`` counts the others), and is None when none has.
+    ``outcomes`` sums the loaded jobs only (``loaded_jobs`` of them); ``cost`` sums the loaded jobs whose
+    model has a price (``unpriced_jobs`` counts the others), and is None when none has.
     """
     totals: dict[str, Any] = {"jobs": len(jobs), "requests": 0, "succeeded": 0, "failed": 0, "pending": 0}
     outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -226,7 +225,6 @@ def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     cost = dict.fromkeys(COST_FIELDS, 0.0)
     loaded = priced = unpriced = 0
     currencies: set[str] = set()
-    seen: set[tuple[str, str, str | None, int | None]] = set()
     for j in jobs:
         for k in ("succeeded", "failed", "pending"):
             totals[k] += j["progress"][k]
@@ -236,10 +234,6 @@ def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         loaded += 1
         for k in OUTCOMES:
             outcomes[k] += int(j["outcomes"].get(k) or 0)
-        task = (j["dag_id"], j["run_id"], j["results_task_id"], j["results_map_index"])
-        if task in seen:
-            continue
-        seen.add(task)
         for k in TOKEN_FIELDS:
             tokens[k] += int((j["tokens"] or {}).get(k) or 0)
         job_cost = j["cost"] or {}
@@ -257,6 +251,6 @@ def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "cost": ({"currency": "/".join(sorted(currencies))} | {k: round(v, 6) for k, v in cost.items()})
         if priced
         else None,
-        "unpriced_tasks": unpriced,
+        "unpriced_jobs": unpriced,
     }
     return totals

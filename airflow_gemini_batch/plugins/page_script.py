@@ -99,7 +99,7 @@ function tokensCell(j) {
   let h = `${num(t.total)}`;
   h += `<div class="muted small">in ${num(t.prompt)} · out ${num(t.output)}` +
     (t.thinking ? ` · thinking ${num(t.thinking)}` : "") + (t.cached ? ` · cached ${num(t.cached)}` : "") + `</div>`;
-  return h + shared(j);
+  return h;
 }
 function costCell(j, withTokens) {
   const c = j.cost;
@@ -114,7 +114,7 @@ function costCell(j, withTokens) {
   }
   if (withTokens && j.tokens) h += `<div class="muted small nowrap">${num(j.tokens.total)} tokens</div>`;
   if (!withTokens && c.prices_as_of) h += `<div class="muted small">prices as of ${esc(c.prices_as_of)}</div>`;
-  return h + shared(j);
+  return h;
 }
 function loadCell(j) {
   const r = j.load_report;
@@ -126,9 +126,6 @@ function loadCell(j) {
   if (r.truncated) h += `<div class="badtxt small">the responses file ended in a truncated line</div>`;
   return h + `<div class="muted small">results task ${esc(j.results_task_id)}: ${esc(j.results_status || "—")}</div>`;
 }
-const shared = (j) => (j.usage_is_task_total
-  ? `<div class="muted small" title="The results task reports one total for its ${j.usage_job_count} jobs">` +
-    `task total (${j.usage_job_count} jobs)</div>` : "");
 function cancelButton(j) {
   return j.can_cancel ? `<button type="button" class="danger" data-cancel="${esc(j.job_id)}">Cancel job</button>` : "";
 }

@@ -2,8 +2,9 @@
 
 The submit operator pushes a manifest (``manifest.Manifest``: one shard = one job); the sensor, or the submit
 task itself with ``wait_for_completion=True``, a wait summary (``waiting.build_summary``: state and batchStats
-per job); the results operator a results summary (``GeminiBatchLoadResultsOperator._summary``: outcome counts
-per job, tokens and cost per task). This module joins them into one :class:`JobRecord` per job, newest first.
+per job); the results operator a results summary (``GeminiBatchLoadResultsOperator._summary``: outcome counts,
+tokens and cost per job, and their task totals). This module joins them into one :class:`JobRecord` per job,
+newest first.
 Those producers are the only shapes read here: a document of another ``kind`` is ignored.
 
 Invariants:
@@ -81,13 +82,10 @@ class JobRecord:
     results_status: str | None = None
     results_task_id: str | None = None
     results_map_index: int | None = None
-    #: Tokens (``prompt``, ``output``, ``thinking``, ``cached``, ``total``) and cost (``currency``, ``batch``,
-    #: ``standard``, ``savings``, ``prices_as_of``, ...) of the results task that loaded this job.
+    #: This job's tokens (``prompt``, ``output``, ``thinking``, ``cached``, ``total``) and cost (``currency``,
+    #: ``batch``, ``standard``, ``savings``, ``prices_as_of``, ...), from its entry in the results summary.
     tokens: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None
-    #: True when ``tokens``/``cost`` are the totals of a results task that loaded several jobs.
-    usage_is_task_total: bool = False
-    usage_job_count: int = 1
     task_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,11 +262,11 @@ def _attach_results(rec: JobRecord, found: _Loaded | None) -> None:
     rec.outcomes = {k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}
     rec.load_report = {k: report.get(k) for k in LOAD_REPORT_FIELDS if k in report}
     rec.results_status = doc.get("status")
-    # The results summary records tokens and cost for the whole task only: say so on the page (and count it
-    # once in the totals) rather than split it over the jobs by guesswork.
-    rec.tokens, rec.cost = doc.get("tokens"), doc.get("cost")
-    rec.usage_job_count = len(doc.get("jobs") or [])
-    rec.usage_is_task_total = rec.usage_job_count > 1
+    # Each job entry carries its own usage (the results operator sums tokens per job and prices them); the
+    # task's totals are not copied onto its jobs, so nothing is counted twice when the page adds jobs up.
+    tokens, cost = report.get("tokens"), report.get("cost")
+    rec.tokens = tokens if isinstance(tokens, dict) else None
+    rec.cost = cost if isinstance(cost, dict) else None
 
 
 def _add_task(rec: JobRecord, task_id: str) -> None:

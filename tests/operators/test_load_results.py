@@ -386,6 +386,47 @@ def test_cost_matches_tokens_times_price(gemini_conn, emulator, sqlite_warehouse
         loader(sqlite_warehouse, sqlite_warehouse.table("cost3"), {**manifest, "model": "nope-1"})
     )
     assert unknown["cost"]["batch"] is None and unknown["status"] == "ok"
+    assert [j["cost"]["batch"] for j in unknown["jobs"]] == [None]
+
+
+def test_tokens_and_cost_per_job_add_up_to_the_task(gemini_conn, emulator, sqlite_warehouse, tmp_path):
+    """Three jobs (one with failing lines, one EXPIRED): each job's tokens are its own lines' usage, its cost
+    is ``compute_cost`` of them (same model and overrides as the task), and the task's tokens are their sum."""
+    from airflow_gemini_batch.pricing import compute_cost
+
+    hook = GeminiBatchHook(gemini_conn)
+    emulator.control.set_job_behaviour(match="results-test-2", final_state="EXPIRED")
+    items = prompts(15, fail={3, 7})
+    parts = [items[:4], items[4:11], items[11:]]
+    shards = [create_shard(hook, tmp_path, i, part) for i, part in enumerate(parts)]
+    wait_jobs(hook, shards)
+    prices = {MODEL: {"output": 3.0}}  # a partial override: merged over the built-in entry, for every job
+
+    summary, _ = run(
+        loader(sqlite_warehouse, sqlite_warehouse.table("perjob"), make_manifest(shards, tmp_path),
+               max_failed_fraction=0.5, prices=prices)
+    )  # fmt: skip
+
+    jobs = summary["jobs"]
+    assert [j["job_name"] for j in jobs] == [s["job_name"] for s in shards]
+    for job, part in zip(jobs[:2], parts[:2], strict=True):
+        # Failed lines (PLEASE_FAIL) carry no usage; every succeeded line's usage counts.
+        usage = [usage_for(req, expected_text(req)) for key, req in part if key not in {3, 7}]
+        prompt = sum(u["promptTokenCount"] for u in usage)
+        output = sum(u["candidatesTokenCount"] for u in usage)
+        assert job["tokens"] == {"prompt": prompt, "output": output, "thinking": 0, "cached": 0,
+                                 "total": prompt + output}  # fmt: skip
+    assert jobs[2]["state"] == "EXPIRED" and jobs[2]["tokens"] == dict.fromkeys(jobs[2]["tokens"], 0)
+    assert jobs[2]["cost"]["batch"] == 0.0
+    assert summary["tokens"] == {k: sum(j["tokens"][k] for j in jobs) for k in summary["tokens"]}
+    assert all(j["tokens"]["total"] > 0 for j in jobs[:2])
+    for job in jobs:
+        assert job["cost"] == compute_cost(MODEL, job["tokens"], overrides=prices)
+        assert job["cost"]["price"]["output"] == 3.0
+    assert summary["cost"] == compute_cost(MODEL, summary["tokens"], overrides=prices)
+    for k in ("batch", "standard", "savings"):
+        # Per-job amounts are rounded to 6 decimals each, so they add up to the task's up to that rounding.
+        assert math.isclose(sum(j["cost"][k] for j in jobs), summary["cost"][k], abs_tol=len(jobs) * 1e-6)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -543,7 +584,7 @@ def test_dag_test_end_to_end(airflow_db, gemini_conn, emulator, sqlite_warehouse
 def test_load_totals_count_column_wise_like_row_by_row():
     """LoadTotals.add sums whole chunks column-wise; the rule stays the per-row one: every outcome counted,
     tokens only from rows that report a total, the first failed keys in order."""
-    from airflow_gemini_batch.operators.results import LoadTotals
+    from airflow_gemini_batch.loading import LoadTotals
     from airflow_gemini_batch.results import OUTCOMES, ResultRow, ShardReport
 
     rows = []
@@ -566,5 +607,14 @@ def test_load_totals_count_column_wise_like_row_by_row():
     }
     assert totals.first_failed_keys == [r.key for r in rows if r.outcome != OUTCOMES[0]][:10]
     assert totals.rows == 2_000
+    assert report.tokens == totals.tokens  # one report: its tokens are the task's
+    # Two reports: each gets its own chunks' sums, and together they are the task's.
+    totals, first, second = LoadTotals(), ShardReport(job_name="a"), ShardReport(job_name="b")
+    for start in range(0, len(rows), 300):
+        totals.add(rows[start : start + 300], first if start < 900 else second)
+    head = [r for r in rows[:900] if r.total_tokens is not None]
+    assert first.tokens["total"] == sum(r.total_tokens for r in head)
+    assert first.tokens["prompt"] == sum(r.prompt_tokens or 0 for r in head)
+    assert {k: first.tokens[k] + second.tokens[k] for k in totals.tokens} == totals.tokens
     with pytest.raises(ValueError, match="unknown outcome"):
         totals.add([ResultRow(1, "weird")], report)

@@ -166,9 +166,10 @@ def test_lists_real_runs_with_live_state_outcomes_tokens_and_cost(
         )
         assert job["load_report"]["key_count"] == 4 and job["load_report"]["unknown_keys"] == 0
         assert job["results_status"] == "ok"
-        # Tokens and cost exist for the results task only: shown as its total, flagged as such.
-        assert job["tokens"] == results["tokens"] and job["cost"] == results["cost"]
-        assert job["usage_is_task_total"] and job["usage_job_count"] == 2
+        # Each job shows its own tokens and cost (from its entry in the results summary), not the task's.
+        assert job["tokens"] == loaded[name]["tokens"] and job["cost"] == loaded[name]["cost"]
+        assert 0 < job["tokens"]["total"] < results["tokens"]["total"] and job["cost"]["batch"] > 0
+        assert "usage_is_task_total" not in job
         assert job["task_ids"] == ["submit", "wait", "load"] and job["can_cancel"] is False
         assert job["model"] == MODEL and job["task"] == "generate" and job["shard_count"] == 2
         assert job["display_name"] == shards[name]["display_name"] and job["request_count"] == 4
@@ -178,16 +179,15 @@ def test_lists_real_runs_with_live_state_outcomes_tokens_and_cost(
     totals = data["totals"]
     assert (totals["jobs"], totals["requests"], totals["succeeded"], totals["failed"]) == (2, 8, 6, 2)
     assert totals["outcomes"] == results["counts"] and totals["loaded_jobs"] == 2
-    assert totals["tokens"] == results["tokens"]  # the task total counted once, not once per job
+    assert totals["tokens"] == results["tokens"]  # each job counted once: the jobs add up to the task
     cost = results["cost"]
-    assert totals["cost"] == {
-        "currency": "USD",
-        "batch": cost["batch"],
-        "standard": cost["standard"],
-        "savings": cost["savings"],
-    }
+    assert totals["cost"]["currency"] == "USD"
+    for k in ("batch", "standard", "savings"):
+        # Sums of per-job amounts (each rounded to 6 decimals) vs the task's: equal up to that rounding.
+        assert totals["cost"][k] == pytest.approx(sum(j["cost"][k] for j in data["jobs"]), abs=1e-9)
+        assert totals["cost"][k] == pytest.approx(cost[k], abs=2e-6)
     assert totals["cost"]["standard"] == pytest.approx(2 * totals["cost"]["batch"])
-    assert totals["unpriced_tasks"] == 0
+    assert totals["unpriced_jobs"] == 0
 
     # Filters: by state, and by the task of any of our three operators (what the extra link uses).
     assert len(jobs(client, dag_id="ui_listed", state="succeeded")["jobs"]) == 2
@@ -220,8 +220,9 @@ def test_submit_that_waits_itself_and_a_single_job_with_its_own_usage(
     assert job["task_ids"] == ["submit", "load"] and job["wait_task_id"] == "submit"
     assert job["wait"]["state"] == "SUCCEEDED" and job["wait"]["request_count"] == 3
     assert job["outcomes"]["succeeded"] == 3 and job["shard_count"] == 1
-    assert not job["usage_is_task_total"] and job["usage_job_count"] == 1
-    assert job["tokens"] == results["tokens"] and job["cost"] == results["cost"]
+    # One job: its usage is the task's.
+    assert job["tokens"] == results["tokens"] == results["jobs"][0]["tokens"]
+    assert job["cost"] == results["cost"] == results["jobs"][0]["cost"]
 
 
 def test_model_without_a_price_has_tokens_but_no_cost(client: Any, live: Any, record_run: Any) -> None:
@@ -229,8 +230,11 @@ def test_model_without_a_price_has_tokens_but_no_cost(client: Any, live: Any, re
     results = xcom_of(dag_run, "load", RESULTS_SUMMARY_XCOM_KEY)
     assert results["cost"]["batch"] is None
     data = jobs(client, dag_id="ui_unpriced")
-    assert data["totals"]["cost"] is None and data["totals"]["unpriced_tasks"] == 1
+    assert data["totals"]["cost"] is None and data["totals"]["unpriced_jobs"] == 1
     assert data["totals"]["tokens"] == results["tokens"] and results["tokens"]["total"] > 0
+    (job,) = data["jobs"]
+    assert job["cost"]["batch"] is None and job["cost"]["model"] == "gemini-emulated-unpriced-model"
+    assert job["tokens"] == results["tokens"]
 
 
 def test_user_sees_only_jobs_of_dags_they_may_read(
