@@ -219,9 +219,9 @@ def _is_ambiguous(error: BaseException) -> bool:
         return True
     if isinstance(error, genai_errors.APIError):
         return False
-    import httpx
-
-    return isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
+    # A transport failure (httpx, httpx2 on google-genai 3, aiohttp, a reset or timeout): the request may
+    # have reached the service. ``is_transient`` recognises every transport by module.
+    return is_transient(error)
 
 
 def _error_text(error: BaseException) -> str:

@@ -191,8 +191,8 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
         totals = LoadTotals()
         reports: list[ShardReport] = []
         started = time.monotonic()
-        sink.open()
         try:
+            sink.open()
             for shard in manifest.get("shards") or []:
                 reports.append(self._load_shard(hook, shard, parser, sink, work_dir, totals))
             sink.close()
@@ -223,6 +223,12 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
     ) -> ShardReport:
         name = shard["job_name"]
         job = hook.get_job(name)
+        if not job.done:
+            # Loading an unfinished job would record every key as failed and leave the paid answers behind.
+            raise GeminiBatchError(
+                f"Gemini batch job {name} is {job.state}, not finished: wait for it (GeminiBatchJobSensor) "
+                "and retry this task; rows of jobs loaded before it are kept (upserts make the retry safe)."
+            )
         report = ShardReport(job_name=name, state=job.state)
         keys = KeyReconciler(shard["keys_path"], work_dir=work_dir)
         path = Path(work_dir) / (name.replace("/", "_") + ".jsonl")

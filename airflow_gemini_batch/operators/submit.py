@@ -329,11 +329,6 @@ class GeminiBatchSubmitOperator(BaseOperator):
         plan = self.build(staging)
         if not plan.shards:
             self.log.warning("The input has no valid rows: nothing to submit.")
-        keys_uris = [staging.publish(s.keys_path, f"{staging.uri}/{s.keys_path.name}") for s in plan.shards]
-        skipped_uri = (
-            staging.publish(staging.local_skipped_path, staging.skipped_uri) if plan.skipped_count else None
-        )
-
         ledger = SubmissionLedger(context.get("task_state_store"))
         scan = not self.force_resubmit and not ledger.has_records()
         generation = ledger.begin(
@@ -342,6 +337,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
             shard_count=len(plan.shards),
             on_changed_input=self.on_changed_input,
             force_resubmit=self.force_resubmit,
+        )
+        # Published only once the input is accepted: a retry refused for changed input must not overwrite
+        # the key lists that the recorded jobs' results are reconciled against.
+        keys_uris = [staging.publish(s.keys_path, f"{staging.uri}/{s.keys_path.name}") for s in plan.shards]
+        skipped_uri = (
+            staging.publish(staging.local_skipped_path, staging.skipped_uri) if plan.skipped_count else None
         )
         retry = CreateRetry(self.create_retry_attempts, self.create_retry_base_seconds)
         inline = None

@@ -154,7 +154,7 @@ def load_job_records(
         stmt = stmt.where(XComModel.run_id == run_id)
     if job_id is not None:
         # A cheap, portable pre-filter (SQLite JSON text, PostgreSQL JSONB cast to text); exact match below.
-        stmt = stmt.where(cast(XComModel.value, String).contains(job_id))
+        stmt = stmt.where(cast(XComModel.value, String).contains(f"batches/{job_id}", autoescape=True))
     stmt = stmt.order_by(XComModel.timestamp.desc()).limit(limit)
     manifests = session.execute(stmt).all()
     if not manifests:

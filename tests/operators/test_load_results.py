@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from airflow_gemini_batch.emulator.responder import expected_embedding, expected_text, usage_for
-from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchResultsError
+from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError, GeminiBatchResultsError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.manifest import MANIFEST_KIND, RESULTS_SUMMARY_KIND, RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
+from tests.conftest import write_dag_to_db as register_dag
 
 MODEL = "gemini-2.5-flash"
 SCHEMA = {
@@ -497,6 +498,18 @@ def test_jobs_that_did_not_succeed_fail_all_their_keys(gemini_conn, emulator, sq
     assert len(failed) == 3 and all(m.startswith("job EXPIRED: Batch expired") for _, m in failed)
 
 
+def test_an_unfinished_job_is_not_loaded(gemini_conn, emulator, sqlite_warehouse, tmp_path):
+    """A job still PENDING/RUNNING must not have its keys recorded as failed (its paid answers would be lost)."""
+    hook = GeminiBatchHook(gemini_conn)
+    emulator.control.configure(pending_seconds=3600)
+    shards = [create_shard(hook, tmp_path, 0, prompts(3))]
+    table = sqlite_warehouse.table("unfinished")
+
+    with pytest.raises(GeminiBatchError, match=r"is PENDING, not finished"):
+        run(loader(sqlite_warehouse, table, make_manifest(shards, tmp_path), max_failed_fraction=1.0))
+    assert sqlite_warehouse.query(f"SELECT COUNT(*) FROM {table}") == [(0,)]
+
+
 @pytest.mark.parametrize("bad", ["results; DROP TABLE x", 'results"--', "a.b.c", "1table", "main.t x"])
 def test_a_table_name_carrying_sql_is_refused(gemini_conn, emulator, sqlite_warehouse, tmp_path, bad):
     manifest = make_manifest([], tmp_path)
@@ -511,21 +524,6 @@ def test_bad_output_column_type_is_refused(sqlite_warehouse, tmp_path):
     )
     with pytest.raises(GeminiBatchInputError, match="not allowed on sqlite"):
         run(op)
-
-
-def register_dag(dag: Any) -> None:
-    """Write an in-test DAG to the metadata DB as the DAG processor would: dag.test() in 3.3 needs that."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-        session.flush()
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-        )
 
 
 def xcoms(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
