@@ -134,14 +134,20 @@ class SubmissionLedger:
         shard_count: int,
         on_changed_input: str,
         force_resubmit: bool,
+        force_token: Any = None,
     ) -> int:
         """Decide the generation for this run and record the header; raise on a changed input if asked to.
 
-        :returns: the generation (0 normally; +1 per ``force_resubmit``).
+        :param force_token: what tells a deliberate re-run from an automatic retry of the same forced run —
+            the task instance's ``max_tries``, which a clear raises and a retry keeps. A retry of a forced run
+            re-attaches to the generation that run started instead of paying for every shard again.
+        :returns: the generation (0 normally; +1 per forced run).
         """
         header = self.header()
         generation = int(header.get("generation", 0)) if header else 0
-        if force_resubmit:
+        if force_resubmit and header and force_token is not None and header.get("force_token") == force_token:
+            log.info("Automatic retry of a force_resubmit run: re-attaching to generation %d", generation)
+        elif force_resubmit:
             # Without a store there is nothing to count from; a clock value keeps forced names fresh.
             generation = generation + 1 if self.durable else int(time.time())
             log.warning("force_resubmit=True: ignoring earlier records, submitting generation %d", generation)
@@ -169,6 +175,7 @@ class SubmissionLedger:
                 "fingerprint": fingerprint,
                 "generation": generation,
                 "shard_count": shard_count,
+                "force_token": force_token if force_resubmit else None,
             },
         )
         return generation

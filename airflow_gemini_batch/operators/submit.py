@@ -337,6 +337,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             shard_count=len(plan.shards),
             on_changed_input=self.on_changed_input,
             force_resubmit=self.force_resubmit,
+            force_token=getattr(context["ti"], "max_tries", None),
         )
         # Published only once the input is accepted: a retry refused for changed input must not overwrite
         # the key lists that the recorded jobs' results are reconciled against.

@@ -286,8 +286,18 @@ def test_changed_input_on_retry(sqlite_warehouse, gemini_conn, emulator, tmp_pat
     assert second["fingerprint"] != first["fingerprint"]
     assert len(emulator.control.jobs()) == 2 and job_names(second) != job_names(first)
 
-    forced = _op(wh.conn_id, sql, tmp_path, force_resubmit=True).execute(_context(store))
+    ti = RunTI()
+    ti.max_tries = 2
+    forced = _op(wh.conn_id, sql, tmp_path, force_resubmit=True).execute(_context(store, ti))
     assert len(emulator.control.jobs()) == 3 and "-g1-" in forced["shards"][0]["display_name"]
+
+    # An automatic retry of that forced run (same max_tries) re-attaches instead of paying again ...
+    retried = _op(wh.conn_id, sql, tmp_path, force_resubmit=True).execute(_context(store, ti))
+    assert job_names(retried) == job_names(forced) and len(emulator.control.jobs()) == 3
+    # ... while a clear (Airflow raises max_tries) is a deliberate new run.
+    ti.max_tries = 4
+    again = _op(wh.conn_id, sql, tmp_path, force_resubmit=True).execute(_context(store, ti))
+    assert len(emulator.control.jobs()) == 4 and "-g2-" in again["shards"][0]["display_name"]
 
 
 def test_embeddings_submit(warehouse, gemini_conn, emulator, tmp_path):
