@@ -118,20 +118,24 @@ def _request(r: tuple[Any, ...]) -> dict[str, Any]:
 # ---- cases (run in fresh processes by the harness) --------------------------------------------------------
 
 
-def floor(db: str, out: str, sql: str = SQL) -> Any:
+def _encode_to_file(cur: Any, out: str) -> int:
+    """The floor's whole work: fetch in batches, orjson-encode each request line, write it."""
     import orjson
 
+    n = 0
+    with open(out, "wb", buffering=1024 * 1024) as f:
+        write, dumps, nl = f.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        while batch := cur.fetchmany(10_000):
+            for r in batch:
+                write(dumps(_request(r), option=nl))
+            n += len(batch)
+    return n
+
+
+def floor(db: str, out: str, sql: str = SQL) -> Any:
+
     def run() -> int:
-        conn = sqlite3.connect(db)
-        cur = conn.execute(sql)
-        n = 0
-        with open(out, "wb", buffering=1024 * 1024) as f:
-            write, dumps, nl = f.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
-            while batch := cur.fetchmany(10_000):
-                for r in batch:
-                    write(dumps(_request(r), option=nl))
-                n += len(batch)
-        return n
+        return _encode_to_file(sqlite3.connect(db).execute(sql), out)
 
     return run
 
@@ -151,7 +155,6 @@ def naive(db: str, out: str) -> Any:
 
 
 def pg_floor(table: str, out: str) -> Any:
-    import orjson
     import psycopg2
 
     def run() -> int:
@@ -159,13 +162,7 @@ def pg_floor(table: str, out: str) -> Any:
         cur = conn.cursor(name="bench_floor")
         cur.itersize = 10_000
         cur.execute(f"SELECT id, name, category, description FROM {table}")
-        n = 0
-        with open(out, "wb", buffering=1024 * 1024) as f:
-            write, dumps, nl = f.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
-            while batch := cur.fetchmany(10_000):
-                for r in batch:
-                    write(dumps(_request(r), option=nl))
-                n += len(batch)
+        n = _encode_to_file(cur, out)
         conn.close()
         return n
 

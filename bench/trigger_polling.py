@@ -15,33 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from airflow_gemini_batch.emulator.process import start_emulator_process
+
 API_KEY = "bench-key-not-a-secret"
 CONCURRENCY = 32
 GOAL = 0.5
-
-
-def start_emulator(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The emulator's CLI in its own process; its output goes to ``log`` (a pipe nobody reads could fill)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow_gemini_batch.emulator.cli", "--port", "0"], stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if match:
-            return proc, match.group(1)
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"Emulator did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
 async def create_jobs(base_url: str, n: int) -> list[str]:
@@ -121,7 +104,7 @@ async def baseline(base_url: str, names: list[str], rounds: int, sample: int) ->
 
 def main(jobs: int = 1000, rounds: int = 3, baseline_sample: int = 100) -> dict[str, float]:
     log = Path(tempfile.mkdtemp(prefix="bench-trigger-")) / "emulator.log"
-    proc, base_url = start_emulator(log)
+    proc, base_url = start_emulator_process(log)
     try:
         from airflow_gemini_batch.emulator.control import EmulatorControl
 

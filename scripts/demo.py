@@ -18,16 +18,15 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from airflow_gemini_batch.emulator.process import start_emulator_process
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,34 +50,15 @@ SHOW = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def emulator() -> Iterator[str]:
     """The emulator as a child process, stopped on exit — also on Ctrl-C or SIGTERM."""
-    port = _free_port()
-    log = open(DEMO / "emulator.log", "w")  # noqa: SIM115 - lives as long as the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_gemini_batch.emulator", "--port", str(port), "--data-dir",
-         str(DEMO / "emulator-data"), "--pending-seconds", "2", "--running-seconds", "4"],
-        stdout=log, stderr=subprocess.STDOUT,
+    proc, base_url = start_emulator_process(
+        DEMO / "emulator.log", "--data-dir", str(DEMO / "emulator-data"), "--pending-seconds", "2",
+        "--running-seconds", "4",
     )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base_url}/_emulator/health", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"The emulator did not start; see {DEMO / 'emulator.log'}") from None
-                time.sleep(0.1)
         yield base_url
     finally:
         proc.terminate()
@@ -86,7 +66,6 @@ def emulator() -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
         signal.signal(signal.SIGTERM, previous)
 
 

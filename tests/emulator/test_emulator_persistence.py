@@ -7,10 +7,7 @@ Each test runs its own servers (not the shared module server): restarting is the
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +17,7 @@ from emulator_test_helpers import MODEL, gen_line, make_client, parse_jsonl, wai
 from google.genai import types
 
 from airflow_gemini_batch.emulator import EmulatorServer
+from airflow_gemini_batch.emulator.process import start_emulator_process
 from airflow_gemini_batch.emulator.responder import expected_text
 
 if TYPE_CHECKING:
@@ -162,37 +160,12 @@ def test_no_data_dir_means_no_state_file() -> None:
         assert not (server.data_dir / "state.json").exists()
 
 
-def _start_cli(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "airflow_gemini_batch.emulator",
-                "--port",
-                "0",
-                "--data-dir",
-                str(data_dir),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if match:
-            return proc, match.group(1)
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"emulator CLI did not start: {log.read_text(errors='replace')}")
-
-
 def test_cli_persists_and_exits_cleanly_on_sigterm_and_ctrl_c(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     names: list[str] = []
     for number, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
         log = tmp_path / f"emulator-{number}.log"
-        proc, base_url = _start_cli(data_dir, log)
+        proc, base_url = start_emulator_process(log, "--data-dir", str(data_dir))
         try:
             client = genai_client(base_url)
             assert [j.name for j in client.batches.list()] == list(reversed(names))

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from google import genai
 from google.genai import types
 
 from airflow_gemini_batch.emulator import EmulatorControl
+from airflow_gemini_batch.emulator.process import start_emulator_process
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,18 +31,12 @@ MB = 1024 * 1024
 
 
 @contextlib.contextmanager
-def cli_server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def cli_server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The emulator in its own process, as ``python -m airflow_gemini_batch.emulator`` runs it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_gemini_batch.emulator", "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc, base_url = start_emulator_process(data_dir.parent / "emulator.log", "--data-dir", str(data_dir))
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line
-        yield proc, line.split("listening on ")[1].split()[0]
+        assert base_url.startswith("http://127.0.0.1:"), base_url
+        yield proc, base_url
     finally:
         proc.terminate()
         proc.wait(timeout=10)

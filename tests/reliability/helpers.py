@@ -112,8 +112,8 @@ def unique_dag_id(base: str) -> str:
     return f"rel_{base}_{uuid.uuid4().hex[:6]}"
 
 
-def ti_states(dag_run: Any) -> dict[str, str]:
-    """``{task_id: state}`` of a finished run, from the metadata DB."""
+def _task_instances(dag_run: Any) -> list[Any]:
+    """The task instances of a finished run, read from the metadata DB (detached)."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -124,21 +124,20 @@ def ti_states(dag_run: Any) -> dict[str, str]:
                 TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
             )
         ).all()
-        return {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
+        session.expunge_all()
+        return list(tis)
+
+
+def ti_states(dag_run: Any) -> dict[str, str]:
+    """``{task_id: state}`` of a finished run."""
+    return {
+        ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+        for ti in _task_instances(dag_run)
+    }
 
 
 def try_numbers(dag_run: Any) -> dict[str, int]:
-    from airflow.models import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        tis = session.scalars(
-            select(TaskInstance).where(
-                TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
-            )
-        ).all()
-        return {ti.task_id: ti.try_number for ti in tis}
+    return {ti.task_id: ti.try_number for ti in _task_instances(dag_run)}
 
 
 class LogCapture(logging.Handler):
