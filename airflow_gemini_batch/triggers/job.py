@@ -110,10 +110,6 @@ class GeminiBatchJobTrigger(BaseTrigger):
     def policy(self) -> WaitPolicy:
         return WaitPolicy(allow_partial=self.allow_partial, output_grace_seconds=self.output_grace_seconds)
 
-    def _needs_poll(self, status: JobStatus) -> bool:
-        # Terminal jobs keep their last status; a SUCCEEDED job is re-read only until its output shows up.
-        return not status.settled
-
     async def _read(
         self, client: AsyncClient, sem: asyncio.Semaphore, name: str
     ) -> JobStatus | BaseException:
@@ -129,7 +125,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
         self, client: AsyncClient, sem: asyncio.Semaphore
     ) -> tuple[int, dict[str, Any] | None]:
         """Read every job still in play, concurrently. Returns (transient error count, error event)."""
-        names = [n for n, s in self._statuses.items() if self._needs_poll(s)]
+        # Settled jobs keep their last status; a SUCCEEDED job is re-read only until its output shows up.
+        names = [n for n, s in self._statuses.items() if not s.settled]
         results = await asyncio.gather(*(self._read(client, sem, n) for n in names))
         transient = 0
         for name, result in zip(names, results, strict=True):
