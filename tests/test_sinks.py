@@ -157,3 +157,93 @@ def test_streamed_copy_commits_buffers_errors_and_aborts_cleanly(postgres_wareho
     sink.write([ok(1), bad(2)])
     sink.abort()
     assert wh.query(f"SELECT COUNT(*) FROM {aborted}") == [(0,)]
+
+
+class _TracedSqliteHook:
+    """The warehouse's SqliteHook, with every statement SQLite runs recorded (real SQLite, real sink)."""
+
+    def __init__(self, conn_id: str) -> None:
+        from airflow_gemini_batch.sinks import get_db_hook
+
+        self.hook = get_db_hook(conn_id)
+        self.dialect_name = "sqlite"
+        self.placeholder = "?"
+        self.statements: list[str] = []
+
+    def get_conn(self):
+        conn = self.hook.get_conn()
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+
+def _inserted_columns(statements: list[str], table: str) -> list[str]:
+    """The column list of each INSERT into ``table`` SQLite ran (one per row: the trace is per execution)."""
+    prefix = f'INSERT INTO "{table}" ('
+    return sorted({s[len(prefix) : s.index(")")] for s in statements if s.startswith(prefix)})
+
+
+def test_sqlite_binds_only_what_varies_and_stores_the_same_rows(sqlite_warehouse):
+    """A chunk's INSERT leaves out columns NULL in all its rows and writes plain job names as literals; the
+    table ends up exactly as with every column bound, also when an upsert replaces a row that had values."""
+    wh = sqlite_warehouse
+    think = {"thinking_tokens": 7, "cached_tokens": 2}
+    first = [
+        [ok(1), ok(2, **think), bad(3)],
+        [ok(4, "vier", **think), ok(5, model_version="m-1")],
+    ]
+    second = [  # key 2 loses its thinking tokens, 3 succeeds, 4 fails: left-out columns must become NULL
+        [ok(1), ok(2), ok(3)],
+        [
+            bad(4),
+            ResultRow(5, SUCCEEDED, "fünf", job_name="batches/o'brien"),
+        ],  # a quote: bound, not a literal
+        [ResultRow(6, SUCCEEDED, "", finish_reason="STOP", prompt_tokens=0, job_name="batches/2")],
+    ]
+    narrow, full = wh.table("narrow"), wh.table("full")
+    wh.table(f"{narrow}_errors"), wh.table(f"{full}_errors")
+    traced = _TracedSqliteHook(wh.conn_id)
+    for chunks in (first, second):
+        load(table_sink(wh.conn_id, narrow, key_column_type="INTEGER", hook=traced), *chunks)
+        sink = table_sink(wh.conn_id, full, key_column_type="INTEGER")
+        sink.open()
+        sink._omittable = frozenset()  # the reference: every column bound, as before this optimisation
+        for chunk in chunks:
+            sink.write(chunk)
+        sink.close()
+
+    columns = "\"key\", outcome, text, json_value, embedding, finish_reason, prompt_tokens, output_tokens, " \
+        "thinking_tokens, cached_tokens, total_tokens, model_version, error_code, error_message, job_name"  # fmt: skip
+    for suffix in ("", "_errors"):
+        cols = columns if not suffix else '"key", outcome, error_code, error_message, job_name'
+        got = wh.query(f'SELECT {cols} FROM {narrow}{suffix} ORDER BY "key"')
+        assert got == wh.query(f'SELECT {cols} FROM {full}{suffix} ORDER BY "key"')
+    assert wh.query(f'SELECT "key", thinking_tokens, error_code, job_name FROM {narrow} ORDER BY "key"') == [
+        (1, None, None, "batches/1"), (2, None, None, "batches/1"), (3, None, None, "batches/1"),
+        (4, None, 500, "batches/1"), (5, None, None, "batches/o'brien"), (6, None, None, "batches/2"),
+    ]  # fmt: skip
+    assert wh.query(f'SELECT text, prompt_tokens FROM {narrow} WHERE "key" = 6') == [("", 0)]
+
+    # What was bound: columns NULL in a whole chunk were left out, filled ones kept.
+    inserts = _inserted_columns(traced.statements, narrow)
+    assert all('"embedding"' not in c and '"json_value"' not in c for c in inserts), inserts
+    assert any('"thinking_tokens"' in c for c in inserts) and any(
+        '"thinking_tokens"' not in c for c in inserts
+    )
+    assert all(c.endswith('"job_name", "loaded_at"') for c in inserts)
+
+
+def test_sqlite_columns_with_a_default_are_always_bound(sqlite_warehouse):
+    """A table made by its user may give a column a default; a NULL there must stay NULL, not the default."""
+    wh = sqlite_warehouse
+    table = wh.table("defaults")
+    wh.table(f"{table}_errors")
+    layout = TableLayout(table, "sqlite", key_column_type="INTEGER")
+    wh.execute(
+        layout.create_sql().replace('"thinking_tokens" INTEGER', '"thinking_tokens" INTEGER DEFAULT 0')
+    )
+    wh.execute(layout.create_sql(errors=True))
+    load(table_sink(wh.conn_id, table, key_column_type="INTEGER", create_table=False), [ok(1), ok(2)])
+    assert wh.query(f'SELECT "key", thinking_tokens, cached_tokens FROM {table} ORDER BY "key"') == [
+        (1, None, None),
+        (2, None, None),
+    ]

@@ -10,6 +10,14 @@ Invariants:
   commit costs a sync (20-30 ms measured on SQLite), so a time bound keeps that cost under 1 % whatever the
   row size, and bounds the re-work to seconds. An open transaction's size costs disk (journal / WAL), not
   memory: the database's page cache is capped.
+* A chunk binds only the values that vary (SQLite): Python's ``sqlite3`` spends ~0.2 µs per bound parameter
+  (measured; a ``None`` goes through the adapter lookup, two failed attribute lookups), a large part of a
+  row's write, so a chunk's ``INSERT`` leaves out the columns that are NULL in every one of its rows and writes
+  the load's ``loaded_at`` and the chunk's job name as literals. The stored rows are the same: a left-out
+  column is NULL on insert and, through ``excluded``, on update. Only columns without a default are left out
+  (checked at ``open()``), and only values of a plain shape (job names, timestamps) become literals.
+  Measured on 500 k common result rows (no thinking or cached tokens: 8 of 16 parameters fewer): the
+  ``executemany`` itself 1.95 s → 1.37 s.
 * Non-succeeded rows are mirrored into the errors table; a key that succeeds on a later load is removed from
   it, so the errors table always lists exactly the keys that currently need attention.
 
@@ -20,6 +28,7 @@ This module holds the generic DB-API path (used for SQLite); PostgreSQL gets the
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextlib import closing
 from datetime import datetime, timezone
@@ -30,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from airflow_gemini_batch.results import N_STORED, SUCCEEDED
-from airflow_gemini_batch.sinks.schema import TableLayout, quote
+from airflow_gemini_batch.sinks.schema import SQLITE, TableLayout, quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,6 +52,13 @@ log = logging.getLogger(__name__)
 _STORED = itemgetter(slice(0, N_STORED))
 _OUTCOME = itemgetter(1)
 _EMBEDDING = itemgetter(4)
+# ResultRow positions that may be left out of a chunk's INSERT when NULL in all its rows (text .. error_message),
+# and the job name's position (a literal when the same in all rows).
+_SPARSE = tuple(range(2, 14))
+_JOB = 14
+_GET = tuple(itemgetter(i) for i in range(N_STORED))
+# Values written into SQL as literals must look like this (job names, ISO timestamps): no quote can appear.
+_PLAIN_LITERAL = re.compile(r"[A-Za-z0-9_/:.+ -]*")
 
 
 def get_db_hook(conn_id: str) -> Any:
@@ -62,6 +78,13 @@ def json_cell(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
     return value
+
+
+def _all_null(rows: list[ResultRow], position: int) -> bool:
+    """Whether a column is NULL in every row: ``any`` stops at the first truthy value, so a filled column costs
+    next to nothing; ``count(None)`` confirms an all-falsy one (0 and "" are not NULL)."""
+    getter = _GET[position]
+    return not any(map(getter, rows)) and list(map(getter, rows)).count(None) == len(rows)
 
 
 class TableSink:
@@ -94,6 +117,7 @@ class TableSink:
         self._since_commit = 0
         self._conn: Any = None
         self._clear_errors = True
+        self._omittable: frozenset[int] = frozenset()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -113,14 +137,38 @@ class TableSink:
         self._errors_sql = layout.upsert_sql(ph, errors=True)
         self._delete_sql = f"DELETE FROM {layout.errors_qualified} WHERE {quote(layout.key_column)} = {ph}"
         self._loaded_at = self._loaded_at_value()
+        plain = isinstance(self._loaded_at, str) and _PLAIN_LITERAL.fullmatch(self._loaded_at)
+        self._omittable = (
+            self._columns_without_default() if layout.dialect == SQLITE and plain else frozenset()
+        )
+        self._narrow_sql: dict[tuple[tuple[int, ...], str | None], str] = {}
+
+    def _columns_without_default(self) -> frozenset[int]:
+        """Positions of the sparse columns a chunk's INSERT may leave out: those whose default is NULL.
+
+        A table made by this sink has no defaults; a table made by its user might (``DEFAULT 0``), and leaving
+        such a column out would store the default instead of the row's NULL.
+        """
+        layout = self.layout
+        pragma = f"PRAGMA {quote(layout.schema)}.table_info" if layout.schema else "PRAGMA table_info"
+        with closing(self._conn.cursor()) as cur:
+            cur.execute(f"{pragma}({quote(layout.name)})")
+            no_default = {name for _, name, _, _, default, _ in cur.fetchall() if default is None}
+        names = [name for name, _ in layout.columns()]
+        return frozenset(i for i in _SPARSE if names[i] in no_default)
 
     def _loaded_at_value(self) -> Any:
         return self.loaded_at.isoformat(timespec="microseconds")
 
     def write(self, rows: list[ResultRow]) -> None:
-        main, errors, succeeded_keys = self._tuples(rows)
+        narrow = self._narrow_statement(rows) if self._omittable else None
+        if narrow is None:
+            main_sql, (main, errors, succeeded_keys) = self._main_sql, self._tuples(rows)
+        else:
+            main_sql, main = narrow
+            errors, succeeded_keys = self._error_tuples(rows, self._clear_errors)
         with closing(self._conn.cursor()) as cur:
-            cur.executemany(self._main_sql, main)
+            cur.executemany(main_sql, main)
             if errors:
                 cur.executemany(self._errors_sql, errors)
             if self._clear_errors and succeeded_keys:
@@ -178,6 +226,45 @@ class TableSink:
         else:
             main = [r[:N_STORED] + tail if r[4] is None else self._convert(r, tail) for r in rows]
         return main, *self._error_tuples(rows, self._clear_errors)
+
+    def _narrow_statement(self, rows: list[ResultRow]) -> tuple[str, Iterable[tuple]] | None:
+        """The chunk's INSERT binding only the values that vary, and its tuples; ``None`` when the chunk needs
+        converting (output columns, embeddings) and takes the full statement."""
+        if self.layout.output_columns or not rows or not _all_null(rows, 4):
+            return None  # output columns, embeddings (JSON text per row): the converting path
+        n = len(rows)
+        left_out = [i for i in self._omittable if _all_null(rows, i)]
+        job = rows[0][_JOB]
+        job_literal = (
+            job
+            if isinstance(job, str) and _PLAIN_LITERAL.fullmatch(job)
+            and list(map(_GET[_JOB], rows)).count(job) == n
+            else None
+        )  # fmt: skip
+        kept = tuple(
+            i for i in range(N_STORED) if i not in left_out and not (i == _JOB and job_literal is not None)
+        )
+        sql = self._narrow_sql.get((kept, job_literal))
+        if sql is None:
+            sql = self._narrow_sql[(kept, job_literal)] = self._narrow_upsert(kept, job_literal)
+        return sql, map(itemgetter(*kept), rows)
+
+    def _narrow_upsert(self, kept: tuple[int, ...], job_literal: str | None) -> str:
+        """``INSERT`` of the ``kept`` columns (+ literals); the update still sets every column from ``excluded``
+        (NULL for a left-out one), so an upsert over an older row leaves nothing of it behind."""
+        layout, ph = self.layout, getattr(self.hook, "placeholder", "?") or "?"
+        names = [name for name, _ in layout.columns()]
+        columns, values = [names[i] for i in kept], [ph] * len(kept)
+        if job_literal is not None:
+            columns.append(names[_JOB])
+            values.append(f"'{job_literal}'")
+        columns.append(names[N_STORED])  # loaded_at
+        values.append(f"'{self._loaded_at}'")
+        updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in names[1:])
+        return (
+            f"INSERT INTO {layout.qualified} ({', '.join(map(quote, columns))}) VALUES ({', '.join(values)}) "
+            f"ON CONFLICT ({quote(layout.key_column)}) DO UPDATE SET {updates}"
+        )
 
     def _error_tuples(self, rows: list[ResultRow], with_succeeded: bool) -> tuple[list[tuple], list[Any]]:
         """The errors-table tuples and (``with_succeeded``) the succeeded keys to delete from that table."""
