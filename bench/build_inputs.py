@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import format_row, run_case
+from bench.harness import best_of, format_row, run_case
 
 TEMPLATE = "Write a one-line ad for {name} ({category}): {description}"
 SQL = "SELECT id, name, category, description FROM products"
@@ -207,16 +207,26 @@ def main() -> None:
     db, db_small = sqlite_db(n), sqlite_db(small)
     print(f"  (SQLite inputs ready in {time.perf_counter() - t:.1f}s)")
 
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    print(f"  (floor and ours {repeats}x each, interleaved; the fastest run of each counts)")
     sqlite_conn = {"conn_type": "sqlite", "host": str(db)}
-    base = run_case("bench.build_inputs:floor", db=str(db), out=str(work / "floor.jsonl"))
     naive_r = run_case("bench.build_inputs:naive", db=str(db), out=str(work / "naive.jsonl"))
-    ours_r = run_case("bench.build_inputs:ours", conn=sqlite_conn, sql=SQL, staging=str(work / "stage"))
-    ours_small = run_case(
-        "bench.build_inputs:ours",
-        conn={"conn_type": "sqlite", "host": str(db_small)},
-        sql=SQL,
-        staging=str(work / "stage-small"),
+    small_conn = {"conn_type": "sqlite", "host": str(db_small)}
+    best = best_of(
+        repeats,
+        {
+            "floor": ("bench.build_inputs:floor", {"db": str(db), "out": str(work / "floor.jsonl")}),
+            "ours": (
+                "bench.build_inputs:ours",
+                {"conn": sqlite_conn, "sql": SQL, "staging": str(work / "stage")},
+            ),
+            "small": (
+                "bench.build_inputs:ours",
+                {"conn": small_conn, "sql": SQL, "staging": str(work / "small")},
+            ),
+        },
     )
+    base, ours_r, ours_small = best["floor"], best["ours"], best["small"]
     assert ours_r["value"]["requests"] == n, ours_r
     print("SQLite")
     print(format_row("floor: cursor + orjson", base))
@@ -237,8 +247,20 @@ def main() -> None:
 
     # Keys not in increasing order: the duplicate-key pass (re-reading the key lists) runs too.
     shuffled = f"{SQL} ORDER BY description"
-    base_s = run_case("bench.build_inputs:floor", db=str(db), out=str(work / "floor2.jsonl"), sql=shuffled)
-    ours_s = run_case("bench.build_inputs:ours", conn=sqlite_conn, sql=shuffled, staging=str(work / "stage2"))
+    best = best_of(
+        repeats,
+        {
+            "floor": (
+                "bench.build_inputs:floor",
+                {"db": str(db), "out": str(work / "floor2.jsonl"), "sql": shuffled},
+            ),
+            "ours": (
+                "bench.build_inputs:ours",
+                {"conn": sqlite_conn, "sql": shuffled, "staging": str(work / "stage2")},
+            ),
+        },
+    )
+    base_s, ours_s = best["floor"], best["ours"]
     print(format_row("floor, ORDER BY description", base_s))
     print(format_row("ours, keys out of order (dup pass)", ours_s, base_s))
     print(_goal(ours_s["peak_mb"] <= 64, f"peak +{ours_s['peak_mb']:.1f} MB with the duplicate pass"))
@@ -255,8 +277,17 @@ def main() -> None:
         "schema": PG_DSN["dbname"],
     }
     pg_sql = f"SELECT id, name, category, description FROM {table}"
-    pg_base = run_case("bench.build_inputs:pg_floor", table=table, out=str(work / "pg_floor.jsonl"))
-    pg_ours = run_case("bench.build_inputs:ours", conn=pg_conn, sql=pg_sql, staging=str(work / "pg-stage"))
+    best = best_of(
+        repeats,
+        {
+            "floor": ("bench.build_inputs:pg_floor", {"table": table, "out": str(work / "pg_floor.jsonl")}),
+            "ours": (
+                "bench.build_inputs:ours",
+                {"conn": pg_conn, "sql": pg_sql, "staging": str(work / "pg-stage")},
+            ),
+        },
+    )
+    pg_base, pg_ours = best["floor"], best["ours"]
     assert pg_ours["value"]["requests"] == n, pg_ours
     print("PostgreSQL")
     print(format_row("floor: server-side cursor + orjson", pg_base))
