@@ -15,7 +15,8 @@ Invariants:
 * Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
   failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is
   retried with bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may
-  exist), so the job is looked up by display name before the next attempt.
+  exist), so the job is looked up by display name before the next attempt, no sooner than
+  :attr:`CreateRetry.settle_seconds` after the error (a list may show a new job late).
 * Without records (no task state store in the context, or records lost with a re-created DAG run) one
   ``batches.list`` scan finds any job that already carries one of this run's display names before anything
   is created: slower, still at most one job per shard.
@@ -247,6 +248,14 @@ class CreateRetry:
         # Full jitter: submitters hitting the same quota spread out instead of retrying in lockstep.
         return random.uniform(0, min(self.max_seconds, self.base_seconds * 2**attempt))
 
+    @property
+    def settle_seconds(self) -> float:
+        """How long after an ambiguous create error a lookup waits before it trusts a miss: five backoff
+        bases (10 s by default). ``batches.list`` may show a new job only after a while; looking too soon
+        would miss a job the service made and create a second one. (The real list's lag is not documented;
+        the wait is cheap next to a batch job's hours, and ambiguous errors are rare.)"""
+        return 5 * self.base_seconds
+
 
 def create_once(
     hook: GeminiBatchHook,
@@ -284,6 +293,8 @@ def create_once(
             last = e
             if attempt + 1 < retry.attempts:
                 pause = retry.delay(attempt)
+                if _is_ambiguous(e):
+                    pause = max(pause, retry.settle_seconds)  # the lookup before the next attempt
                 log.warning(
                     "Create %s failed (%s); attempt %d/%d, retrying in %.1fs",
                     display_name,
@@ -295,6 +306,7 @@ def create_once(
                 time.sleep(pause)
     assert last is not None
     if _is_ambiguous(last):
+        time.sleep(retry.settle_seconds)
         found = hook.find_job_by_display_name(display_name)
         if found is not None:
             return found

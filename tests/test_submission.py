@@ -105,6 +105,27 @@ def test_5xx_is_ambiguous_and_looked_up_before_retry(hook, emulator, shard_file)
     assert emulator.control.calls()["batches.list"] >= 1
 
 
+def test_lost_create_reply_and_a_lagging_list_still_make_one_job(hook, emulator, shard_file):
+    """The service made the job but the reply was a 503, and ``batches.list`` shows new jobs only after a lag:
+    the lookup waits the settle time (five backoff bases) before it trusts a miss, so it finds the job."""
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.configure(list_lag_seconds=0.3)
+    emulator.control.inject_fault("batches.create", status=503, after=True)
+    job = _create(hook, file_name, retry=CreateRetry(attempts=3, base_seconds=0.1))  # settles 0.5 s
+    assert [j["name"] for j in emulator.control.jobs()] == [job.name]
+    assert emulator.control.calls()["batches.create"] == 1
+
+
+def test_a_list_lagging_longer_than_the_settle_time_is_the_limit(hook, emulator, shard_file):
+    """What the settle time guards against, shown by setting it below the lag: the lookup misses the job and
+    a second one is made. (Documented limit: a list lagging longer than the settle time.)"""
+    file_name = hook.upload_jsonl(shard_file, display_name="in")
+    emulator.control.configure(list_lag_seconds=0.5)
+    emulator.control.inject_fault("batches.create", status=503, after=True)
+    _create(hook, file_name, retry=CreateRetry(attempts=3, base_seconds=0.01))  # settles 0.05 s
+    assert len(emulator.control.jobs()) == 2
+
+
 def test_4xx_fails_at_once(hook, emulator, shard_file):
     file_name = hook.upload_jsonl(shard_file, display_name="in")
     emulator.control.inject_fault("batches.create", status=400, count=1)

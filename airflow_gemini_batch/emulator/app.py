@@ -153,7 +153,7 @@ async def _dispatch(emu: Emulator, request: Request) -> Response:
         if delay > 0:
             await asyncio.sleep(delay)
         fault = emu.knobs.record_call(endpoint)
-        if fault is not None and fault.status is not None:
+        if fault is not None and fault.status is not None and not fault.after:
             await routes_files.drain(request)
             if is_chunk:
                 session_id = request.query_params["upload_id"]
@@ -164,7 +164,11 @@ async def _dispatch(emu: Emulator, request: Request) -> Response:
             if not is_chunk:
                 raw = await request.body()
                 params["json"] = orjson.loads(raw) if raw.strip() else None
-            return await handler(emu, request, params, fault)
+            response = await handler(emu, request, params, fault)
+            if fault is not None and fault.after and fault.status is not None:
+                # The call took effect; its confirmation is lost (what makes a 5xx on create ambiguous).
+                return error_response(fault.status, f"Injected fault on {endpoint} (after it took effect).")
+            return response
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON payload received. {exc}", extra_headers)
         except ApiError as exc:

@@ -27,16 +27,24 @@ class EmulatorControl:
         self._call("POST", "reset")
 
     def configure(self, **kw: float) -> dict[str, float]:
-        """Any of pending_seconds, running_seconds, output_delay_seconds, reply_delay_seconds."""
+        """Any of pending_seconds, running_seconds, output_delay_seconds, reply_delay_seconds,
+        list_lag_seconds (``batches.list`` leaves out jobs younger than that)."""
         return self._call("POST", "config", kw)
 
     def config(self) -> dict[str, float]:
         return self._call("GET", "config")
 
     def inject_fault(
-        self, endpoint: str, status: int | None = None, count: int = 1, reset_after_bytes: int | None = None
+        self,
+        endpoint: str,
+        status: int | None = None,
+        count: int = 1,
+        reset_after_bytes: int | None = None,
+        after: bool = False,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"endpoint": endpoint, "count": count}
+        """Answer the next ``count`` calls of ``endpoint`` with ``status`` (or cut a download after
+        ``reset_after_bytes``); with ``after``, each call takes effect first and the error is its reply."""
+        body: dict[str, Any] = {"endpoint": endpoint, "count": count, "after": after}
         if status is not None:
             body["status"] = status
         if reset_after_bytes is not None:

@@ -195,10 +195,16 @@ class JobEngine:
         self._maybe_start(job)
         return job
 
-    def list(self, page_size: int, page_token: str | None) -> tuple[list[Job], str | None]:
+    def list(
+        self, page_size: int, page_token: str | None, lag_seconds: float = 0.0
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; ``lag_seconds`` hides jobs younger than that (an eventually consistent list)."""
+        visible_before = time.time() - lag_seconds
         with self._lock:
             jobs = sorted(
-                (j for j in self._jobs.values() if not j.deleted), key=lambda j: j.seq, reverse=True
+                (j for j in self._jobs.values() if not j.deleted and j.create_time <= visible_before),
+                key=lambda j: j.seq,
+                reverse=True,
             )
         for job in jobs:
             self._maybe_start(job)

@@ -33,7 +33,13 @@ ENDPOINTS: tuple[str, ...] = (
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
 CORRUPTIONS = ("truncate", "malformed", "drop_key", "unknown_key", "duplicate_key")
-CONFIG_KEYS = ("pending_seconds", "running_seconds", "output_delay_seconds", "reply_delay_seconds")
+CONFIG_KEYS = (
+    "pending_seconds",
+    "running_seconds",
+    "output_delay_seconds",
+    "reply_delay_seconds",
+    "list_lag_seconds",
+)
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Fault:
     status: int | None
     count: int
     reset_after_bytes: int | None = None
+    #: The call takes effect, then the error is the reply (a create whose confirmation was lost).
+    after: bool = False
 
 
 @dataclass
@@ -126,11 +134,15 @@ class Knobs:
         if status is not None and not 400 <= int(status) <= 599:
             raise ValidationError("status must be an HTTP error code (400-599)")
         count = int(body.get("count", 1))
+        after = bool(body.get("after", False))
+        if after and status is None:
+            raise ValidationError("after needs status (the error that replaces the reply)")
         fault = Fault(
             endpoint,
             None if status is None else int(status),
             count,
             None if reset_after is None else int(reset_after),
+            after,
         )
         with self._lock:
             self._faults.append(fault)
@@ -145,7 +157,7 @@ class Knobs:
                     fault.count -= 1
                     if fault.count == 0:
                         self._faults.remove(fault)
-                    return Fault(fault.endpoint, fault.status, 1, fault.reset_after_bytes)
+                    return Fault(fault.endpoint, fault.status, 1, fault.reset_after_bytes, fault.after)
         return None
 
     def calls(self) -> dict[str, int]:

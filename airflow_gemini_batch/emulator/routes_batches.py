@@ -91,7 +91,11 @@ async def get(emu: Emulator, request: Request, params: dict[str, Any], fault: Fa
 async def list_batches(
     emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None
 ) -> Response:
-    page, token = emu.engine.list(emu.page_size(request, default=10), request.query_params.get("pageToken"))
+    page, token = emu.engine.list(
+        emu.page_size(request, default=10),
+        request.query_params.get("pageToken"),
+        lag_seconds=emu.knobs.get("list_lag_seconds"),
+    )
     now = time.time()
     ops = [job.operation(now, raw_state=job.reported_state()) for job in page]
     body: dict[str, Any] = {"operations": ops} if ops else {}

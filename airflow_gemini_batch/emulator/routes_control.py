@@ -6,8 +6,10 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
 * ``POST /_emulator/reset`` - forget files, jobs, faults, behaviours, call counts (also the persisted
   state in the data dir, if any); config back to defaults.
 * ``GET|POST /_emulator/config`` - read / set ``pending_seconds``, ``running_seconds``,
-  ``output_delay_seconds``, ``reply_delay_seconds``.
-* ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?}``.
+  ``output_delay_seconds``, ``reply_delay_seconds``, ``list_lag_seconds`` (``batches.list`` leaves out jobs
+  younger than that: an eventually consistent list).
+* ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?, "after"=false}``;
+  with ``after`` the call takes effect and the error replaces its reply (a create whose confirmation is lost).
 * ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
   "fail_keys", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
   as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``

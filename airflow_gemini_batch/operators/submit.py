@@ -116,7 +116,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
     :param force_resubmit: submit new jobs even if this task instance already submitted (a deliberate new
         run; every try with it set submits again, so turn it off afterwards).
     :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors.
-    :param create_retry_base_seconds: base of the exponential backoff (with full jitter).
+    :param create_retry_base_seconds: base of the exponential backoff (with full jitter); after an ambiguous
+        error (5xx, lost connection) the job is looked up no sooner than five bases later (10 s by default).
     :param cancel_on_kill: on kill, cancel the jobs this execution created (and, while waiting, the jobs
         waited for).
     :param gemini_conn_id: the ``gemini_batch`` connection. (templated)

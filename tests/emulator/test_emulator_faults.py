@@ -44,6 +44,23 @@ def test_429_on_create_with_sdk_retries_creates_exactly_one_job(
     assert emu.control.calls()["batches.create"] == 3
 
 
+def test_fault_after_the_call_took_effect_and_a_lagging_list(
+    emu: EmulatorServer, client: genai.Client
+) -> None:
+    """The ambiguous create: the job exists although the reply was a 503; with a list lag it shows in
+    ``batches.list`` only after the lag, while ``batches.get`` of its name works at once."""
+    emu.control.configure(list_lag_seconds=0.5)
+    emu.control.inject_fault("batches.create", status=503, after=True)
+    with pytest.raises(errors.ServerError):
+        client.batches.create(model=MODEL, src=[{"contents": "x"}], config={"display_name": "lost-reply"})
+    (made,) = emu.control.jobs()
+    assert made["display_name"] == "lost-reply"
+    assert [j.name for j in client.batches.list()] == []
+    assert client.batches.get(name=made["name"]).display_name == "lost-reply"
+    time.sleep(0.6)
+    assert [j.display_name for j in client.batches.list()] == ["lost-reply"]
+
+
 async def test_503_on_get_async_raises_server_error(emu: EmulatorServer, client: genai.Client) -> None:
     job = await client.aio.batches.create(model=MODEL, src=[{"contents": "x"}])
     assert job.name

@@ -92,6 +92,28 @@ def test_R04_create_5xx_is_ambiguous_and_looked_up_before_retrying(
     assert calls["batches.list"] >= 1 + 2
 
 
+def test_R47_create_reply_lost_while_the_list_lags(tables, gemini_conn, emulator, tmp_path):
+    """The service makes the job but its reply is a 503 (twice), and ``batches.list`` shows new jobs only
+    after a lag: the lookup before the next attempt waits the settle time (five backoff bases) and finds
+    each job, so none is created twice."""
+    emulator.control.configure(list_lag_seconds=0.3)
+    emulator.control.inject_fault("batches.create", status=503, count=2, after=True)
+    wh, src, dst = tables
+    run_inline(
+        wh,
+        src,
+        dst,
+        tmp_path / "staging",
+        submit={
+            "max_requests_per_job": PER_SHARD,
+            "prompt_template": "Describe product {id} ({category}).",
+            "create_retry_base_seconds": 0.1,  # settles 0.5 s, longer than the lag
+        },
+    )
+    assert_clean_end_state(wh, dst, emulator)
+    assert emulator.control.calls()["batches.create"] == SHARDS  # both lost replies found, not re-sent
+
+
 def test_R05_get_burst_while_waiting_and_loading(tables, gemini_conn, emulator, tmp_path):
     emulator.control.inject_fault("batches.get", status=429)
     emulator.control.inject_fault("batches.get", status=503)
