@@ -1,17 +1,9 @@
 """Idempotent submission: at most one paid batch job per shard per task instance, whatever fails and whenever.
 
-Invariants:
+Invariants (the identity, display names and records are :mod:`airflow_gemini_batch.ledger`'s):
 
-* The identity is run-stable: ``dag_id``, ``task_id``, ``run_id``, ``map_index`` — never the try number. That
-  is the entire point: a retry, a clear or a rerun after a worker crash is the same identity, so it finds the
-  jobs the earlier try created instead of paying for them twice.
-* Every shard has a deterministic display name, ``agb-<sha256(identity)[:12]>-<fingerprint[:8]>-<index>``
-  (``-g<n>`` before the index after ``force_resubmit``); 34-40 characters, well under the 128 allowed. It is
-  how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
-* Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
-  (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
-  upload, the *intent* right before ``create``, the job name right after. A shard with an intent but no job
-  name is looked up by display name before anything is created for it.
+* A shard with a recorded job name re-attaches to it; a shard with an intent but no job name (or a task
+  instance without records) is looked up by its display name before anything is created for it.
 * Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
   failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is
   retried with bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may
@@ -24,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -34,175 +25,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from google.genai import errors as genai_errors
 
-from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
+from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.gemini import describe_error, is_transient
+from airflow_gemini_batch.ledger import display_name
+from airflow_gemini_batch.manifest import ShardInfo
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus
+    from airflow_gemini_batch.ledger import SubmissionLedger
+    from airflow_gemini_batch.shards import ShardPlan
 
 log = logging.getLogger(__name__)
-
-HEADER_KEY = "gemini_batch_submit"
-SHARD_KEY = "gemini_batch_submit.shard.{index}"
-DISPLAY_NAME_PREFIX = "agb"
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """Which submission this is: DAG, task, run and map index — never the try number (that is the point).
-
-    The run is named by its logical date when it has one, else by its run id. A DAG run deleted and created
-    again for the same data interval (``airflow dags test``, a manual re-run of a day) is the same work on
-    the same input, so it finds its earlier jobs by display name instead of paying again; ``force_resubmit``
-    is the way to ask for fresh jobs on purpose.
-    """
-
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    logical_date: str | None = None
-
-    @classmethod
-    def from_context(cls, context: Any) -> RunIdentity:
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        logical_date = context.get("logical_date") if hasattr(context, "get") else None
-        return cls(
-            ti.dag_id,
-            ti.task_id,
-            ti.run_id,
-            -1 if map_index is None else int(map_index),
-            logical_date.isoformat() if logical_date is not None else None,
-        )
-
-    @property
-    def text(self) -> str:
-        run = f"logical:{self.logical_date}" if self.logical_date else self.run_id
-        return f"{self.dag_id}/{self.task_id}/{run}/{self.map_index}"
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
-
-
-def display_name(identity_hash: str, fingerprint: str, index: int, generation: int = 0) -> str:
-    gen = f"-g{generation}" if generation else ""
-    return f"{DISPLAY_NAME_PREFIX}-{identity_hash}-{fingerprint[:8]}{gen}-{index:05d}"
-
-
-class SubmissionLedger:
-    """The submit run's records in the task state store (or nothing, when the context has none).
-
-    :param store: ``context["task_state_store"]`` (``get(key, default)``, ``set(key, value)``) or None.
-    """
-
-    def __init__(self, store: Any | None) -> None:
-        self.store = store
-        if store is None:
-            log.warning(
-                "No task_state_store in the context: crash recovery relies on finding jobs by their display "
-                "names (a batches.list scan)."
-            )
-
-    @property
-    def durable(self) -> bool:
-        return self.store is not None
-
-    def header(self) -> dict[str, Any] | None:
-        return self.store.get(HEADER_KEY, None) if self.store is not None else None
-
-    def shard(self, index: int) -> dict[str, Any]:
-        if self.store is None:
-            return {}
-        return self.store.get(SHARD_KEY.format(index=index), None) or {}
-
-    def _set(self, key: str, value: dict[str, Any]) -> None:
-        if self.store is not None:
-            self.store.set(key, value)
-
-    def has_records(self) -> bool:
-        """Whether earlier tries of this task instance left records (then they are authoritative)."""
-        return self.header() is not None
-
-    def begin(
-        self,
-        *,
-        identity: RunIdentity,
-        fingerprint: str,
-        shard_count: int,
-        on_changed_input: str,
-        force_resubmit: bool,
-        force_token: Any = None,
-    ) -> int:
-        """Decide the generation for this run and record the header; raise on a changed input if asked to.
-
-        :param force_token: what tells a deliberate re-run from an automatic retry of the same forced run —
-            the task instance's ``max_tries``, which a clear raises and a retry keeps. A retry of a forced run
-            re-attaches to the generation that run started instead of paying for every shard again.
-        :returns: the generation (0 normally; +1 per forced run).
-        """
-        header = self.header()
-        generation = int(header.get("generation", 0)) if header else 0
-        if force_resubmit and header and force_token is not None and header.get("force_token") == force_token:
-            log.info("Automatic retry of a force_resubmit run: re-attaching to generation %d", generation)
-        elif force_resubmit:
-            # Without a store there is nothing to count from; a clock value keeps forced names fresh.
-            generation = generation + 1 if self.durable else int(time.time())
-            log.warning("force_resubmit=True: ignoring earlier records, submitting generation %d", generation)
-        elif header and header.get("fingerprint") != fingerprint:
-            recorded = self.recorded_jobs(header)
-            if recorded and on_changed_input == "fail":
-                raise GeminiBatchChangedInputError(
-                    f"The input changed since an earlier try of this task instance submitted {len(recorded)} "
-                    f"job(s) ({', '.join(recorded[:5])}{' ...' if len(recorded) > 5 else ''}); fingerprint "
-                    f"{str(header.get('fingerprint'))[:12]} → {fingerprint[:12]}. Nothing new was submitted. "
-                    "Fix: restore the input, or set on_changed_input='resubmit' (new jobs for the new input; "
-                    "the old jobs keep running unless cancelled) or force_resubmit=True."
-                )
-            if recorded:
-                log.warning(
-                    "Input changed since jobs %s were submitted; on_changed_input=%r: submitting new jobs. "
-                    "The old jobs are left as they are.",
-                    recorded,
-                    on_changed_input,
-                )
-        self._set(
-            HEADER_KEY,
-            {
-                "identity": identity.text,
-                "fingerprint": fingerprint,
-                "generation": generation,
-                "shard_count": shard_count,
-                "force_token": force_token if force_resubmit else None,
-            },
-        )
-        return generation
-
-    def recorded_jobs(self, header: dict[str, Any]) -> list[str]:
-        """Job names (or display names of intents) recorded under an earlier header."""
-        out = []
-        for index in range(int(header.get("shard_count", 0))):
-            rec = self.shard(index)
-            if rec.get("fingerprint") == header.get("fingerprint") and (
-                rec.get("job_name") or rec.get("intent")
-            ):
-                out.append(rec.get("job_name") or rec.get("display_name", f"shard {index}"))
-        return out
-
-    def record_upload(self, index: int, rec: dict[str, Any], file_name: str) -> None:
-        rec["file_name"] = file_name
-        self._set(SHARD_KEY.format(index=index), rec)
-
-    def record_intent(self, index: int, rec: dict[str, Any]) -> None:
-        rec["intent"] = True
-        self._set(SHARD_KEY.format(index=index), rec)
-
-    def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
-        rec["job_name"] = job_name
-        self._set(SHARD_KEY.format(index=index), rec)
 
 
 def find_existing_jobs(hook: GeminiBatchHook, display_names: set[str]) -> dict[str, JobStatus]:
@@ -427,6 +262,76 @@ def submit_shard(
     ledger.record_job(index, rec, job.name)
     log.info("Shard %d: created job %s (%s)", index, job.name, display_name)
     return ShardSubmission(job.name, file_name, created_now=True)
+
+
+@dataclass
+class PlanSubmission:
+    """Every shard of a plan with its job, and what this execution did: jobs created, bytes uploaded."""
+
+    shards: list[ShardInfo]
+    created: int
+    uploaded_bytes: int
+
+
+def submit_plan(
+    hook: GeminiBatchHook,
+    ledger: SubmissionLedger,
+    plan: ShardPlan,
+    *,
+    identity_hash: str,
+    generation: int,
+    keys_uris: list[str],
+    model: str,
+    embeddings: bool,
+    inline: list[dict[str, Any]] | None,
+    retry: CreateRetry,
+    scan: bool,
+    on_created: Any = None,
+) -> PlanSubmission:
+    """Submit every shard of ``plan`` in order (:func:`submit_shard`): one job each, created or re-attached.
+
+    :param scan: no records to trust (first try, no store, records lost): one ``batches.list`` scan first.
+    :param inline: the single shard's requests when it goes inline instead of as an uploaded file.
+    """
+    names = [display_name(identity_hash, plan.fingerprint, s.index, generation) for s in plan.shards]
+    known = find_existing_jobs(hook, set(names)) if scan and names else None
+    if known:
+        log.warning("Found %d job(s) of this task instance without records; re-attaching", len(known))
+    shards: list[ShardInfo] = []
+    uploaded_bytes = created = 0
+    for shard, keys_uri, name in zip(plan.shards, keys_uris, names, strict=True):
+        result = submit_shard(
+            hook,
+            ledger,
+            index=shard.index,
+            display_name=name,
+            fingerprint=plan.fingerprint,
+            generation=generation,
+            model=model,
+            embeddings=embeddings,
+            shard_path=shard.path,
+            inline_requests=inline,
+            retry=retry,
+            on_created=on_created,
+            known_jobs=known,
+        )
+        if result.created_now:
+            created += 1
+            uploaded_bytes += 0 if inline is not None else shard.bytes
+        shards.append(
+            ShardInfo(
+                index=shard.index,
+                display_name=name,
+                job_name=result.job_name,
+                file_name=result.file_name,
+                inline=inline is not None,
+                request_count=shard.request_count,
+                bytes=shard.bytes,
+                estimated_tokens=shard.estimated_tokens,
+                keys_path=keys_uri,
+            )
+        )
+    return PlanSubmission(shards, created, uploaded_bytes)
 
 
 def inline_requests(shard_path: Path) -> list[dict[str, Any]]:

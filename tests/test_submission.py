@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
-from airflow_gemini_batch.submission import (
-    CreateRetry,
-    RunIdentity,
-    SubmissionLedger,
-    create_once,
-    display_name,
-    submit_shard,
-)
+from airflow_gemini_batch.ledger import RunIdentity, SubmissionLedger, display_name
+from airflow_gemini_batch.submission import CreateRetry, create_once, submit_shard
+from tests.test_ledger import DictStateStore
 
 FAST = CreateRetry(attempts=4, base_seconds=0.01)
 IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)
-
-
-class DictStateStore:
-    """Stands in for ``context["task_state_store"]``: same ``get``/``set`` contract, values JSON round-tripped
-    (as the real store does over the Execution API), kept across "tries" by reusing the instance."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.data[key]) if key in self.data else default
-
-    def set(self, key: str, value: Any) -> None:
-        if value is None:
-            raise ValueError("Cannot set value as None")
-        self.data[key] = json.dumps(value)
 
 
 @pytest.fixture
@@ -65,14 +43,6 @@ def _create(hook, file_name, name="agb-test-00000", retry=FAST):
         inline_requests=None,
         retry=retry,
     )
-
-
-def test_display_name_deterministic():
-    name = display_name(IDENTITY.hash, "f" * 64, 3)
-    assert name == display_name(RunIdentity("dag", "submit", "manual__2026-01-01", -1).hash, "f" * 64, 3)
-    assert name == f"agb-{IDENTITY.hash}-ffffffff-00003" and len(name) <= 128
-    assert display_name(IDENTITY.hash, "f" * 64, 3, generation=2).endswith("-g2-00003")
-    assert RunIdentity("dag", "submit", "manual__2026-01-01", 0).hash != IDENTITY.hash
 
 
 def test_429_then_success_creates_exactly_one_job(hook, emulator, shard_file):

@@ -24,8 +24,9 @@ from airflow.sdk import BaseOperator, conf
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.job_waiter import JobWaiter
+from airflow_gemini_batch.ledger import RunIdentity, SubmissionLedger
 from airflow_gemini_batch.links import GeminiBatchJobLink
-from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, ShardInfo, job_names
+from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, job_names
 from airflow_gemini_batch.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
 from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
 from airflow_gemini_batch.shards import (
@@ -44,15 +45,7 @@ from airflow_gemini_batch.sources import (
     SqlRowSource,
 )
 from airflow_gemini_batch.staging import Staging, default_staging_uri
-from airflow_gemini_batch.submission import (
-    CreateRetry,
-    RunIdentity,
-    SubmissionLedger,
-    display_name,
-    find_existing_jobs,
-    inline_requests,
-    submit_shard,
-)
+from airflow_gemini_batch.submission import CreateRetry, inline_requests, submit_plan
 from airflow_gemini_batch.validation import InvalidRows
 from airflow_gemini_batch.waiting import WaitPolicy
 
@@ -351,52 +344,27 @@ class GeminiBatchSubmitOperator(BaseOperator):
         single = plan.shards[0] if len(plan.shards) == 1 else None
         if single and self.task == "generate" and single.bytes <= self.inline_threshold_bytes:
             inline = inline_requests(single.path)
-        names = [display_name(identity.hash, plan.fingerprint, s.index, generation) for s in plan.shards]
-        known = find_existing_jobs(self.hook, set(names)) if scan and names else None
-        if known:
-            self.log.warning(
-                "Found %d job(s) of this task instance without records; re-attaching", len(known)
-            )
-        shards: list[ShardInfo] = []
-        uploaded_bytes = created = 0
-        for shard, keys_uri, name in zip(plan.shards, keys_uris, names, strict=True):
-            result = submit_shard(
-                self.hook,
-                ledger,
-                index=shard.index,
-                display_name=name,
-                fingerprint=plan.fingerprint,
-                generation=generation,
-                model=self.model,
-                embeddings=self.task == "embed",
-                shard_path=shard.path,
-                inline_requests=inline,
-                retry=retry,
-                on_created=self._created_jobs.append,
-                known_jobs=known,
-            )
-            if result.created_now:
-                created += 1
-                uploaded_bytes += 0 if inline is not None else shard.bytes
-            shards.append(
-                ShardInfo(
-                    index=shard.index,
-                    display_name=name,
-                    job_name=result.job_name,
-                    file_name=result.file_name,
-                    inline=inline is not None,
-                    request_count=shard.request_count,
-                    bytes=shard.bytes,
-                    estimated_tokens=shard.estimated_tokens,
-                    keys_path=keys_uri,
-                )
-            )
+        submitted = submit_plan(
+            self.hook,
+            ledger,
+            plan,
+            identity_hash=identity.hash,
+            generation=generation,
+            keys_uris=keys_uris,
+            model=self.model,
+            embeddings=self.task == "embed",
+            inline=inline,
+            retry=retry,
+            scan=scan,
+            on_created=self._created_jobs.append,
+        )
+        shards = submitted.shards
         self.log.info(
             "Submitted %d shard(s): %d job(s) created now, %d re-attached; %s bytes uploaded; %s requests",
             len(shards),
-            created,
-            len(shards) - created,
-            f"{uploaded_bytes:,}",
+            submitted.created,
+            len(shards) - submitted.created,
+            f"{submitted.uploaded_bytes:,}",
             f"{plan.request_count:,}",
         )
         manifest = Manifest(

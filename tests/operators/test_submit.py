@@ -19,10 +19,10 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchInputError,
     GeminiBatchSubmitError,
 )
+from airflow_gemini_batch.ledger import SubmissionLedger
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, job_names
 from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
-from airflow_gemini_batch.submission import SubmissionLedger
-from tests.test_submission import DictStateStore
+from tests.test_ledger import DictStateStore
 
 N_ROWS = 10_500
 
