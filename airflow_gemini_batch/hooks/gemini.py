@@ -79,6 +79,17 @@ def is_transient(error: BaseException) -> bool:
     code = getattr(error, "code", None)
     if isinstance(error, genai_errors.APIError):
         return isinstance(code, int) and (code in (408, 429) or code >= 500)
+    return is_transport_error(error)
+
+
+def is_transport_error(error: BaseException) -> bool:
+    """True for a connection-level failure (refused, reset, timed out) of any transport the SDK may use.
+
+    Matched by module, so no transport needs importing here: google-genai 2 uses httpx (and aiohttp when
+    installed), 3 uses httpx2 and aiohttp, and none of them wraps these errors into ``APIError``.
+    """
+    if isinstance(error, genai_errors.APIError):
+        return False
     if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return True
     module = type(error).__module__.split(".")[0]

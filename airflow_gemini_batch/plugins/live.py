@@ -4,7 +4,9 @@ Invariants:
 
 * Many viewers never multiply API calls. One process-wide cache holds each job's last read for ``ttl``
   seconds (finished jobs much longer: their state cannot change). One lock serialises refreshes, so viewers
-  arriving together wait for the first refresh and then read its results from the cache.
+  arriving together wait for the first refresh and then read its results from the cache - but only for
+  ``wait_seconds``: behind a refresh stuck on a hanging API, a viewer gets the cache as it stands (stale
+  entries flagged ``deferred``) instead of queueing; one slow API slows one request, not every viewer.
 * One refresh makes at most ``max_calls`` API calls; jobs beyond that keep their last known state (or the
   recorded one) and are read on a later refresh. Running jobs, then the longest unread, go first.
 * A broken connection costs one call per refresh, not one per job: after a connection-level failure the
@@ -63,6 +65,8 @@ class LiveStates:
     :param terminal_ttl: seconds a finished job's read stays fresh.
     :param max_calls: API calls at most per refresh (all viewers together).
     :param hook_factory: builds a hook from a connection id (tests may pass a factory with other settings).
+    :param wait_seconds: how long a request waits for another request's refresh before it answers from the
+        cache as it stands.
     """
 
     def __init__(
@@ -71,8 +75,10 @@ class LiveStates:
         terminal_ttl: float = 600.0,
         max_calls: int = 20,
         hook_factory: Callable[[str], GeminiBatchHook] | None = None,
+        wait_seconds: float = 2.0,
     ) -> None:
         self.ttl = ttl
+        self.wait_seconds = wait_seconds
         self.terminal_ttl = terminal_ttl
         self.max_calls = max_calls
         self._hook_factory = hook_factory or _default_hook
@@ -91,36 +97,55 @@ class LiveStates:
     def lookup(self, jobs: Iterable[tuple[str, str]]) -> dict[str, LiveState]:
         """Live state of ``(conn_id, job_name)`` pairs, reading the stale ones within the call budget."""
         wanted = dict((name, conn_id) for conn_id, name in jobs)
-        with self._lock:
-            now = time.monotonic()
-            stale = [n for n in wanted if not self._fresh(self._cache.get(n), now)]
-            # Unread and running jobs first; among them the longest unread.
-            stale.sort(key=lambda n: self._cache[n].fetched_at if n in self._cache else -1.0)
-            broken: dict[str, str] = {}
-            budget = self.max_calls
-            for name in stale:
-                conn_id = wanted[name]
-                if conn_id in broken:
-                    self._cache[name] = LiveState(error=broken[conn_id], fetched_at=now)
-                    continue
-                if budget <= 0:
-                    prior = self._cache.get(name) or LiveState()
-                    self._cache[name] = LiveState(prior.status, prior.error, prior.fetched_at, deferred=True)
-                    continue
-                budget -= 1
-                try:
-                    self._cache[name] = LiveState(status=self._read(conn_id, name).to_dict(), fetched_at=now)
-                except _ConnectionBroken as e:
-                    broken[conn_id] = str(e)
-                    self._cache[name] = LiveState(error=str(e), fetched_at=now)
-                except Exception as e:
-                    self._cache[name] = LiveState(error=self.describe(conn_id, e), fetched_at=now)
-            if len(stale) > self.max_calls:
-                log.info(
-                    "Gemini Batches page: %d job reads deferred to a later refresh",
-                    len(stale) - self.max_calls,
-                )
-            return {n: self._cache[n] for n in wanted}
+        if not self._lock.acquire(timeout=self.wait_seconds):
+            return self._as_cached(wanted)
+        try:
+            return self._refresh(wanted)
+        finally:
+            self._lock.release()
+
+    def _as_cached(self, wanted: dict[str, str]) -> dict[str, LiveState]:
+        """The cache as it stands, without calling: stale or unread jobs flagged ``deferred``."""
+        now, out = time.monotonic(), {}
+        for name in wanted:
+            state = self._cache.get(name) or LiveState()
+            fresh = self._fresh(state, now)
+            out[name] = (
+                state if fresh else LiveState(state.status, state.error, state.fetched_at, deferred=True)
+            )
+        return out
+
+    def _refresh(self, wanted: dict[str, str]) -> dict[str, LiveState]:
+        """Read the stale jobs of ``wanted`` within the call budget (the caller holds the lock)."""
+        now = time.monotonic()
+        stale = [n for n in wanted if not self._fresh(self._cache.get(n), now)]
+        # Unread and running jobs first; among them the longest unread.
+        stale.sort(key=lambda n: self._cache[n].fetched_at if n in self._cache else -1.0)
+        broken: dict[str, str] = {}
+        budget = self.max_calls
+        for name in stale:
+            conn_id = wanted[name]
+            if conn_id in broken:
+                self._cache[name] = LiveState(error=broken[conn_id], fetched_at=now)
+                continue
+            if budget <= 0:
+                prior = self._cache.get(name) or LiveState()
+                self._cache[name] = LiveState(prior.status, prior.error, prior.fetched_at, deferred=True)
+                continue
+            budget -= 1
+            try:
+                self._cache[name] = LiveState(status=self._read(conn_id, name).to_dict(), fetched_at=now)
+            except _ConnectionBroken as e:
+                broken[conn_id] = str(e)
+                self._cache[name] = LiveState(error=str(e), fetched_at=now)
+            except Exception as e:
+                self._cache[name] = LiveState(error=self.describe(conn_id, e), fetched_at=now)
+        if len(stale) > self.max_calls:
+            log.info(
+                "Gemini Batches page: %d job reads deferred to a later refresh",
+                len(stale) - self.max_calls,
+            )
+        return {n: self._cache[n] for n in wanted}
 
     def invalidate(self, job_name: str) -> None:
         """Forget a job's read (after a cancel, so the next view shows the new state)."""
@@ -139,6 +164,8 @@ class LiveStates:
     def _read(self, conn_id: str, name: str) -> JobStatus:
         from airflow.exceptions import AirflowNotFoundException
 
+        from airflow_gemini_batch.hooks.gemini import is_transport_error
+
         self.calls += 1
         try:
             hook = self.hook(conn_id)
@@ -154,7 +181,7 @@ class LiveStates:
         try:
             return hook.get_job(name)
         except Exception as e:
-            if _is_transport_error(e):
+            if is_transport_error(e):
                 raise _ConnectionBroken(self.describe(conn_id, e)) from None
             raise
 
@@ -172,12 +199,6 @@ class LiveStates:
             return BaseHook.get_connection(conn_id).password
         except Exception:
             return None
-
-
-def _is_transport_error(e: BaseException) -> bool:
-    import httpx
-
-    return isinstance(e, (httpx.TransportError, ConnectionError, TimeoutError))
 
 
 def _scrub(text: str, password: str | None) -> str:

@@ -1,0 +1,35 @@
+"""Live job state for the UI page (``plugins/live.py``) against the emulator, through the real hook and SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from airflow_gemini_batch.plugins.live import LiveStates
+
+
+def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
+    gemini_conn: str, emulator: Any, make_jobs: Any
+) -> None:
+    """While one request's refresh waits on a slow API, another answers from the cache after
+    ``wait_seconds`` (stale jobs flagged deferred, no call of its own); the refresh then fills the cache."""
+    (name,) = make_jobs(["slow-ui"])
+    live = LiveStates(ttl=60.0, wait_seconds=0.2)
+    emulator.control.configure(reply_delay_seconds=1.5)
+    first: dict[str, Any] = {}
+    refreshing = threading.Thread(target=lambda: first.update(live.lookup([(gemini_conn, name)])))
+    refreshing.start()
+    while live.calls == 0:  # the refresh has started its (slow) read
+        time.sleep(0.01)
+    second = live.lookup([(gemini_conn, name)])
+    assert refreshing.is_alive(), "the second viewer waited for the whole slow refresh"
+    assert second[name].deferred and second[name].status is None
+    assert live.calls == 1  # the second viewer made no call of its own
+    refreshing.join()
+    assert first[name].status["state"] == "SUCCEEDED" and not first[name].deferred
+
+    emulator.control.configure(reply_delay_seconds=0)
+    third = live.lookup([(gemini_conn, name)])  # fresh in the cache now: no call, not deferred
+    assert third[name].status == first[name].status and not third[name].deferred
+    assert live.calls == 1
