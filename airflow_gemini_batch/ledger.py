@@ -6,7 +6,8 @@ Invariants:
   ``map_index`` — never the try number. That is the entire point: a retry, a clear or a rerun after a worker
   crash is the same identity, so it finds the jobs the earlier try created instead of paying for them twice.
 * Every shard has a deterministic display name, ``agb-<sha256(identity)[:12]>-<fingerprint[:8]>-<index>``
-  (``-g<n>`` before the index after ``force_resubmit``); 34-40 characters, well under the 128 allowed. It is
+  (``-g<n>`` before the index after ``force_resubmit``); 31 characters (34-43 after a forced run), well under
+  the 128 allowed. It is
   how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
 * Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
   (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the

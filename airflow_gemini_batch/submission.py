@@ -5,9 +5,9 @@ Invariants (the identity, display names and records are :mod:`airflow_gemini_bat
 * A shard with a recorded job name re-attaches to it; a shard with an intent but no job name (or a task
   instance without records) is looked up by its display name before anything is created for it.
 * Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
-  failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED is a certain rejection and is
-  retried with bounded exponential backoff and jitter; a 5xx or a connection error is ambiguous (the job may
-  exist), so the job is looked up by display name before the next attempt, no sooner than
+  failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED and a connection never made are
+  certain rejections and are retried with bounded exponential backoff and jitter; a 5xx or a connection lost
+  after it was made is ambiguous (the job may exist), so the job is looked up by display name before the next attempt, no sooner than
   :attr:`CreateRetry.settle_seconds` after the error (a list may show a new job late).
 * Without records (no task state store in the context, or records lost with a re-created DAG run) one
   ``batches.list`` scan finds any job that already carries one of this run's display names before anything
@@ -26,7 +26,7 @@ import orjson
 from google.genai import errors as genai_errors
 
 from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
-from airflow_gemini_batch.hooks.gemini import describe_error, is_transient
+from airflow_gemini_batch.hooks.gemini import describe_error, is_transient, request_not_sent
 from airflow_gemini_batch.ledger import display_name
 from airflow_gemini_batch.manifest import ShardInfo
 
@@ -60,7 +60,7 @@ def _is_ambiguous(error: BaseException) -> bool:
     """A failure after which the job may or may not exist."""
     if isinstance(error, genai_errors.ServerError):
         return True
-    if isinstance(error, genai_errors.APIError):
+    if isinstance(error, genai_errors.APIError) or request_not_sent(error):
         return False
     # A transport failure (httpx, httpx2 on google-genai 3, aiohttp, a reset or timeout): the request may
     # have reached the service. ``is_transient`` recognises every transport by module.
@@ -86,10 +86,10 @@ class CreateRetry:
     @property
     def settle_seconds(self) -> float:
         """How long after an ambiguous create error a lookup waits before it trusts a miss: five backoff
-        bases (10 s by default). ``batches.list`` may show a new job only after a while; looking too soon
-        would miss a job the service made and create a second one. (The real list's lag is not documented;
-        the wait is cheap next to a batch job's hours, and ambiguous errors are rare.)"""
-        return 5 * self.base_seconds
+        bases (10 s by default), at most ``max_seconds``. ``batches.list`` may show a new job only after a
+        while; looking too soon would miss a job the service made and create a second one. (The real list's
+        lag is not documented; the wait is cheap next to a batch job's hours, and ambiguous errors are rare.)"""
+        return min(5 * self.base_seconds, self.max_seconds)
 
 
 def create_once(
@@ -119,8 +119,9 @@ def create_once(
                 embeddings=embeddings,
             )
         except Exception as e:
-            code = getattr(e, "code", None)
-            if code != 429 and not _is_ambiguous(e):
+            # 429 and a connection never made are certain rejections: retried, nothing to look up.
+            certain_rejection = getattr(e, "code", None) == 429 or request_not_sent(e)
+            if not certain_rejection and not _is_ambiguous(e):
                 raise GeminiBatchSubmitError(
                     f"Creating batch job {display_name} failed: {_error_text(e)}. Jobs created before it "
                     "stay recorded; fix the cause and retry the task to submit the rest."

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError
 from airflow_gemini_batch.ledger import HEADER_KEY, RunIdentity, SubmissionLedger, display_name
+from tests.task_state import DictStateStore
 
 IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)
-
-
-class DictStateStore:
-    """Stands in for ``context["task_state_store"]``: same ``get``/``set`` contract, values JSON round-tripped
-    (as the real store does over the Execution API), kept across "tries" by reusing the instance."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.data[key]) if key in self.data else default
-
-    def set(self, key: str, value: Any) -> None:
-        if value is None:
-            raise ValueError("Cannot set value as None")
-        self.data[key] = json.dumps(value)
 
 
 def test_display_name_deterministic():

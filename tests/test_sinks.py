@@ -177,8 +177,8 @@ class _TracedSqliteHook:
 
 
 def _inserted_columns(statements: list[str], table: str) -> list[str]:
-    """The column list of each INSERT into ``table`` SQLite ran (one per row: the trace is per execution)."""
-    prefix = f'INSERT INTO "{table}" ('
+    """The column list of each INSERT into ``main.table`` SQLite ran (the trace is per execution)."""
+    prefix = f'INSERT INTO "main"."{table}" ('
     return sorted({s[len(prefix) : s.index(")")] for s in statements if s.startswith(prefix)})
 
 
@@ -202,8 +202,12 @@ def test_sqlite_binds_only_what_varies_and_stores_the_same_rows(sqlite_warehouse
     narrow, full = wh.table("narrow"), wh.table("full")
     wh.table(f"{narrow}_errors"), wh.table(f"{full}_errors")
     traced = _TracedSqliteHook(wh.conn_id)
+    literals: set[str | None] = set()
     for chunks in (first, second):
-        load(table_sink(wh.conn_id, narrow, key_column_type="INTEGER", hook=traced), *chunks)
+        # Schema-qualified ("main."), so the PRAGMA that finds columns without a default is the qualified one.
+        narrow_sink = table_sink(wh.conn_id, f"main.{narrow}", key_column_type="INTEGER", hook=traced)
+        load(narrow_sink, *chunks)
+        literals |= {job for _, job in narrow_sink._narrow_sql}
         sink = table_sink(wh.conn_id, full, key_column_type="INTEGER")
         sink.open()
         sink._omittable = frozenset()  # the reference: every column bound, as before this optimisation
@@ -229,7 +233,20 @@ def test_sqlite_binds_only_what_varies_and_stores_the_same_rows(sqlite_warehouse
     assert any('"thinking_tokens"' in c for c in inserts) and any(
         '"thinking_tokens"' not in c for c in inserts
     )
-    assert all(c.endswith('"job_name", "loaded_at"') for c in inserts)
+    # Plain job names went into the SQL as literals; the one with a quote was bound.
+    assert literals == {"batches/1", "batches/2", None}
+
+
+@pytest.mark.parametrize("value", ["o'brien", "a\nb", "a\\b", "a;b", "naïve", '"x"', "a\x00b", "a\tb"])
+def test_only_plain_values_may_become_sql_literals(value):
+    """What the SQLite sink may write into SQL as a literal: letters, digits and ``_/:.+ -`` - no quote, no
+    backslash, no statement separator, no control or non-ASCII character - or it binds the value."""
+    from airflow_gemini_batch.sinks.table import _PLAIN_LITERAL
+
+    assert _PLAIN_LITERAL.fullmatch("batches/abc-123_x") and _PLAIN_LITERAL.fullmatch(
+        "2026-11-27T22:11:48.123456+00:00"
+    )
+    assert not _PLAIN_LITERAL.fullmatch(value)
 
 
 def test_sqlite_columns_with_a_default_are_always_bound(sqlite_warehouse):
@@ -238,9 +255,9 @@ def test_sqlite_columns_with_a_default_are_always_bound(sqlite_warehouse):
     table = wh.table("defaults")
     wh.table(f"{table}_errors")
     layout = TableLayout(table, "sqlite", key_column_type="INTEGER")
-    wh.execute(
-        layout.create_sql().replace('"thinking_tokens" INTEGER', '"thinking_tokens" INTEGER DEFAULT 0')
-    )
+    ddl = layout.create_sql().replace('"thinking_tokens" INTEGER', '"thinking_tokens" INTEGER DEFAULT 0')
+    assert "DEFAULT 0" in ddl
+    wh.execute(ddl)
     wh.execute(layout.create_sql(errors=True))
     load(table_sink(wh.conn_id, table, key_column_type="INTEGER", create_table=False), [ok(1), ok(2)])
     assert wh.query(f'SELECT "key", thinking_tokens, cached_tokens FROM {table} ORDER BY "key"') == [

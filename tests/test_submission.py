@@ -10,7 +10,7 @@ from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, Gemini
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.ledger import RunIdentity, SubmissionLedger, display_name
 from airflow_gemini_batch.submission import CreateRetry, create_once, submit_shard
-from tests.test_ledger import DictStateStore
+from tests.task_state import DictStateStore
 
 FAST = CreateRetry(attempts=4, base_seconds=0.01)
 IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)
@@ -90,7 +90,7 @@ def test_a_list_lagging_longer_than_the_settle_time_is_the_limit(hook, emulator,
     """What the settle time guards against, shown by setting it below the lag: the lookup misses the job and
     a second one is made. (Documented limit: a list lagging longer than the settle time.)"""
     file_name = hook.upload_jsonl(shard_file, display_name="in")
-    emulator.control.configure(list_lag_seconds=0.5)
+    emulator.control.configure(list_lag_seconds=5.0)  # far longer than the lookup can take, however slow
     emulator.control.inject_fault("batches.create", status=503, after=True)
     _create(hook, file_name, retry=CreateRetry(attempts=3, base_seconds=0.01))  # settles 0.05 s
     assert len(emulator.control.jobs()) == 2

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import httpx
 import pytest
 from google.genai.errors import APIError
 
@@ -217,19 +215,6 @@ def test_permanent_api_codes(code: int) -> None:
     error = APIError(code, {"error": {"code": code, "message": "x"}})
     assert not is_transient(error)
     assert permanent_code(error) == code
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        ConnectionResetError("reset by peer"),
-        asyncio.TimeoutError(),
-        httpx.ConnectError("refused"),
-        httpx.ReadTimeout("slow"),
-    ],
-)
-def test_transport_errors_are_transient(error: BaseException) -> None:
-    assert is_transient(error)
 
 
 def test_programming_errors_are_not_transient() -> None:

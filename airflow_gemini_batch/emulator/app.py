@@ -167,7 +167,9 @@ async def _dispatch(emu: Emulator, request: Request) -> Response:
             response = await handler(emu, request, params, fault)
             if fault is not None and fault.after and fault.status is not None:
                 # The call took effect; its confirmation is lost (what makes a 5xx on create ambiguous).
-                return error_response(fault.status, f"Injected fault on {endpoint} (after it took effect).")
+                return error_response(
+                    fault.status, f"Injected fault on {endpoint} (after it took effect).", extra_headers
+                )
             return response
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON payload received. {exc}", extra_headers)

@@ -73,8 +73,7 @@ def is_transient(error: BaseException) -> bool:
     """True for errors worth retrying: 408/429/5xx from the API, and connection-level failures of any transport.
 
     The SDK raises its own ``APIError`` for HTTP errors, but lets transport exceptions (httpx, httpx2 on
-    google-genai 3, aiohttp for async) through unwrapped; they are matched by module so no transport needs
-    importing here.
+    google-genai 3, aiohttp for async) through unwrapped: see :func:`is_transport_error`.
     """
     code = getattr(error, "code", None)
     if isinstance(error, genai_errors.APIError):
@@ -82,18 +81,34 @@ def is_transient(error: BaseException) -> bool:
     return is_transport_error(error)
 
 
-def is_transport_error(error: BaseException) -> bool:
-    """True for a connection-level failure (refused, reset, timed out) of any transport the SDK may use.
+# The transports google-genai may use (2.x: httpx, aiohttp when installed; 3.x: httpx2, aiohttp), and the base
+# classes of their connection-level failures. Matched by name along the class's MRO, so no transport needs
+# importing here and a programming error of theirs (InvalidURL, a decoding error) is not taken for one.
+_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp"})
+_TRANSPORT_FAILURES = frozenset(
+    {"TransportError", "NetworkError", "TimeoutException", "ClientConnectionError", "ClientPayloadError"}
+)
+# Failures before any byte of a request left: the request certainly did not reach the service.
+_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "ClientConnectorError"})
 
-    Matched by module, so no transport needs importing here: google-genai 2 uses httpx (and aiohttp when
-    installed), 3 uses httpx2 and aiohttp, and none of them wraps these errors into ``APIError``.
-    """
+
+def _transport_classes(error: BaseException) -> list[str]:
+    return [c.__name__ for c in type(error).__mro__ if c.__module__.split(".")[0] in _TRANSPORT_MODULES]
+
+
+def is_transport_error(error: BaseException) -> bool:
+    """True for a connection-level failure (refused, reset, cut, timed out) of any transport the SDK may use;
+    the SDK wraps none of them into ``APIError``."""
     if isinstance(error, genai_errors.APIError):
         return False
     if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return True
-    module = type(error).__module__.split(".")[0]
-    return module in {"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "h11"}
+    return not _TRANSPORT_FAILURES.isdisjoint(_transport_classes(error))
+
+
+def request_not_sent(error: BaseException) -> bool:
+    """True when the request certainly never reached the service (the connection was never made)."""
+    return isinstance(error, ConnectionRefusedError) or not _NOT_SENT.isdisjoint(_transport_classes(error))
 
 
 def check_job_name(name: str) -> str:

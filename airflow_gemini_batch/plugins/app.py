@@ -61,6 +61,7 @@ def create_app(live: LiveStates | None = None) -> FastAPI:
     app.state.live = live or LiveStates(
         ttl=conf.getfloat("gemini_batch", "ui_cache_seconds", fallback=10.0),
         max_calls=conf.getint("gemini_batch", "ui_max_api_calls_per_refresh", fallback=20),
+        wait_seconds=conf.getfloat("gemini_batch", "ui_wait_for_refresh_seconds", fallback=2.0),
     )
 
     @app.get("/ui/", response_class=HTMLResponse)

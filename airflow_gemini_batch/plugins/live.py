@@ -42,7 +42,8 @@ class LiveState:
     status: dict[str, Any] | None = None
     error: str | None = None
     fetched_at: float = 0.0
-    #: True when this refresh's call budget ran out before the job was read (state may be stale or absent).
+    #: True when the job was not read for this answer: the refresh's call budget ran out, or another viewer's
+    #: refresh was still running (the state shown may be stale or absent; a later refresh reads it).
     deferred: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +84,8 @@ class LiveStates:
         self.max_calls = max_calls
         self._hook_factory = hook_factory or _default_hook
         self._cache: dict[str, LiveState] = {}
+        #: job name → when it was invalidated: a refresh running since before that must not store its read.
+        self._invalidated: dict[str, float] = {}
         self._hooks: dict[str, tuple[float, GeminiBatchHook]] = {}
         self._lock = threading.Lock()
         #: API calls made since start; lets tests prove the cache and the budget work.
@@ -118,6 +121,7 @@ class LiveStates:
     def _refresh(self, wanted: dict[str, str]) -> dict[str, LiveState]:
         """Read the stale jobs of ``wanted`` within the call budget (the caller holds the lock)."""
         now = time.monotonic()
+        self._invalidated = {n: t for n, t in self._invalidated.items() if now - t < 600.0}
         stale = [n for n in wanted if not self._fresh(self._cache.get(n), now)]
         # Unread and running jobs first; among them the longest unread.
         stale.sort(key=lambda n: self._cache[n].fetched_at if n in self._cache else -1.0)
@@ -134,7 +138,10 @@ class LiveStates:
                 continue
             budget -= 1
             try:
-                self._cache[name] = LiveState(status=self._read(conn_id, name).to_dict(), fetched_at=now)
+                status = self._read(conn_id, name).to_dict()
+                if self._invalidated.get(name, -1.0) >= now:
+                    continue  # cancelled while this refresh ran: its read may predate the cancel
+                self._cache[name] = LiveState(status=status, fetched_at=now)
             except _ConnectionBroken as e:
                 broken[conn_id] = str(e)
                 self._cache[name] = LiveState(error=str(e), fetched_at=now)
@@ -145,12 +152,16 @@ class LiveStates:
                 "Gemini Batches page: %d job reads deferred to a later refresh",
                 len(stale) - self.max_calls,
             )
-        return {n: self._cache[n] for n in wanted}
+        return {n: self._cache.get(n) or LiveState(deferred=True) for n in wanted}
 
     def invalidate(self, job_name: str) -> None:
-        """Forget a job's read (after a cancel, so the next view shows the new state)."""
-        with self._lock:
-            self._cache.pop(job_name, None)
+        """Forget a job's read (after a cancel, so the next view shows the new state).
+
+        Never waits for a running refresh (a cancel must not queue behind a slow API): the entry goes at once,
+        and a refresh that started before this cannot store its older read of the job.
+        """
+        self._invalidated[job_name] = time.monotonic()
+        self._cache.pop(job_name, None)
 
     def hook(self, conn_id: str) -> GeminiBatchHook:
         """A hook per connection, rebuilt every minute so an edited connection is picked up."""

@@ -72,7 +72,7 @@ function stateCell(j) {
     h += `<div class="warnbox">live state unavailable: ${esc(j.live_error)}` +
       (j.state_source === "recorded" ? ` (showing the state recorded by the sensor)` : "") + `</div>`;
   } else if (j.live_deferred) {
-    h += `<div class="muted small">live read deferred (API call budget); refresh shortly</div>`;
+    h += `<div class="muted small">not read live this time (API call budget, or a slow refresh in progress); refresh shortly</div>`;
   }
   if (j.error) h += `<div class="warnbox">${esc(j.error)}</div>`;
   return h;

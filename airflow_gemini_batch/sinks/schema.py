@@ -2,7 +2,10 @@
 
 Invariant (architecture invariant 8): every SQL identifier that reaches a statement was either written here or
 matched ``[A-Za-z_][A-Za-z0-9_]*`` (optionally ``schema.table``) and is then double-quoted; user-given column
-types must be on a per-dialect whitelist. Row data is only ever bound or COPY-escaped, never spliced into SQL.
+types must be on a per-dialect whitelist. Row data (keys, answers, errors) is only ever bound or COPY-escaped,
+never spliced into SQL. Two values that are not row data - the load's timestamp and a job name the service gave
+- may be written by the SQLite sink as literals, and only when they match a plain pattern that admits no quote,
+backslash or control character (``sinks.table._PLAIN_LITERAL``); any other value is bound.
 
 The main table (one row per input key, upserted on the key column; every outcome, so users can join and
 filter on ``outcome``):

@@ -1,7 +1,7 @@
 """GeminiBatchSubmitOperator end to end: real SQLite/PostgreSQL, the real SDK over HTTP to the emulator.
 
 Operator-level tests call ``execute`` with a minimal run context: the task instance's identity, an XCom
-recorder, and ``DictStateStore`` (tests/test_submission.py), which keeps JSON values across "tries" exactly
+recorder, and ``DictStateStore`` (tests/task_state.py), which keeps JSON values across "tries" exactly
 as ``context["task_state_store"]`` does. The DAG-level test at the end runs the operator in a real
 ``dag.test()``.
 """
@@ -22,7 +22,7 @@ from airflow_gemini_batch.exceptions import (
 from airflow_gemini_batch.ledger import SubmissionLedger
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, job_names
 from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
-from tests.test_ledger import DictStateStore
+from tests.task_state import DictStateStore
 
 N_ROWS = 10_500
 

@@ -20,7 +20,9 @@ def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
     first: dict[str, Any] = {}
     refreshing = threading.Thread(target=lambda: first.update(live.lookup([(gemini_conn, name)])))
     refreshing.start()
+    deadline = time.monotonic() + 30
     while live.calls == 0:  # the refresh has started its (slow) read
+        assert time.monotonic() < deadline, "the refresh never started"
         time.sleep(0.01)
     second = live.lookup([(gemini_conn, name)])
     assert refreshing.is_alive(), "the second viewer waited for the whole slow refresh"
@@ -33,3 +35,26 @@ def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
     third = live.lookup([(gemini_conn, name)])  # fresh in the cache now: no call, not deferred
     assert third[name].status == first[name].status and not third[name].deferred
     assert live.calls == 1
+
+
+def test_a_cancel_does_not_wait_for_a_slow_refresh_nor_see_its_older_read(
+    gemini_conn: str, emulator: Any, make_jobs: Any
+) -> None:
+    """``invalidate`` (after a cancel) returns at once during a refresh stuck on a slow API, and that refresh,
+    which read the job before the cancel, does not store its read: the next view reads the job again."""
+    (name,) = make_jobs(["cancel-ui"])
+    live = LiveStates(ttl=60.0, wait_seconds=0.2)
+    emulator.control.configure(reply_delay_seconds=1.5)
+    refreshing = threading.Thread(target=lambda: live.lookup([(gemini_conn, name)]))
+    refreshing.start()
+    deadline = time.monotonic() + 30
+    while live.calls == 0:
+        assert time.monotonic() < deadline, "the refresh never started"
+        time.sleep(0.01)
+    live.invalidate(name)
+    assert refreshing.is_alive(), "invalidate waited for the whole slow refresh"
+    refreshing.join()
+    emulator.control.configure(reply_delay_seconds=0)
+    after = live.lookup([(gemini_conn, name)])
+    assert live.calls == 2  # the read from before the cancel was not kept
+    assert after[name].status["state"] == "SUCCEEDED" and not after[name].deferred
