@@ -121,7 +121,9 @@ class LiveStates:
     def _refresh(self, wanted: dict[str, str]) -> dict[str, LiveState]:
         """Read the stale jobs of ``wanted`` within the call budget (the caller holds the lock)."""
         now = time.monotonic()
-        self._invalidated = {n: t for n, t in self._invalidated.items() if now - t < 600.0}
+        for name, when in list(self._invalidated.items()):  # a snapshot: invalidate() may add meanwhile
+            if now - when > 600.0:
+                self._invalidated.pop(name, None)
         stale = [n for n in wanted if not self._fresh(self._cache.get(n), now)]
         # Unread and running jobs first; among them the longest unread.
         stale.sort(key=lambda n: self._cache[n].fetched_at if n in self._cache else -1.0)

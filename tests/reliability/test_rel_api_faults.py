@@ -43,14 +43,18 @@ def assert_clean_end_state(wh: Any, dst: str, emulator: Any) -> None:
     assert wh.query(f'SELECT COUNT(*), COUNT(DISTINCT "key") FROM {dst}') == [(N, N)]
 
 
-def _run(tables: tuple[Any, str, str], tmp_path: Any) -> dict[str, Any]:
+def _run(tables: tuple[Any, str, str], tmp_path: Any, **submit: Any) -> dict[str, Any]:
     wh, src, dst = tables
     _, _, summary = run_inline(
         wh,
         src,
         dst,
         tmp_path / "staging",
-        submit={"max_requests_per_job": PER_SHARD, "prompt_template": "Describe product {id} ({category})."},
+        submit={
+            "max_requests_per_job": PER_SHARD,
+            "prompt_template": "Describe product {id} ({category}).",
+            **submit,
+        },
     )
     return summary
 
@@ -98,19 +102,8 @@ def test_R47_create_reply_lost_while_the_list_lags(tables, gemini_conn, emulator
     each job, so none is created twice."""
     emulator.control.configure(list_lag_seconds=0.3)
     emulator.control.inject_fault("batches.create", status=503, count=2, after=True)
-    wh, src, dst = tables
-    run_inline(
-        wh,
-        src,
-        dst,
-        tmp_path / "staging",
-        submit={
-            "max_requests_per_job": PER_SHARD,
-            "prompt_template": "Describe product {id} ({category}).",
-            "create_retry_base_seconds": 0.1,  # settles 0.5 s, longer than the lag
-        },
-    )
-    assert_clean_end_state(wh, dst, emulator)
+    _run(tables, tmp_path, create_retry_base_seconds=0.1)  # settles 0.5 s, longer than the lag
+    assert_clean_end_state(tables[0], tables[2], emulator)
     assert emulator.control.calls()["batches.create"] == SHARDS  # both lost replies found, not re-sent
 
 
