@@ -70,18 +70,10 @@ def prompt_text(request: Mapping[str, Any]) -> str:
     return "\n".join(_texts(request.get("contents")))
 
 
-def system_text(request: Mapping[str, Any]) -> str:
-    return "\n".join(_texts(pick(request, "systemInstruction", "system_instruction")))
-
-
 def all_prompt_text(request: Mapping[str, Any]) -> str:
     return "\n".join(
         _texts(pick(request, "systemInstruction", "system_instruction")) + _texts(request.get("contents"))
     )
-
-
-def should_fail(request: Mapping[str, Any]) -> bool:
-    return FAIL_MARKER in all_prompt_text(request)
 
 
 def _generation_config(request: Mapping[str, Any]) -> Mapping[str, Any]:
