@@ -171,9 +171,9 @@ def pg_floor(table: str, out: str) -> Any:
 
 def ours(conn: dict[str, Any], sql: str, staging: str) -> Any:
     os.environ["AIRFLOW_CONN_BENCH_SOURCE"] = json.dumps(conn)
+    from airflow_gemini_batch.inputs.sources import dbapi_connector
     from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
-    from airflow_gemini_batch.sources import dbapi_connector
-    from airflow_gemini_batch.staging import Staging
+    from airflow_gemini_batch.submit.staging import Staging
 
     op = GeminiBatchSubmitOperator(
         task_id="bench", sql=sql, source_conn_id="bench_source", prompt_template=TEMPLATE

@@ -116,9 +116,9 @@ def _fresh(db: str, table: str) -> None:
 
 def ours(rows: int, db: str, table: str) -> Any:
     """The operator's path: iter_file_rows (orjson + classify + reconcile) → stream_to_sink → table sink."""
-    from airflow_gemini_batch.loading import LoadTotals, stream_to_sink
-    from airflow_gemini_batch.reconcile import KeyReconciler
-    from airflow_gemini_batch.results import ResultParser, ShardReport, iter_file_rows
+    from airflow_gemini_batch.results.loading import LoadTotals, stream_to_sink
+    from airflow_gemini_batch.results.parsing import ResultParser, ShardReport, iter_file_rows
+    from airflow_gemini_batch.results.reconcile import KeyReconciler
     from airflow_gemini_batch.sinks import table_sink
 
     files = generate(rows)
@@ -144,8 +144,8 @@ def _final_tuples(rows: int, db: str) -> list[tuple]:
     """The exact tuples the sink binds, prepared outside the timed part (what the floor writes)."""
     from datetime import datetime, timezone
 
-    from airflow_gemini_batch.reconcile import KeyReconciler
-    from airflow_gemini_batch.results import N_STORED, ResultParser, ShardReport, iter_file_rows
+    from airflow_gemini_batch.results.parsing import N_STORED, ResultParser, ShardReport, iter_file_rows
+    from airflow_gemini_batch.results.reconcile import KeyReconciler
 
     files = generate(rows)
     # What both table sinks bind for loaded_at: ISO 8601 text (PostgreSQL parses it into TIMESTAMPTZ).

@@ -56,7 +56,7 @@ async def create_jobs(base_url: str, n: int) -> list[str]:
 
 async def ours(names: list[str], rounds: int) -> list[float]:
     from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
-    from airflow_gemini_batch.waiting import evaluate
+    from airflow_gemini_batch.wait.verdict import evaluate
 
     trigger = GeminiBatchJobTrigger(job_names=names, deadline=time.time() + 3600, max_concurrency=CONCURRENCY)
     client = await trigger._hook().aget_client()

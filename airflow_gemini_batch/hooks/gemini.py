@@ -15,11 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import random
-import re
 import time
-from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,161 +24,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from airflow.sdk import BaseHook
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types
+
+from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name, normalize_state
+from airflow_gemini_batch.hooks.transport_errors import TRANSIENT_HTTP_CODES, describe_error, is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from airflow.sdk import Connection
     from google.genai.client import AsyncClient
-
-TRANSIENT_HTTP_CODES = (408, 429, 500, 502, 503, 504)
-_JOB_NAME = re.compile(r"^batches/[^/]+$")
-
-#: Normalised job states (the wire says ``BATCH_STATE_X``, the SDK ``JOB_STATE_X``; we say ``X``).
-SUCCEEDED = "SUCCEEDED"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
-EXPIRED = "EXPIRED"
-PENDING = "PENDING"
-RUNNING = "RUNNING"
-TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
-
-
-def normalize_state(raw: str | None) -> str:
-    """``BATCH_STATE_RUNNING`` / ``JOB_STATE_RUNNING`` / ``RUNNING`` → ``RUNNING``; None → ``UNSPECIFIED``."""
-    if not raw:
-        return "UNSPECIFIED"
-    for prefix in ("BATCH_STATE_", "JOB_STATE_"):
-        if raw.startswith(prefix):
-            return raw[len(prefix) :]
-    return raw
-
-
-def describe_error(error: BaseException) -> str:
-    """A one-line, secret-free description of an SDK or transport error (code, status, the API's message)."""
-    code = getattr(error, "code", None)
-    if code is not None:
-        status = getattr(error, "status", None) or ""
-        message = getattr(error, "message", None) or ""
-        return f"HTTP {code} {status}: {message}".strip()
-    return f"{type(error).__name__}: {error}"
-
-
-def is_transient(error: BaseException) -> bool:
-    """True for errors worth retrying: 408/429/5xx from the API, and connection-level failures of any transport.
-
-    The SDK raises its own ``APIError`` for HTTP errors, but lets transport exceptions (httpx, httpx2 on
-    google-genai 3, aiohttp for async) through unwrapped: see :func:`is_transport_error`.
-    """
-    code = getattr(error, "code", None)
-    if isinstance(error, genai_errors.APIError):
-        return isinstance(code, int) and (code in (408, 429) or code >= 500)
-    return is_transport_error(error)
-
-
-# The transports google-genai may use (2.x: httpx, aiohttp when installed; 3.x: httpx2, aiohttp), and the base
-# classes of their connection-level failures. Matched by name along the class's MRO, so no transport needs
-# importing here and a programming error of theirs (InvalidURL, a decoding error) is not taken for one.
-_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp"})
-_TRANSPORT_FAILURES = frozenset(
-    {"TransportError", "NetworkError", "TimeoutException", "ClientConnectionError", "ClientPayloadError"}
-)
-# Failures before any byte of a request left: the request certainly did not reach the service.
-_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "ClientConnectorError"})
-
-
-def _transport_classes(error: BaseException) -> list[str]:
-    return [c.__name__ for c in type(error).__mro__ if c.__module__.split(".")[0] in _TRANSPORT_MODULES]
-
-
-def is_transport_error(error: BaseException) -> bool:
-    """True for a connection-level failure (refused, reset, cut, timed out) of any transport the SDK may use;
-    the SDK wraps none of them into ``APIError``."""
-    if isinstance(error, genai_errors.APIError):
-        return False
-    if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return True
-    return not _TRANSPORT_FAILURES.isdisjoint(_transport_classes(error))
-
-
-def request_not_sent(error: BaseException) -> bool:
-    """True when the request certainly never reached the service (the connection was never made)."""
-    return isinstance(error, ConnectionRefusedError) or not _NOT_SENT.isdisjoint(_transport_classes(error))
-
-
-def check_job_name(name: str) -> str:
-    """The Developer API only accepts ``batches/<id>``; fail early with the name in the message."""
-    if not _JOB_NAME.match(name or ""):
-        raise ValueError(f"Invalid Gemini batch job name {name!r}: expected 'batches/<id>'.")
-    return name
-
-
-@dataclass
-class JobStatus:
-    """What one read of a batch job tells us, including what the SDK's ``BatchJob`` drops.
-
-    Small and JSON-able (``to_dict``), so it can go into trigger events and XCom. Inline responses, which can
-    be up to 20 MB, are deliberately not kept here: the results stage reads them itself.
-    """
-
-    name: str
-    state: str
-    display_name: str | None = None
-    model: str | None = None
-    create_time: str | None = None
-    update_time: str | None = None
-    end_time: str | None = None
-    request_count: int = 0
-    succeeded_count: int = 0
-    failed_count: int = 0
-    pending_count: int = 0
-    responses_file: str | None = None
-    has_inline_responses: bool = False
-    error: dict[str, Any] | None = field(default=None)
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def output_ready(self) -> bool:
-        """SUCCEEDED is not enough: the responses file (or inline list) can appear after the state flips."""
-        return self.state == SUCCEEDED and (self.responses_file is not None or self.has_inline_responses)
-
-    @property
-    def settled(self) -> bool:
-        """Nothing left to read: terminal, and when SUCCEEDED, its output visible too."""
-        return self.done and (self.state != SUCCEEDED or self.output_ready)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_operation(cls, op: dict[str, Any]) -> JobStatus:
-        """Build from the raw Operation JSON (``{"name", "metadata": {...}, "done", "error"}``)."""
-        meta = op.get("metadata") or {}
-        stats = meta.get("batchStats") or {}
-        output = meta.get("output") or (op.get("response") or {})
-        inline = (output.get("inlinedResponses") or {}).get("inlinedResponses")
-        error = op.get("error") or meta.get("error")
-        return cls(
-            name=op.get("name") or meta.get("name") or "",
-            state=normalize_state(meta.get("state")),
-            display_name=meta.get("displayName"),
-            model=meta.get("model"),
-            create_time=meta.get("createTime"),
-            update_time=meta.get("updateTime"),
-            end_time=meta.get("endTime"),
-            request_count=int(stats.get("requestCount") or 0),
-            succeeded_count=int(stats.get("successfulRequestCount") or 0),
-            failed_count=int(stats.get("failedRequestCount") or 0),
-            pending_count=int(stats.get("pendingRequestCount") or 0),
-            responses_file=output.get("responsesFile"),
-            has_inline_responses=inline is not None,
-            error={"code": error.get("code"), "message": error.get("message")} if error else None,
-        )
 
 
 class GeminiBatchHook(BaseHook):

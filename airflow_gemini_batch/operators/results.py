@@ -1,8 +1,8 @@
 """GeminiBatchLoadResultsOperator: batch results → a warehouse table (upsert on key) or object storage.
 
 Thin by design: it reads the submit manifest, asks the hook for each job and its output, and wires
-:mod:`~airflow_gemini_batch.results` (parse + classify), :mod:`~airflow_gemini_batch.reconcile` (key lists),
-:mod:`~airflow_gemini_batch.sinks` (tables, files) and :mod:`~airflow_gemini_batch.pricing` (cost).
+:mod:`~airflow_gemini_batch.results.parsing` (parse + classify), :mod:`~airflow_gemini_batch.results.reconcile` (key lists),
+:mod:`~airflow_gemini_batch.sinks` (tables, files) and :mod:`~airflow_gemini_batch.cost.pricing` (cost).
 
 Invariants:
 
@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_gemini_batch.cost.pricing import compute_cost
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError, GeminiBatchResultsError
-from airflow_gemini_batch.hooks.gemini import SUCCEEDED as JOB_SUCCEEDED
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.hooks.job_status import SUCCEEDED as JOB_SUCCEEDED
 from airflow_gemini_batch.links import GeminiBatchJobLink
-from airflow_gemini_batch.loading import LoadTotals, stream_to_sink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, RESULTS_SUMMARY_KIND, RESULTS_SUMMARY_XCOM_KEY
-from airflow_gemini_batch.pricing import compute_cost
-from airflow_gemini_batch.reconcile import KeyReconciler
-from airflow_gemini_batch.results import (
+from airflow_gemini_batch.results.loading import LoadTotals, stream_to_sink
+from airflow_gemini_batch.results.parsing import (
     EXAMPLES,
     SUCCEEDED,
     ResultParser,
@@ -43,6 +42,7 @@ from airflow_gemini_batch.results import (
     iter_inline_rows,
     iter_job_failed_rows,
 )
+from airflow_gemini_batch.results.reconcile import KeyReconciler
 from airflow_gemini_batch.sinks import ObjectStorageSink, split_table, table_sink
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_gemini_batch.results import ResultRow
+    from airflow_gemini_batch.results.parsing import ResultRow
 
 
 class GeminiBatchLoadResultsOperator(BaseOperator):

@@ -23,13 +23,8 @@ from airflow.sdk import BaseOperator, conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
-from airflow_gemini_batch.job_waiter import JobWaiter
-from airflow_gemini_batch.ledger import RunIdentity, SubmissionLedger
-from airflow_gemini_batch.links import GeminiBatchJobLink
-from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, job_names
-from airflow_gemini_batch.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
-from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
-from airflow_gemini_batch.shards import (
+from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
+from airflow_gemini_batch.inputs.shards import (
     DEFAULT_MAX_BYTES_PER_JOB,
     DEFAULT_MAX_JOBS,
     DEFAULT_MAX_REQUESTS_PER_JOB,
@@ -37,17 +32,22 @@ from airflow_gemini_batch.shards import (
     ShardPlan,
     build_shards,
 )
-from airflow_gemini_batch.sources import (
+from airflow_gemini_batch.inputs.sources import (
     DEFAULT_BATCH_SIZE,
     JsonlRowSource,
     ListRowSource,
     RowSource,
     SqlRowSource,
 )
-from airflow_gemini_batch.staging import Staging, default_staging_uri
-from airflow_gemini_batch.submission import CreateRetry, inline_requests, submit_plan
-from airflow_gemini_batch.validation import InvalidRows
-from airflow_gemini_batch.waiting import WaitPolicy
+from airflow_gemini_batch.inputs.validation import InvalidRows
+from airflow_gemini_batch.links import GeminiBatchJobLink
+from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, job_names
+from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
+from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
+from airflow_gemini_batch.submit.staging import Staging, default_staging_uri
+from airflow_gemini_batch.submit.submission import CreateRetry, inline_requests, submit_plan
+from airflow_gemini_batch.wait.verdict import WaitPolicy
+from airflow_gemini_batch.wait.waiter import JobWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -30,11 +30,12 @@ from airflow.configuration import conf
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
+from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
 from airflow_gemini_batch.plugins.live import LiveStates
 from airflow_gemini_batch.plugins.page import render_page
 from airflow_gemini_batch.plugins.plugin import URL_PREFIX
 from airflow_gemini_batch.plugins.records import JobRecord, load_job_records
-from airflow_gemini_batch.results import OUTCOMES, TOKEN_FIELDS
+from airflow_gemini_batch.results.parsing import OUTCOMES, TOKEN_FIELDS
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 #: The cost amounts of a results summary's job entry (``GeminiBatchLoadResultsOperator._summary``).
 COST_FIELDS = ("batch", "standard", "savings")
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 #: The anti-CSRF header the page's cancel button sends.
 CSRF_HEADER_VALUE = "gemini-batch"
 REFRESH_SECONDS = 15

@@ -24,14 +24,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+    from airflow_gemini_batch.hooks.job_status import JobStatus
 
 log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
 _KEY_PATTERNS = (re.compile(r"AIza[0-9A-Za-z_\-]{20,}"), re.compile(r"(?i)(key=)[^&\s'\"]+"))
 
 
@@ -94,7 +96,7 @@ class LiveStates:
     def _fresh(self, state: LiveState | None, now: float) -> bool:
         if state is None or state.fetched_at == 0.0:
             return False
-        done = state.status is not None and state.status.get("state") in _TERMINAL
+        done = state.status is not None and state.status.get("state") in TERMINAL_STATES
         return now - state.fetched_at < (self.terminal_ttl if done else self.ttl)
 
     def lookup(self, jobs: Iterable[tuple[str, str]]) -> dict[str, LiveState]:
@@ -177,7 +179,7 @@ class LiveStates:
     def _read(self, conn_id: str, name: str) -> JobStatus:
         from airflow.exceptions import AirflowNotFoundException
 
-        from airflow_gemini_batch.hooks.gemini import is_transport_error
+        from airflow_gemini_batch.hooks.transport_errors import is_transport_error
 
         self.calls += 1
         try:

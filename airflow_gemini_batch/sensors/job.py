@@ -4,7 +4,7 @@ Invariants:
 
 * One verdict in every mode: poke/reschedule read each job with the sync hook, the deferrable path reads them
   in :class:`~airflow_gemini_batch.triggers.job.GeminiBatchJobTrigger`; both hand the statuses to
-  :func:`airflow_gemini_batch.waiting.evaluate`, and ``execute_complete`` evaluates the event's statuses again
+  :func:`airflow_gemini_batch.wait.verdict.evaluate`, and ``execute_complete`` evaluates the event's statuses again
   (so a malformed or inconsistent event can never pass the task).
 * Deferrable mode pokes once first (a finished job costs no trip to the triggerer) and passes an *absolute*
   deadline to the trigger, plus ``defer(timeout=...)`` a little later as a safety net: Airflow does not apply
@@ -26,16 +26,13 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTimeoutError
-from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, check_job_name
-from airflow_gemini_batch.job_waiter import JobWaiter
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.hooks.job_status import check_job_name
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import job_names
-from airflow_gemini_batch.waiting import (
-    DEFAULT_OUTPUT_GRACE_SECONDS,
-    WaitPolicy,
-    evaluate,
-    progress_line,
-)
+from airflow_gemini_batch.wait.progress import progress_line
+from airflow_gemini_batch.wait.verdict import DEFAULT_OUTPUT_GRACE_SECONDS, WaitPolicy, evaluate
+from airflow_gemini_batch.wait.waiter import JobWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

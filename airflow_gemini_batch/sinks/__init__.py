@@ -1,6 +1,6 @@
 """Where loaded results go: a warehouse table (upsert on key) or files on object storage.
 
-A sink has ``open()``, ``write(rows)`` (one chunk of :class:`~airflow_gemini_batch.results.ResultRow`),
+A sink has ``open()``, ``write(rows)`` (one chunk of :class:`~airflow_gemini_batch.results.parsing.ResultRow`),
 ``close()``, ``abort()`` and ``describe()``; :func:`table_sink` picks the right table sink for a connection.
 """
 

@@ -25,14 +25,14 @@ from operator import add
 from typing import TYPE_CHECKING, Any
 
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError
-from airflow_gemini_batch.results import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.parsing import N_STORED, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import quote
 from airflow_gemini_batch.sinks.table import _STORED, TableSink, json_cell
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_gemini_batch.results import ResultRow
+    from airflow_gemini_batch.results.parsing import ResultRow
 
 log = logging.getLogger(__name__)
 

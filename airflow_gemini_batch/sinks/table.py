@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.parsing import N_STORED, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import SQLITE, TableLayout, quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_gemini_batch.results import ResultRow
+    from airflow_gemini_batch.results.parsing import ResultRow
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Invariants:
 * kwargs are JSON scalars and lists of names only; the API key stays in the connection.
 * Transient trouble (429, 5xx, connection resets, timeouts) never ends the wait: it backs off with jitter.
   A permanent API error (400/401/403/404) ends it at once with an ``error`` event naming the job and the code.
-* The verdict is :func:`airflow_gemini_batch.waiting.evaluate`, the same function the sensor runs in poke mode
+* The verdict is :func:`airflow_gemini_batch.wait.verdict.evaluate`, the same function the sensor runs in poke mode
   and again on the event in ``execute_complete``.
 * The only side effect is ``on_kill`` (a user killed the deferred task): cancel the jobs still running, when
   ``cancel_on_kill``. A triggerer restart or the deadline never cancels anything.
@@ -26,14 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus, check_job_name
-from airflow_gemini_batch.waiting import (
-    WaitPolicy,
-    WaitTracker,
-    build_event,
-    is_transient,
-    permanent_code,
-)
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
+from airflow_gemini_batch.hooks.transport_errors import http_code, is_transient
+from airflow_gemini_batch.wait.events import build_event
+from airflow_gemini_batch.wait.tracker import WaitTracker
+from airflow_gemini_batch.wait.verdict import WaitPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,8 +54,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
     :param gemini_conn_id: the Airflow connection holding the API key.
     :param poll_interval: seconds between poll rounds.
     :param cancel_on_kill: cancel the still-running jobs when a user kills the deferred task.
-    :param allow_partial: see :class:`~airflow_gemini_batch.waiting.WaitPolicy`.
-    :param output_grace_seconds: see :class:`~airflow_gemini_batch.waiting.WaitPolicy`.
+    :param allow_partial: see :class:`~airflow_gemini_batch.wait.verdict.WaitPolicy`.
+    :param output_grace_seconds: see :class:`~airflow_gemini_batch.wait.verdict.WaitPolicy`.
     :param max_concurrency: at most this many job reads in flight at once.
     :param retry_attempts: SDK-level attempts per read on transient codes before this trigger's own backoff
         takes over.
@@ -137,7 +135,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
                 transient += 1
                 self.log.warning("Transient error reading %s (will back off): %s", name, _short(result))
                 continue
-            code = permanent_code(result)
+            code = http_code(result)
             message = (
                 f"Reading Gemini batch job {name} failed permanently"
                 f"{f' with HTTP {code}' if code else ''}: {_short(result)}"

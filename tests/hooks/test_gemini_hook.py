@@ -11,7 +11,8 @@ import pytest
 from google.genai import errors
 
 from airflow_gemini_batch.emulator.responder import expected_text
-from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus, normalize_state
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.hooks.job_status import JobStatus, normalize_state
 from tests.conftest import TEST_API_KEY
 
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from google.genai.errors import APIError
 
-from airflow_gemini_batch.hooks.gemini import is_transient, is_transport_error, request_not_sent
-from airflow_gemini_batch.submission import _is_ambiguous
+from airflow_gemini_batch.hooks.transport_errors import is_transient, is_transport_error, request_not_sent
+from airflow_gemini_batch.submit.submission import _is_ambiguous
 
 
 def _httpx_family() -> list[object]:

@@ -393,7 +393,7 @@ def test_cost_matches_tokens_times_price(gemini_conn, emulator, sqlite_warehouse
 def test_tokens_and_cost_per_job_add_up_to_the_task(gemini_conn, emulator, sqlite_warehouse, tmp_path):
     """Three jobs (one with failing lines, one EXPIRED): each job's tokens are its own lines' usage, its cost
     is ``compute_cost`` of them (same model and overrides as the task), and the task's tokens are their sum."""
-    from airflow_gemini_batch.pricing import compute_cost
+    from airflow_gemini_batch.cost.pricing import compute_cost
 
     hook = GeminiBatchHook(gemini_conn)
     emulator.control.set_job_behaviour(match="results-test-2", final_state="EXPIRED")
@@ -582,8 +582,8 @@ def test_dag_test_end_to_end(airflow_db, gemini_conn, emulator, sqlite_warehouse
 def test_load_totals_count_column_wise_like_row_by_row():
     """LoadTotals.add sums whole chunks column-wise; the rule stays the per-row one: every outcome counted,
     tokens only from rows that report a total, the first failed keys in order."""
-    from airflow_gemini_batch.loading import LoadTotals
-    from airflow_gemini_batch.results import OUTCOMES, ResultRow, ShardReport
+    from airflow_gemini_batch.results.loading import LoadTotals
+    from airflow_gemini_batch.results.parsing import OUTCOMES, ResultRow, ShardReport
 
     rows = []
     for i in range(2_000):

@@ -19,9 +19,9 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchInputError,
     GeminiBatchSubmitError,
 )
-from airflow_gemini_batch.ledger import SubmissionLedger
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, job_names
 from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
+from airflow_gemini_batch.submit.ledger import SubmissionLedger
 from tests.task_state import DictStateStore
 
 N_ROWS = 10_500

@@ -13,14 +13,14 @@ from itertools import compress, islice, repeat
 from operator import is_not, itemgetter
 from typing import TYPE_CHECKING, Any
 
-from airflow_gemini_batch.results import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS, ShardReport
+from airflow_gemini_batch.results.parsing import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS, ShardReport
 from airflow_gemini_batch.streaming import paused_gc
 
 if TYPE_CHECKING:
     import logging
     from collections.abc import Iterable, Iterator
 
-    from airflow_gemini_batch.results import ResultRow
+    from airflow_gemini_batch.results.parsing import ResultRow
 
 # ResultRow positions: outcome, then prompt/output/thinking/cached/total tokens (in TOKEN_FIELDS order).
 _OUTCOME = itemgetter(1)

@@ -1,6 +1,6 @@
 """Idempotent submission: at most one paid batch job per shard per task instance, whatever fails and whenever.
 
-Invariants (the identity, display names and records are :mod:`airflow_gemini_batch.ledger`'s):
+Invariants (the identity, display names and records are :mod:`airflow_gemini_batch.submit.ledger`'s):
 
 * A shard with a recorded job name re-attaches to it; a shard with an intent but no job name (or a task
   instance without records) is looked up by its display name before anything is created for it.
@@ -26,16 +26,17 @@ import orjson
 from google.genai import errors as genai_errors
 
 from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
-from airflow_gemini_batch.hooks.gemini import describe_error, is_transient, request_not_sent
-from airflow_gemini_batch.ledger import display_name
+from airflow_gemini_batch.hooks.transport_errors import describe_error, is_transient, request_not_sent
 from airflow_gemini_batch.manifest import ShardInfo
+from airflow_gemini_batch.submit.ledger import display_name
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook, JobStatus
-    from airflow_gemini_batch.ledger import SubmissionLedger
-    from airflow_gemini_batch.shards import ShardPlan
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+    from airflow_gemini_batch.hooks.job_status import JobStatus
+    from airflow_gemini_batch.inputs.shards import ShardPlan
+    from airflow_gemini_batch.submit.ledger import SubmissionLedger
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading a downloaded responses file: blocks of lines, and the fast path for the common result line.
 
-Invariant: this module is an optimisation of :func:`airflow_gemini_batch.results._object_row` (the general,
+Invariant: this module is an optimisation of :func:`airflow_gemini_batch.results.parsing._object_row` (the general,
 tolerant path) and never a second opinion. A line takes the fast path only when msgspec decodes it into the
 typed shape below and it has exactly one candidate with one non-thought text part and a key; then the row it
 yields is the one the general path would yield. Anything else - invalid JSON, an odd type, no key, a failure,
@@ -10,7 +10,7 @@ exactly one outcome) and the malformed / unknown / duplicate reports stay the ge
 Why: loading is dominated by per-line work. Measured on 1 M lines of ~900 bytes: orjson into dicts plus
 ``dict.get`` classification cost ~2.7 µs a line; msgspec into these structs (skipping unread fields without
 building them), ``readlines`` blocks, and reconciling a run of in-order keys with one list comparison cost
-~1.2 µs. ``tests/test_results.py`` checks both paths agree on every line shape.
+~1.2 µs. ``tests/results/test_parsing.py`` checks both paths agree on every line shape.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results import SUCCEEDED, ResultRow, _object_row
+from airflow_gemini_batch.results.parsing import SUCCEEDED, ResultRow, _object_row
 
 try:  # a dependency of Airflow itself (airflow-core, task-sdk); the general path alone works without it
     import msgspec
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
-    from airflow_gemini_batch.reconcile import KeyReconciler
-    from airflow_gemini_batch.results import ResultParser, ShardReport
+    from airflow_gemini_batch.results.parsing import ResultParser, ShardReport
+    from airflow_gemini_batch.results.reconcile import KeyReconciler
 
 _new = tuple.__new__
 _KEY = itemgetter(0)
@@ -211,7 +211,7 @@ def _reconcile_run(rows: list[ResultRow], keys: KeyReconciler, report: ShardRepo
     Every row here came from a valid result line, so it counts as a line; a row whose key is unknown or a
     duplicate is reported and dropped; a matched row takes the key list's value of its key.
     """
-    from airflow_gemini_batch.reconcile import MATCHED, UNKNOWN
+    from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
 
     report.lines += len(rows)
     # The matched prefix's keys are the key list's values (same type and value): those rows stay as they are.

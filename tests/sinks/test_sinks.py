@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.results import FAILED, MISSING, SUCCEEDED, ResultRow
+from airflow_gemini_batch.results.parsing import FAILED, MISSING, SUCCEEDED, ResultRow
 from airflow_gemini_batch.sinks import (
     ObjectStorageSink,
     PostgresTableSink,

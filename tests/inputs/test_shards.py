@@ -6,10 +6,10 @@ import orjson
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.requests import RequestEncoder, RequestSpec
-from airflow_gemini_batch.shards import ShardLimits, build_shards
-from airflow_gemini_batch.staging import Staging
-from airflow_gemini_batch.validation import InvalidRows
+from airflow_gemini_batch.inputs.requests import RequestEncoder, RequestSpec
+from airflow_gemini_batch.inputs.shards import ShardLimits, build_shards
+from airflow_gemini_batch.inputs.validation import InvalidRows
+from airflow_gemini_batch.submit.staging import Staging
 
 COLUMNS = ["id", "prompt"]
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from airflow_gemini_batch.emulator.responder import expected_text, prompt_text
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.requests import RequestEncoder, RequestSpec, parse_template
-from airflow_gemini_batch.validation import InvalidRows
+from airflow_gemini_batch.inputs.requests import RequestEncoder, RequestSpec, parse_template
+from airflow_gemini_batch.inputs.validation import InvalidRows
 
 COLUMNS = ["id", "name", "category"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.sources import MalformedLine
+from airflow_gemini_batch.inputs.sources import MalformedLine
 
 MAX_EXAMPLE_KEYS = 10
 

@@ -15,17 +15,12 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchTimeoutError,
     GeminiBatchTriggerEventError,
 )
-from airflow_gemini_batch.hooks.gemini import JobStatus
+from airflow_gemini_batch.hooks.job_status import JobStatus
+from airflow_gemini_batch.hooks.transport_errors import http_code, is_transient
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_KIND
-from airflow_gemini_batch.waiting import (
-    ProgressLog,
-    WaitPolicy,
-    build_event,
-    evaluate,
-    is_transient,
-    parse_event,
-    permanent_code,
-)
+from airflow_gemini_batch.wait.events import build_event, parse_event
+from airflow_gemini_batch.wait.progress import ProgressLog
+from airflow_gemini_batch.wait.verdict import WaitPolicy, evaluate
 
 NOW = 1_800_000_000.0
 END = "2027-01-15T08:00:00Z"  # = NOW
@@ -214,7 +209,7 @@ def test_transient_api_codes(code: int, transient: bool) -> None:
 def test_permanent_api_codes(code: int) -> None:
     error = APIError(code, {"error": {"code": code, "message": "x"}})
     assert not is_transient(error)
-    assert permanent_code(error) == code
+    assert http_code(error) == code
 
 
 def test_programming_errors_are_not_transient() -> None:

@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
-    from airflow_gemini_batch.requests import RequestEncoder
-    from airflow_gemini_batch.staging import Staging
-    from airflow_gemini_batch.validation import InvalidRows
+    from airflow_gemini_batch.inputs.requests import RequestEncoder
+    from airflow_gemini_batch.inputs.validation import InvalidRows
+    from airflow_gemini_batch.submit.staging import Staging
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 
 Invariant: there is one way to wait. Every path — a sensor poke, a reschedule, the submit operator's
 blocking wait, and the conclusion of a deferred wait from its trigger event — ends in
-:func:`airflow_gemini_batch.waiting.evaluate` over the same job statuses, so no mode can pass a task that
+:func:`airflow_gemini_batch.wait.verdict.evaluate` over the same job statuses, so no mode can pass a task that
 another mode would fail (the Google provider's non-deferrable mode let FAILED jobs pass: apache/airflow#73029).
 """
 
@@ -13,19 +13,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchTriggerEventError
-from airflow_gemini_batch.hooks.gemini import JobStatus, check_job_name, describe_error
+from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
+from airflow_gemini_batch.hooks.transport_errors import describe_error, http_code, is_transient
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.triggers.job import NOT_READ, GeminiBatchJobTrigger
-from airflow_gemini_batch.waiting import (
-    WaitDecision,
-    WaitPolicy,
-    WaitTracker,
-    evaluate,
-    is_transient,
-    parse_event,
-    permanent_code,
-    progress_line,
-)
+from airflow_gemini_batch.wait.events import parse_event
+from airflow_gemini_batch.wait.progress import progress_line
+from airflow_gemini_batch.wait.tracker import WaitTracker
+from airflow_gemini_batch.wait.verdict import WaitDecision, WaitPolicy, evaluate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -76,7 +71,7 @@ class JobWaiter:
                 self.statuses[name] = self.hook.get_job(name)
             except Exception as e:
                 if not is_transient(e):
-                    code = permanent_code(e)
+                    code = http_code(e)
                     raise GeminiBatchError(
                         f"Reading Gemini batch job {name} failed permanently"
                         f"{f' with HTTP {code}' if code else ''}: {describe_error(e)[:300]}"

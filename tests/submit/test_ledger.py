@@ -1,4 +1,4 @@
-"""The submit run's identity, display names and records (:mod:`airflow_gemini_batch.ledger`)."""
+"""The submit run's identity, display names and records (:mod:`airflow_gemini_batch.submit.ledger`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError
-from airflow_gemini_batch.ledger import HEADER_KEY, RunIdentity, SubmissionLedger, display_name
+from airflow_gemini_batch.submit.ledger import HEADER_KEY, RunIdentity, SubmissionLedger, display_name
 from tests.task_state import DictStateStore
 
 IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.sources import MalformedLine
+from airflow_gemini_batch.inputs.sources import MalformedLine
 
 if TYPE_CHECKING:
-    from airflow_gemini_batch.validation import InvalidRows
+    from airflow_gemini_batch.inputs.validation import InvalidRows
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 

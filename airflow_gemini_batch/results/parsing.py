@@ -5,9 +5,9 @@ Invariants:
 * Every input key ends in exactly one of four outcomes - ``succeeded``, ``failed``, ``invalid_output``,
   ``missing`` - so the counts add up to what was sent (architecture invariant 5). A line that cannot be
   parsed is never guessed at: it is reported (count + line numbers) and its key becomes ``missing`` through
-  reconciliation (:mod:`airflow_gemini_batch.reconcile`).
+  reconciliation (:mod:`airflow_gemini_batch.results.reconcile`).
 * Parsing is streamed: a responses file is read a block of lines at a time (~256 KB,
-  :mod:`airflow_gemini_batch.results_file`); nothing holds more than a block. Inline responses (capped at
+  :mod:`airflow_gemini_batch.results.responses_file`); nothing holds more than a block. Inline responses (capped at
   20 MB by the service) are the only input that is a list in memory.
 * The parser is tolerant, because the wire format is loosely documented: a line may carry ``response``,
   ``error`` or ``status``; the key sits at the top level (``key``, file output) or in ``metadata.key``
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
-    from airflow_gemini_batch.reconcile import KeyReconciler
+    from airflow_gemini_batch.results.reconcile import KeyReconciler
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _object_row(
     ``by_position``: an item without a key is matched to the next key in list order (inline embedding
     results carry no metadata; the service returns them in input order); a file line without one is malformed.
     """
-    from airflow_gemini_batch.reconcile import MATCHED, UNKNOWN
+    from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
 
     report.lines += 1
     if type(obj) is not dict:
@@ -344,7 +344,7 @@ def iter_file_rows(
 
     Not a generator itself: ``chain`` flattens the blocks in C, so taking a row costs no Python-level step.
     """
-    from airflow_gemini_batch.results_file import file_row_blocks
+    from airflow_gemini_batch.results.responses_file import file_row_blocks
 
     return chain(
         chain.from_iterable(file_row_blocks(path, parser, keys, report)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from airflow_gemini_batch.reconcile import DUPLICATE, MATCHED, UNKNOWN, KeyReconciler
+from airflow_gemini_batch.results.reconcile import DUPLICATE, MATCHED, UNKNOWN, KeyReconciler
 
 
 def write_keys(path: Path, keys: list) -> str:

@@ -8,8 +8,8 @@ import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
-from airflow_gemini_batch.ledger import RunIdentity, SubmissionLedger, display_name
-from airflow_gemini_batch.submission import CreateRetry, create_once, submit_shard
+from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger, display_name
+from airflow_gemini_batch.submit.submission import CreateRetry, create_once, submit_shard
 from tests.task_state import DictStateStore
 
 FAST = CreateRetry(attempts=4, base_seconds=0.01)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from airflow_gemini_batch.pricing import PRICES_AS_OF, compute_cost, normalize_model, price_for
+from airflow_gemini_batch.cost.pricing import PRICES_AS_OF, compute_cost, normalize_model, price_for
 
 
 def test_table_is_date_stamped_and_holds_the_published_prices():

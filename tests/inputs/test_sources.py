@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.requests import RequestEncoder, RequestSpec
-from airflow_gemini_batch.sources import JsonlRowSource, ListRowSource, MalformedLine, SqlRowSource
-from airflow_gemini_batch.validation import InvalidRows
+from airflow_gemini_batch.inputs.requests import RequestEncoder, RequestSpec
+from airflow_gemini_batch.inputs.sources import JsonlRowSource, ListRowSource, MalformedLine, SqlRowSource
+from airflow_gemini_batch.inputs.validation import InvalidRows
 
 
 def test_sql_source_streams_bounded_batches(warehouse):

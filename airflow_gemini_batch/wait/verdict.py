@@ -18,13 +18,12 @@ Semantics (the contract the tests pin down):
 * An unknown state (``UNSPECIFIED``, or anything the service adds later) → keep waiting, with a warning.
 * Past the absolute deadline with jobs still not done → :class:`GeminiBatchTimeoutError`.
 
-Also here: the trigger event schema (built by :func:`build_event`, checked by :func:`parse_event`) and the
-progress line logged whenever ``batchStats`` change.
+The trigger event schema is :mod:`~airflow_gemini_batch.wait.events`'s; the progress line
+:mod:`~airflow_gemini_batch.wait.progress`'s.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchTimeoutError,
     GeminiBatchTriggerEventError,
 )
-from airflow_gemini_batch.hooks.gemini import (  # noqa: F401 - is_transient is re-exported for callers here
+from airflow_gemini_batch.hooks.job_status import (
     CANCELLED,
     EXPIRED,
     FAILED,
@@ -45,9 +44,9 @@ from airflow_gemini_batch.hooks.gemini import (  # noqa: F401 - is_transient is 
     RUNNING,
     SUCCEEDED,
     JobStatus,
-    is_transient,
 )
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_KIND
+from airflow_gemini_batch.wait.progress import progress_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -225,179 +224,3 @@ def evaluate(
             ),
         )
     return WaitDecision(done=True, summary=build_summary(statuses, bad))
-
-
-# ---- progress ------------------------------------------------------------------------------------------
-
-
-def progress_line(statuses: Sequence[JobStatus]) -> str:
-    """``overall 3/10 succeeded, 1 failed, 6 pending | batches/a RUNNING 3/5 ok 0 failed 2 pending | ...``."""
-    total = sum(s.request_count for s in statuses)
-    parts = [
-        f"overall {sum(s.succeeded_count for s in statuses)}/{total} succeeded, "
-        f"{sum(s.failed_count for s in statuses)} failed, {sum(s.pending_count for s in statuses)} pending"
-    ]
-    parts.extend(
-        f"{s.name} {s.state} {s.succeeded_count}/{s.request_count} ok {s.failed_count} failed "
-        f"{s.pending_count} pending"
-        for s in statuses
-    )
-    return " | ".join(parts)
-
-
-class ProgressLog:
-    """Remembers the last ``(state, counts)`` per job, so progress is logged only when it changes."""
-
-    def __init__(self) -> None:
-        self._last: tuple[tuple[Any, ...], ...] | None = None
-
-    def changed(self, statuses: Sequence[JobStatus]) -> str | None:
-        key = tuple(
-            (s.name, s.state, s.succeeded_count, s.failed_count, s.pending_count, s.output_ready)
-            for s in statuses
-        )
-        if key == self._last:
-            return None
-        self._last = key
-        return progress_line(statuses)
-
-
-# ---- trigger event schema ------------------------------------------------------------------------------
-
-
-def compact(s: JobStatus) -> dict[str, Any]:
-    """``JobStatus.to_dict()`` minus nulls: what one job costs in a trigger event."""
-    return {k: v for k, v in s.to_dict().items() if v is not None}
-
-
-def build_event(
-    status: str,
-    statuses: Sequence[JobStatus],
-    *,
-    checked_at: float,
-    deadline: float,
-    message: str,
-    output_pending_since: dict[str, float] | None = None,
-    job_name: str | None = None,
-    code: int | None = None,
-) -> dict[str, Any]:
-    """The one event shape a :class:`GeminiBatchJobTrigger` fires. Names and counts only; never a secret."""
-    event: dict[str, Any] = {
-        "status": status,
-        "message": message,
-        "checked_at": checked_at,
-        "deadline": deadline,
-        "jobs": [compact(s) for s in statuses],
-        "output_pending_since": dict(output_pending_since or {}),
-    }
-    if job_name is not None:
-        event["job_name"] = job_name
-    if code is not None:
-        event["code"] = code
-    return event
-
-
-@dataclass(frozen=True)
-class ParsedEvent:
-    status: str
-    message: str
-    checked_at: float
-    deadline: float
-    statuses: list[JobStatus]
-    output_pending_since: dict[str, float]
-
-
-def _number(event: dict[str, Any], key: str) -> float:
-    value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise GeminiBatchTriggerEventError(f"Trigger event field {key!r} must be a number, got {value!r}.")
-    return float(value)
-
-
-def parse_event(event: Any, expected_jobs: Sequence[str] | None = None) -> ParsedEvent:
-    """Validate a trigger event; anything missing or malformed raises :class:`GeminiBatchTriggerEventError`.
-
-    :param expected_jobs: when given, the event must report exactly these jobs (any order).
-    """
-    if not isinstance(event, dict):
-        raise GeminiBatchTriggerEventError(f"Trigger event must be a dict, got {type(event).__name__}.")
-    status = event.get("status")
-    if status not in EVENT_STATUSES:
-        raise GeminiBatchTriggerEventError(
-            f"Trigger event has status {status!r}; expected one of {sorted(EVENT_STATUSES)}."
-        )
-    message = event.get("message")
-    if not isinstance(message, str):
-        raise GeminiBatchTriggerEventError("Trigger event has no 'message' string.")
-    jobs = event.get("jobs")
-    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
-        raise GeminiBatchTriggerEventError("Trigger event field 'jobs' must be a list of job status dicts.")
-    known = set(JobStatus.__dataclass_fields__)
-    statuses = []
-    for job in jobs:
-        if not isinstance(job.get("name"), str) or not isinstance(job.get("state"), str):
-            raise GeminiBatchTriggerEventError(f"Trigger event job entry lacks name/state: {job!r}.")
-        try:
-            statuses.append(JobStatus(**{k: v for k, v in job.items() if k in known}))
-        except TypeError as e:
-            raise GeminiBatchTriggerEventError(f"Trigger event job entry is malformed: {e}.") from e
-    if expected_jobs is not None and sorted(s.name for s in statuses) != sorted(expected_jobs):
-        raise GeminiBatchTriggerEventError(
-            f"Trigger event reports jobs {[s.name for s in statuses]}, expected {list(expected_jobs)}."
-        )
-    since = event.get("output_pending_since") or {}
-    if not isinstance(since, dict):
-        raise GeminiBatchTriggerEventError("Trigger event field 'output_pending_since' must be a dict.")
-    return ParsedEvent(
-        status=status,
-        message=message,
-        checked_at=_number(event, "checked_at"),
-        deadline=_number(event, "deadline"),
-        statuses=statuses,
-        output_pending_since={str(k): float(v) for k, v in since.items()},
-    )
-
-
-# ---- error classification (shared by the trigger and the poke path) ------------------------------------
-
-#: HTTP codes that end a wait at once: the request is wrong (bad name, bad key, no access, no such job).
-PERMANENT_HTTP_CODES = frozenset({400, 401, 403, 404})
-
-
-def permanent_code(error: BaseException) -> int | None:
-    """The HTTP code of an SDK ``APIError``, else None."""
-    code = getattr(error, "code", None)
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-class WaitTracker:
-    """What one wait remembers between reads, and what it does after each read.
-
-    Shared by the worker (``job_waiter.JobWaiter``) and the triggerer (``triggers.job.GeminiBatchJobTrigger``)
-    so both note a SUCCEEDED-without-output job the same way, log progress only when it changes, warn about
-    unknown states, and hand the same inputs to :func:`evaluate`.
-    """
-
-    def __init__(self, policy: WaitPolicy, deadline: float | None) -> None:
-        self.policy = policy
-        self.deadline = deadline
-        self.output_pending_since: dict[str, float] = {}
-        self._progress = ProgressLog()
-
-    def assess(self, statuses: Sequence[JobStatus], now: float, log: Any) -> WaitDecision:
-        for s in statuses:
-            if s.state == SUCCEEDED and not s.output_ready:
-                self.output_pending_since.setdefault(s.name, now)
-        line = self._progress.changed(statuses)
-        if line:
-            log.info("Gemini batch progress: %s", line)
-        decision = evaluate(
-            statuses,
-            self.policy,
-            now=now,
-            deadline=self.deadline,
-            output_pending_since=self.output_pending_since,
-        )
-        if not decision.done and decision.unknown:
-            log.warning("Jobs in an unknown state, still waiting: %s", ", ".join(decision.unknown))
-        return decision

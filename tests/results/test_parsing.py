@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from airflow_gemini_batch.reconcile import KeyReconciler
-from airflow_gemini_batch.results import (
+from airflow_gemini_batch.results.parsing import (
     FAILED,
     INVALID_OUTPUT,
     MISSING,
@@ -20,6 +19,7 @@ from airflow_gemini_batch.results import (
     iter_inline_rows,
     to_json_schema,
 )
+from airflow_gemini_batch.results.reconcile import KeyReconciler
 
 
 def response(text: str | None = "hi", finish: str = "STOP", **usage: int) -> dict[str, Any]:
@@ -208,7 +208,7 @@ def _load(path: str, keys_path: str, tmp_path: Path, parser: ResultParser) -> tu
 def test_the_fast_path_classifies_every_line_like_the_general_path(tmp_path, monkeypatch, parse_json, block):
     """The msgspec fast path is an optimisation only: rows and report equal the orjson general path's, for
     every line shape, whatever the block boundaries (64 bytes: a line or two per block)."""
-    import airflow_gemini_batch.results_file as results
+    import airflow_gemini_batch.results.responses_file as results
 
     keys_path = write(tmp_path / "keys", b"".join(b"%d\n" % i for i in range(26)))
     lines = _shapes()

@@ -1,0 +1,106 @@
+"""What one read of a batch job says: the normalised state and the counts the SDK's ``BatchJob`` drops.
+
+Invariant: there is one definition of the job states and of which are terminal (:data:`TERMINAL_STATES`);
+every stage (wait verdict, trigger, load, UI) asks :class:`JobStatus` rather than comparing strings itself.
+The wire says ``BATCH_STATE_X`` (Developer API) or ``JOB_STATE_X`` (the SDK); we say ``X``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_JOB_NAME = re.compile(r"^batches/[^/]+$")
+
+#: Normalised job states (the wire says ``BATCH_STATE_X``, the SDK ``JOB_STATE_X``; we say ``X``).
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+EXPIRED = "EXPIRED"
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+
+
+def normalize_state(raw: str | None) -> str:
+    """``BATCH_STATE_RUNNING`` / ``JOB_STATE_RUNNING`` / ``RUNNING`` → ``RUNNING``; None → ``UNSPECIFIED``."""
+    if not raw:
+        return "UNSPECIFIED"
+    for prefix in ("BATCH_STATE_", "JOB_STATE_"):
+        if raw.startswith(prefix):
+            return raw[len(prefix) :]
+    return raw
+
+
+def check_job_name(name: str) -> str:
+    """The Developer API only accepts ``batches/<id>``; fail early with the name in the message."""
+    if not _JOB_NAME.match(name or ""):
+        raise ValueError(f"Invalid Gemini batch job name {name!r}: expected 'batches/<id>'.")
+    return name
+
+
+@dataclass
+class JobStatus:
+    """What one read of a batch job tells us, including what the SDK's ``BatchJob`` drops.
+
+    Small and JSON-able (``to_dict``), so it can go into trigger events and XCom. Inline responses, which can
+    be up to 20 MB, are deliberately not kept here: the results stage reads them itself.
+    """
+
+    name: str
+    state: str
+    display_name: str | None = None
+    model: str | None = None
+    create_time: str | None = None
+    update_time: str | None = None
+    end_time: str | None = None
+    request_count: int = 0
+    succeeded_count: int = 0
+    failed_count: int = 0
+    pending_count: int = 0
+    responses_file: str | None = None
+    has_inline_responses: bool = False
+    error: dict[str, Any] | None = field(default=None)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def output_ready(self) -> bool:
+        """SUCCEEDED is not enough: the responses file (or inline list) can appear after the state flips."""
+        return self.state == SUCCEEDED and (self.responses_file is not None or self.has_inline_responses)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to read: terminal, and when SUCCEEDED, its output visible too."""
+        return self.done and (self.state != SUCCEEDED or self.output_ready)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_operation(cls, op: dict[str, Any]) -> JobStatus:
+        """Build from the raw Operation JSON (``{"name", "metadata": {...}, "done", "error"}``)."""
+        meta = op.get("metadata") or {}
+        stats = meta.get("batchStats") or {}
+        output = meta.get("output") or (op.get("response") or {})
+        inline = (output.get("inlinedResponses") or {}).get("inlinedResponses")
+        error = op.get("error") or meta.get("error")
+        return cls(
+            name=op.get("name") or meta.get("name") or "",
+            state=normalize_state(meta.get("state")),
+            display_name=meta.get("displayName"),
+            model=meta.get("model"),
+            create_time=meta.get("createTime"),
+            update_time=meta.get("updateTime"),
+            end_time=meta.get("endTime"),
+            request_count=int(stats.get("requestCount") or 0),
+            succeeded_count=int(stats.get("successfulRequestCount") or 0),
+            failed_count=int(stats.get("failedRequestCount") or 0),
+            pending_count=int(stats.get("pendingRequestCount") or 0),
+            responses_file=output.get("responsesFile"),
+            has_inline_responses=inline is not None,
+            error={"code": error.get("code"), "message": error.get("message")} if error else None,
+        )
