@@ -42,11 +42,10 @@ from airflow_gemini_batch.inputs.sources import (
 from airflow_gemini_batch.inputs.validation import InvalidRows
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, Manifest, job_names
-from airflow_gemini_batch.sensors.job import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
 from airflow_gemini_batch.submit.staging import Staging, default_staging_uri
 from airflow_gemini_batch.submit.submission import CreateRetry, inline_requests, submit_plan
-from airflow_gemini_batch.wait.verdict import WaitPolicy
+from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
 if TYPE_CHECKING:

@@ -31,18 +31,19 @@ from airflow_gemini_batch.hooks.job_status import check_job_name
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import job_names
 from airflow_gemini_batch.wait.progress import progress_line
-from airflow_gemini_batch.wait.verdict import DEFAULT_OUTPUT_GRACE_SECONDS, WaitPolicy, evaluate
+from airflow_gemini_batch.wait.verdict import (
+    DEFAULT_OUTPUT_GRACE_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFER_TIMEOUT_SLACK_SECONDS,
+    WaitPolicy,
+    evaluate,
+)
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.sdk import Context
-
-#: Jobs expire after 48 h on the service; waiting any longer can only end in EXPIRED.
-DEFAULT_TIMEOUT_SECONDS = 48 * 3600 + 15 * 60
-#: How much later than the trigger's own deadline Airflow's defer timeout fires (the typed error wins).
-DEFER_TIMEOUT_SLACK_SECONDS = 120
 
 
 class GeminiBatchJobSensor(BaseSensorOperator):

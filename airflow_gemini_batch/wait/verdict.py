@@ -58,6 +58,10 @@ BAD_STATES = {
 }
 KNOWN_STATES = frozenset({PENDING, RUNNING, SUCCEEDED, *BAD_STATES})
 DEFAULT_OUTPUT_GRACE_SECONDS = 600.0
+#: Jobs expire after 48 h on the service; waiting any longer can only end in EXPIRED.
+DEFAULT_TIMEOUT_SECONDS = 48 * 3600 + 15 * 60
+#: How much later than the trigger's own deadline Airflow's defer timeout fires (the typed error wins).
+DEFER_TIMEOUT_SLACK_SECONDS = 120
 
 EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
 

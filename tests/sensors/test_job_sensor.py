@@ -25,8 +25,9 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchTimeoutError,
 )
 from airflow_gemini_batch.manifest import MANIFEST_KIND, WAIT_SUMMARY_KIND, WAIT_SUMMARY_XCOM_KEY
-from airflow_gemini_batch.sensors.job import DEFER_TIMEOUT_SLACK_SECONDS, GeminiBatchJobSensor
+from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
+from airflow_gemini_batch.wait.verdict import DEFER_TIMEOUT_SLACK_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
