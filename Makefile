@@ -13,7 +13,7 @@ export UV_LINK_MODE := copy
 help:
 	@echo "make demo      run the main job: a table -> Gemini batch -> table DAG, offline against the emulator"
 	@echo "make test      run the whole test suite (google-genai 2.x, then the SDK suite on 3.x)"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks (ratios against floors measured in the same run)"
 	@echo "make emulator  run the Gemini Batch API emulator on 127.0.0.1:8765"
 	@echo "make airflow   Airflow standalone (UI, scheduler, triggerer) with the emulator and example DAGs"
@@ -64,6 +64,7 @@ browser:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python -m bench

@@ -17,8 +17,8 @@ from urllib.parse import urlencode, urlsplit
 from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
-    from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
 
 # Literal copies of the plugin's routing constants: importing the plugin module here would make every
 # worker that imports an operator load the plugin machinery.
