@@ -13,14 +13,15 @@ from itertools import compress, islice, repeat
 from operator import is_not, itemgetter
 from typing import TYPE_CHECKING, Any
 
-from airflow_gemini_batch.results.parsing import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS, ShardReport
+from airflow_gemini_batch.results.rows import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS, ShardReport
 from airflow_gemini_batch.streaming import paused_gc
 
 if TYPE_CHECKING:
     import logging
     from collections.abc import Iterable, Iterator
 
-    from airflow_gemini_batch.results.parsing import ResultRow
+    from airflow_gemini_batch.results.rows import ResultRow
+    from airflow_gemini_batch.sinks.sink import Sink
 
 # ResultRow positions: outcome, then prompt/output/thinking/cached/total tokens (in TOKEN_FIELDS order).
 _OUTCOME = itemgetter(1)
@@ -87,7 +88,7 @@ def chunks(rows: Iterable[ResultRow], size: int) -> Iterator[list[ResultRow]]:
 
 def stream_to_sink(
     rows: Iterable[ResultRow],
-    sink: Any,
+    sink: Sink,
     totals: LoadTotals,
     report: ShardReport,
     chunk_size: int,
@@ -96,9 +97,9 @@ def stream_to_sink(
     """The hot loop of a load: chunk the rows, count them, write them; log progress every few seconds.
 
     One chunk is the most this holds in memory. Shared by the operator and ``bench/load_results.py``.
-    (Parsing on a helper thread was measured slower, re-measured with 20 k-row chunks too: the drivers release
-    the GIL per row, and re-taking it from a busy parser thread costs more than the overlap gains. PostgreSQL
-    overlaps anyway: its sink keeps one COPY open, so the server stores rows while the next chunk is parsed.)
+    Parsing and writing run in this one thread, on purpose: the database drivers release the GIL per row, and
+    re-taking it from a busy parser thread costs more than the overlap would gain. PostgreSQL overlaps anyway:
+    its sink keeps one COPY open, so the server stores rows while the next chunk is parsed.
     """
     start = last_log = time.monotonic()
     start_rows = totals.rows

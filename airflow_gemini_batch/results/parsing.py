@@ -2,16 +2,19 @@
 
 Invariants:
 
-* Every input key ends in exactly one of four outcomes - ``succeeded``, ``failed``, ``invalid_output``,
-  ``missing`` - so the counts add up to what was sent (architecture invariant 5). A line that cannot be
-  parsed is never guessed at: it is reported (count + line numbers) and its key becomes ``missing`` through
-  reconciliation (:mod:`airflow_gemini_batch.results.reconcile`).
-* Parsing is streamed: a responses file is read a block of lines at a time (~256 KB,
-  :mod:`airflow_gemini_batch.results.responses_file`); nothing holds more than a block. Inline responses (capped at
-  20 MB by the service) are the only input that is a list in memory.
+* Every input key ends in exactly one of four outcomes (:mod:`airflow_gemini_batch.results.rows`), so the
+  counts add up to what was sent (architecture invariant 5). A line that cannot be parsed is never guessed
+  at: it is reported (count + line numbers) and its key becomes ``missing`` through reconciliation
+  (:mod:`airflow_gemini_batch.results.reconcile`).
+* Parsing is streamed: a responses file is read a block of lines at a time
+  (:mod:`airflow_gemini_batch.results.responses_file`); nothing holds more than a block. Inline responses
+  (capped at 20 MB by the service) are the only input that is a list in memory.
 * The parser is tolerant, because the wire format is loosely documented: a line may carry ``response``,
   ``error`` or ``status``; the key sits at the top level (``key``, file output) or in ``metadata.key``
   (inline output); a response without candidates (a blocked prompt) is a failure, not a success.
+* :meth:`ResultParser.object_row` is the one definition of how a line becomes a row. The responses file's
+  fast path for the common line shape only takes lines it turns into the same row, and hands every other
+  line to it; ``tests/results/test_fast_path_property.py`` checks that over generated lines.
 * The key of a row is the value from the submit-time key list (an int stays an int), never the echo from
   the service, which may have been turned into a string (inline ``metadata`` is ``dict[str, str]``).
 """
@@ -19,11 +22,26 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from itertools import chain
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
+from airflow_gemini_batch.results.responses_file import file_row_blocks
+from airflow_gemini_batch.results.rows import (
+    EXAMPLES,
+    FAILED,
+    INVALID_OUTPUT,
+    MISSING,
+    N_STORED,
+    OUTCOMES,
+    STORED_FIELDS,
+    SUCCEEDED,
+    TOKEN_FIELDS,
+    ResultRow,
+    ShardReport,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -31,48 +49,32 @@ if TYPE_CHECKING:
 
     from airflow_gemini_batch.results.reconcile import KeyReconciler
 
+# The row types and outcomes are defined in ``results.rows``; they are importable from here too, the module
+# a loader reads results through.
+__all__ = [
+    "EXAMPLES",
+    "FAILED",
+    "INVALID_OUTPUT",
+    "MISSING",
+    "N_STORED",
+    "OUTCOMES",
+    "STORED_FIELDS",
+    "SUCCEEDED",
+    "TOKEN_FIELDS",
+    "ResultParser",
+    "ResultRow",
+    "ShardReport",
+    "build_validator",
+    "iter_file_rows",
+    "iter_inline_rows",
+    "iter_job_failed_rows",
+    "iter_missing_rows",
+    "to_json_schema",
+]
+
 log = logging.getLogger(__name__)
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-INVALID_OUTPUT = "invalid_output"
-MISSING = "missing"
-OUTCOMES = (SUCCEEDED, FAILED, INVALID_OUTPUT, MISSING)
-#: The token sums a report keeps (``ResultRow`` ``*_tokens`` fields, in this order).
-TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
-
-#: How many example keys / line numbers a report keeps (the counts are always complete).
-EXAMPLES = 10
-
-
-class ResultRow(NamedTuple):
-    """One input key's outcome. A tuple, so sinks can bind it without copying field by field.
-
-    The first 15 fields are stored columns (see :data:`STORED_FIELDS`); ``value`` is the parsed structured
-    output, kept only so a sink can fill ``output_columns`` from it.
-    """
-
-    key: Any
-    outcome: str
-    text: str | None = None
-    json_value: str | None = None
-    embedding: list[float] | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    thinking_tokens: int | None = None
-    cached_tokens: int | None = None
-    total_tokens: int | None = None
-    model_version: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    job_name: str | None = None
-    value: Any = None
-
-
-STORED_FIELDS: tuple[str, ...] = ResultRow._fields[:-1]
 _new = tuple.__new__
-N_STORED = len(STORED_FIELDS)
 
 # Finish reasons after which an empty answer is a failure rather than an empty success.
 _OK_FINISH = frozenset({None, "STOP", "FINISH_REASON_UNSPECIFIED"})
@@ -83,6 +85,14 @@ def to_json_schema(schema: Any) -> Any:
 
     A manifest may carry either dialect; JSON Schema passes through unchanged apart from dropping the
     Gemini-only ``propertyOrdering``.
+
+    Not google-genai's ``types.Schema.model_validate(schema).json_schema`` (checked on 2.x and 3.x), although
+    it converts a plain Gemini-dialect schema the same way: ``types.Schema`` forbids fields it does not know,
+    so the JSON Schema most manifests carry (``responseJsonSchema``; pydantic's ``$defs``; ``oneOf``,
+    ``allOf``, ``not``; a list of types) fails to validate instead of passing through, and it converts
+    nested schemas only under ``items``, ``anyOf`` and ``properties`` (an ``additionalProperties`` schema
+    keeps Gemini's upper-case types, which jsonschema rejects). A load must validate answers against exactly
+    the schema the job was sent with, in either dialect.
     """
     if isinstance(schema, list):
         return [to_json_schema(s) for s in schema]
@@ -241,45 +251,42 @@ class ResultParser:
                 )
         return SUCCEEDED, value, None
 
+    def object_row(
+        self, obj: Any, line_no: int, keys: KeyReconciler, report: ShardReport, by_position: bool
+    ) -> ResultRow | None:
+        """The general, tolerant handling of one decoded line or inline item (``None``: reported, not a row).
 
-@dataclass
-class ShardReport:
-    """What loading one job's results found, beyond the per-row outcomes. Small and JSON-able."""
-
-    job_name: str
-    state: str = ""
-    key_count: int = 0
-    lines: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
-    #: Token sums of this job's rows (``TOKEN_FIELDS``), so cost can be told per job, not only per task.
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
-    unknown_keys: int = 0
-    unknown_key_examples: list[Any] = field(default_factory=list)
-    duplicate_keys: int = 0
-    duplicate_key_examples: list[Any] = field(default_factory=list)
-    malformed_lines: int = 0
-    malformed_line_numbers: list[int] = field(default_factory=list)
-    truncated: bool = False
-
-    def malformed(self, line_no: int, truncated: bool = False) -> None:
-        self.malformed_lines += 1
-        if len(self.malformed_line_numbers) < EXAMPLES:
-            self.malformed_line_numbers.append(line_no)
-        self.truncated = self.truncated or truncated
-
-    def unknown(self, key: Any) -> None:
-        self.unknown_keys += 1
-        if len(self.unknown_key_examples) < EXAMPLES:
-            self.unknown_key_examples.append(key)
-
-    def duplicate(self, key: Any) -> None:
-        self.duplicate_keys += 1
-        if len(self.duplicate_key_examples) < EXAMPLES:
-            self.duplicate_key_examples.append(key)
-
-    def to_dict(self) -> dict[str, Any]:
-        # Copies of the dicts and lists: the summary must not change if the report is touched afterwards.
-        return {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in self.__dict__.items()}
+        Reconciles the item's key against ``keys`` and classifies it; a line that is no result is reported
+        as malformed, a key that is not in the list (or already matched) as unknown (or duplicate).
+        ``by_position``: an item without a key is matched to the next key in list order (inline embedding
+        results carry no metadata; the service returns them in input order); a file line without one is
+        malformed.
+        """
+        report.lines += 1
+        if type(obj) is not dict:
+            report.malformed(line_no)
+            return None
+        response = obj.get("response")
+        if response is None and obj.get("error") is None and obj.get("status") is None:
+            report.malformed(line_no)  # valid JSON but no result in it: its key ends up missing
+            return None
+        key = _key_of(obj)
+        if key is not None:
+            status, original = keys.resolve(key)
+        elif by_position:
+            status, original = keys.take_next()
+        else:
+            report.malformed(line_no)
+            return None
+        if status is MATCHED:
+            if not self.embed and type(response) is dict:
+                return self._generation(response, original, report.job_name)
+            return self.classify(obj, original, report.job_name)
+        if status is UNKNOWN:
+            report.unknown(key)
+        else:
+            report.duplicate(key)
+        return None
 
 
 def _key_of(obj: dict[str, Any]) -> Any:
@@ -291,48 +298,11 @@ def _key_of(obj: dict[str, Any]) -> Any:
     return key
 
 
-def _object_row(
-    obj: Any, line_no: int, parser: ResultParser, keys: KeyReconciler, report: ShardReport, by_position: bool
-) -> ResultRow | None:
-    """The tolerant handling of one decoded line or inline item (``None``: reported, not a row).
-
-    ``by_position``: an item without a key is matched to the next key in list order (inline embedding
-    results carry no metadata; the service returns them in input order); a file line without one is malformed.
-    """
-    from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
-
-    report.lines += 1
-    if type(obj) is not dict:
-        report.malformed(line_no)
-        return None
-    response = obj.get("response")
-    if response is None and obj.get("error") is None and obj.get("status") is None:
-        report.malformed(line_no)  # valid JSON but no result in it: its key ends up missing
-        return None
-    key = _key_of(obj)
-    if key is not None:
-        status, original = keys.resolve(key)
-    elif by_position:
-        status, original = keys.take_next()
-    else:
-        report.malformed(line_no)
-        return None
-    if status is MATCHED:
-        if not parser.embed and type(response) is dict:
-            return parser._generation(response, original, report.job_name)
-        return parser.classify(obj, original, report.job_name)
-    if status is UNKNOWN:
-        report.unknown(key)
-    else:
-        report.duplicate(key)
-    return None
-
-
 def _rows_from_items(
     items: Iterable[Any], parser: ResultParser, keys: KeyReconciler, report: ShardReport
 ) -> Iterator[ResultRow]:
     for line_no, item in enumerate(items, 1):
-        row = _object_row(item, line_no, parser, keys, report, True)
+        row = parser.object_row(item, line_no, keys, report, True)
         if row is not None:
             yield row
 
@@ -344,8 +314,6 @@ def iter_file_rows(
 
     Not a generator itself: ``chain`` flattens the blocks in C, so taking a row costs no Python-level step.
     """
-    from airflow_gemini_batch.results.responses_file import file_row_blocks
-
     return chain(
         chain.from_iterable(file_row_blocks(path, parser, keys, report)),
         iter_missing_rows(keys, report.job_name),

@@ -219,8 +219,7 @@ class KeyReconciler:
     def _build_index(self) -> None:
         fd, self._index_path = tempfile.mkstemp(prefix="gemini-keys-", suffix=".sqlite", dir=self.work_dir)
         os.close(fd)
-        # check_same_thread=False: the loader parses on a helper thread and closes from the task's thread.
-        db = sqlite3.connect(self._index_path, check_same_thread=False)
+        db = sqlite3.connect(self._index_path)  # used by one thread: the load parses and writes in one loop
         db.execute(f"PRAGMA cache_size = -{INDEX_CACHE_KB}")
         db.execute("PRAGMA journal_mode = OFF")
         db.execute("PRAGMA synchronous = OFF")

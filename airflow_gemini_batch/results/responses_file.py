@@ -1,16 +1,21 @@
 """Reading a downloaded responses file: blocks of lines, and the fast path for the common result line.
 
-Invariant: this module is an optimisation of :func:`airflow_gemini_batch.results.parsing._object_row` (the general,
-tolerant path) and never a second opinion. A line takes the fast path only when msgspec decodes it into the
-typed shape below and it has exactly one candidate with one non-thought text part and a key; then the row it
-yields is the one the general path would yield. Anything else - invalid JSON, an odd type, no key, a failure,
-a blocked prompt, several parts - goes through the general path unchanged, so invariant 5 (every key ends in
-exactly one outcome) and the malformed / unknown / duplicate reports stay the general path's.
+Invariant: this module is an optimisation of :meth:`airflow_gemini_batch.results.parsing.ResultParser.object_row`
+(the general, tolerant path) and never a second opinion. A line takes the fast path only when msgspec decodes
+it into the typed shape below and it has exactly one candidate with one non-thought text part and a key; then
+the row it yields is the one the general path would yield. Anything else - invalid JSON, an odd type, no key,
+a failure, a blocked prompt, several parts - goes through the general path unchanged, so invariant 5 (every
+key ends in exactly one outcome) and the malformed / unknown / duplicate reports stay the general path's.
+``tests/results/test_fast_path_property.py`` checks both paths agree on generated lines of every shape, and
+``tests/results/test_parsing.py`` on a fixed list of them.
 
-Why: loading is dominated by per-line work. Measured on 1 M lines of ~900 bytes: orjson into dicts plus
-``dict.get`` classification cost ~2.7 µs a line; msgspec into these structs (skipping unread fields without
-building them), ``readlines`` blocks, and reconciling a run of in-order keys with one list comparison cost
-~1.2 µs. ``tests/results/test_parsing.py`` checks both paths agree on every line shape.
+Why a fast path at all: loading is dominated by per-line work. msgspec decodes straight into the few typed
+fields read here and skips the rest of the JSON without building objects, where the general path builds a
+dict of every line first; lines are split in C by ``readlines``; and a run of in-order keys is reconciled with
+one list comparison (``make bench`` and the README's Performance section give the figures).
+
+The parser is passed in and its general path called through it, so this module does not import the parser
+(which reads files through this one): the import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.parsing import SUCCEEDED, ResultRow, _object_row
+from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
+from airflow_gemini_batch.results.rows import SUCCEEDED, ResultRow
 
 try:  # a dependency of Airflow itself (airflow-core, task-sdk); the general path alone works without it
     import msgspec
@@ -28,11 +34,12 @@ except ImportError:  # pragma: no cover
     msgspec = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
 
-    from airflow_gemini_batch.results.parsing import ResultParser, ShardReport
+    from airflow_gemini_batch.results.parsing import ResultParser
     from airflow_gemini_batch.results.reconcile import KeyReconciler
+    from airflow_gemini_batch.results.rows import ShardReport
 
 _new = tuple.__new__
 _KEY = itemgetter(0)
@@ -88,7 +95,7 @@ else:  # pragma: no cover
 def _raw_line_row(
     raw: bytes, line_no: int, parser: ResultParser, keys: KeyReconciler, report: ShardReport
 ) -> ResultRow | None:
-    """The general path for one responses-file line: orjson, then :func:`_object_row`."""
+    """The general path for one responses-file line: orjson, then :meth:`ResultParser.object_row`."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -97,14 +104,14 @@ def _raw_line_row(
             report.lines += 1
             report.malformed(line_no, not raw.endswith(b"\n"))
         return None
-    return _object_row(obj, line_no, parser, keys, report, False)
+    return parser.object_row(obj, line_no, keys, report, False)
 
 
 def _iter_line_blocks(path: Path | str) -> Iterator[list[bytes]]:
     """The lines of a file (with their newline, so a cut-off last line shows), a list of ~256 KB at a time.
 
-    ``readlines`` with a size hint splits in C straight from the read buffer: measured twice as fast as
-    iterating the file object (a Python-level step per line) or reading blocks and splitting them (a copy more).
+    ``readlines`` with a size hint splits in C straight from the read buffer: no Python-level step per line
+    (as iterating the file object takes) and no extra copy (as reading blocks and splitting them takes).
     """
     with open(path, "rb", buffering=READ_BUFFER_BYTES) as fh:
         while lines := fh.readlines(READ_BLOCK_BYTES):
@@ -130,7 +137,7 @@ def file_row_blocks(
 
 def _parse_blocks(
     blocks: Iterable[list[bytes]],
-    decode: Any,
+    decode: Callable[[bytes], Any],
     parser: ResultParser,
     keys: KeyReconciler,
     report: ShardReport,
@@ -211,8 +218,6 @@ def _reconcile_run(rows: list[ResultRow], keys: KeyReconciler, report: ShardRepo
     Every row here came from a valid result line, so it counts as a line; a row whose key is unknown or a
     duplicate is reported and dropped; a matched row takes the key list's value of its key.
     """
-    from airflow_gemini_batch.results.reconcile import MATCHED, UNKNOWN
-
     report.lines += len(rows)
     # The matched prefix's keys are the key list's values (same type and value): those rows stay as they are.
     done = keys.match_in_order(list(map(_KEY, rows)))

@@ -1,16 +1,18 @@
 """Where loaded results go: a warehouse table (upsert on key) or files on object storage.
 
-A sink has ``open()``, ``write(rows)`` (one chunk of :class:`~airflow_gemini_batch.results.parsing.ResultRow`),
-``close()``, ``abort()`` and ``describe()``; :func:`table_sink` picks the right table sink for a connection.
+Every sink implements :class:`~airflow_gemini_batch.sinks.sink.Sink` (``open()``, ``write(rows)`` per chunk,
+``close()`` / ``abort()``, ``describe()``), so a new warehouse is a new module here and nothing else changes;
+:func:`table_sink` picks the right table sink for a common-sql connection.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_gemini_batch.sinks.objectstore import ObjectStorageSink
 from airflow_gemini_batch.sinks.postgres import PostgresTableSink
 from airflow_gemini_batch.sinks.schema import POSTGRES, TableLayout, check_identifier, split_table
+from airflow_gemini_batch.sinks.sink import Sink, SqlHook
 from airflow_gemini_batch.sinks.table import TableSink, dialect_of, get_db_hook
 
 if TYPE_CHECKING:
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectStorageSink",
     "PostgresTableSink",
+    "Sink",
+    "SqlHook",
     "TableLayout",
     "TableSink",
     "check_identifier",
@@ -37,7 +41,7 @@ def table_sink(
     output_columns: Mapping[str, str] | None = None,
     errors_table: str | None = None,
     create_table: bool = True,
-    hook: Any = None,
+    hook: SqlHook | None = None,
 ) -> TableSink:
     """The table sink for a common-sql connection: COPY-based on PostgreSQL, executemany elsewhere.
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.parsing import STORED_FIELDS, SUCCEEDED
+from airflow_gemini_batch.results.rows import STORED_FIELDS, SUCCEEDED
 from airflow_gemini_batch.sinks.table import json_cell
 
 if TYPE_CHECKING:
-    from airflow_gemini_batch.results.parsing import ResultRow
+    from airflow_gemini_batch.results.rows import ResultRow
 
 FORMATS = ("jsonl", "parquet")
 _ERROR_FIELDS = ("key", "outcome", "error_code", "error_message", "job_name", "loaded_at")

@@ -25,14 +25,14 @@ from operator import add
 from typing import TYPE_CHECKING, Any
 
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError
-from airflow_gemini_batch.results.parsing import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import quote
-from airflow_gemini_batch.sinks.table import _STORED, TableSink, json_cell
+from airflow_gemini_batch.sinks.table import STORED_VALUES, TableSink, json_cell
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_gemini_batch.results.parsing import ResultRow
+    from airflow_gemini_batch.results.rows import ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,14 @@ class PostgresTableSink(TableSink):
         self._error_cols = ", ".join(quote(c) for c, _ in layout.error_columns())
         # Into tables this load created (nothing to merge), one COPY stays open across chunks until a commit:
         # the server stores a chunk while the next one is parsed, instead of each chunk's COPY waiting for
-        # the server to finish (measured: that wait serialized parsing and storing).
+        # the server to finish (that wait would serialize parsing and storing).
         self._streaming = self._psycopg3 and self._direct_main and self._direct_errors
         self._cur: Any = None
         self._copy_stack: ExitStack | None = None
         self._main_copy: Any = None
         self._pending_errors: list[tuple] = []
         # ISO text, not a datetime: COPY sends text anyway and the server parses it the same way, but the
-        # client no longer renders a datetime per row (measured: half of write_row's time).
+        # client no longer renders a datetime per row (a large share of write_row's time).
         self._loaded_at = self._loaded_at_value()
 
     def _create(self, cur: Any, qualified: str, create_sql: str) -> bool:
@@ -219,7 +219,7 @@ class PostgresTableSink(TableSink):
         if columns:
             main: Iterable[tuple] = [r[:N_STORED] + tail + self._extras(r.value, columns) for r in rows]
         else:
-            main = map(add, map(_STORED, rows), repeat(tail))
+            main = map(add, map(STORED_VALUES, rows), repeat(tail))
         errors, _ = self._error_tuples(rows, False)  # succeeded keys leave the errors table by a join
         return main, errors, []
 

@@ -6,20 +6,17 @@ Invariants:
   task retry or a rerun never duplicates. The key column is the table's primary key for that reason.
 * Rows arrive in chunks (a few thousand) and are written with ``executemany``; nothing accumulates across
   chunks, so memory is flat in the row count. Commits happen every ``commit_seconds`` (or ``commit_every``
-  rows), trading a little re-work on a crash (harmless: upserts) for not paying a disk sync per chunk: a
-  commit costs a sync (20-30 ms measured on SQLite), so a time bound keeps that cost under 1 % whatever the
-  row size, and bounds the re-work to seconds. An open transaction's size costs disk (journal / WAL), not
-  memory: the database's page cache is capped.
+  rows), trading a little re-work on a crash (harmless: upserts) for not paying a disk sync per chunk: a time
+  bound keeps the syncs a small share of the load whatever the row size, and bounds the re-work to seconds.
+  An open transaction's size costs disk (journal / WAL), not memory: the database's page cache is capped.
 * A chunk binds only the values that vary (SQLite): binding is a large part of a row's write in Python's
-  ``sqlite3``. Measured per value, storing included: an int 0.06 µs, a short str 0.13 µs, a ``None`` 0.31-0.36
-  µs - as slow as an int subclass, so it is the module's adaptation path, which exact ints and strs skip. So a
-  chunk's ``INSERT`` leaves out the columns that are NULL in every one of its rows and writes
-  the load's ``loaded_at`` and the chunk's job name as literals. The stored rows are the same: a left-out
-  column is NULL on insert and, through ``excluded``, on update. Only columns without a default are left out
-  (checked at ``open()``), and only values of a plain shape (job names, timestamps) become literals.
-  Measured on 1 M result rows shaped as real ones (``bench/load_results.py``: one failed line in 500, no
-  thinking or cached tokens, so a chunk binds 10 of its 16 values): the writes took 3.1 s against 4.3-4.8 s
-  with every value bound.
+  ``sqlite3``, and a ``None`` is the dearest value to bind (it takes the module's adaptation path, like an
+  int subclass, which exact ints and strs skip). So a chunk's ``INSERT`` leaves out the columns that are NULL
+  in every one of its rows and writes the load's ``loaded_at`` and the chunk's job name as literals. The
+  stored rows are the same: a left-out column is NULL on insert and, through ``excluded``, on update. Only
+  columns without a default are left out (checked at ``open()``), and only values of a plain shape (job
+  names, timestamps) become literals. ``bench/load_results.py`` times this against a floor that binds every
+  value (figures: the README's Performance section).
 * Non-succeeded rows are mirrored into the errors table; a key that succeeds on a later load is removed from
   it, so the errors table always lists exactly the keys that currently need attention.
 
@@ -40,18 +37,20 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.parsing import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import SQLITE, TableLayout, quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_gemini_batch.results.parsing import ResultRow
+    from airflow_gemini_batch.results.rows import ResultRow
+    from airflow_gemini_batch.sinks.sink import SqlHook
 
 log = logging.getLogger(__name__)
 
-# ResultRow positions read per row by the C-level conversions.
-_STORED = itemgetter(slice(0, N_STORED))
+# ResultRow positions read per row by the C-level conversions (STORED_VALUES: the stored columns, also the
+# PostgreSQL sink's).
+STORED_VALUES = itemgetter(slice(0, N_STORED))
 _OUTCOME = itemgetter(1)
 _EMBEDDING = itemgetter(4)
 # ResultRow positions that may be left out of a chunk's INSERT when NULL in all its rows (text .. error_message),
@@ -63,14 +62,14 @@ _GET = tuple(itemgetter(i) for i in range(N_STORED))
 _PLAIN_LITERAL = re.compile(r"[A-Za-z0-9_/:.+ -]*")
 
 
-def get_db_hook(conn_id: str) -> Any:
+def get_db_hook(conn_id: str) -> SqlHook:
     """The common-sql hook of a connection (``BaseHook.get_hook``): SqliteHook, PostgresHook, ..."""
     from airflow.sdk import BaseHook
 
     return BaseHook.get_hook(conn_id)
 
 
-def dialect_of(hook: Any) -> str:
+def dialect_of(hook: SqlHook) -> str:
     name = getattr(hook, "dialect_name", None) or getattr(hook, "conn_type", "") or ""
     return {"postgres": "postgresql"}.get(name, name)
 
@@ -101,7 +100,7 @@ class TableSink:
 
     def __init__(
         self,
-        hook: Any,
+        hook: SqlHook,
         layout: TableLayout,
         *,
         create_table: bool = True,
@@ -224,7 +223,7 @@ class TableSink:
         if self.layout.output_columns:
             main: Iterable[tuple] = [self._convert(r, tail) for r in rows]
         elif list(map(_EMBEDDING, rows)).count(None) == len(rows):
-            main = map(add, map(_STORED, rows), repeat(tail))
+            main = map(add, map(STORED_VALUES, rows), repeat(tail))
         else:
             main = [r[:N_STORED] + tail if r[4] is None else self._convert(r, tail) for r in rows]
         return main, *self._error_tuples(rows, self._clear_errors)
