@@ -62,7 +62,36 @@ class EmulatorControl:
         """
         return self._call("POST", "job_behaviour", {"match": match, **kw})["job_behaviour"]
 
+    def hold_state(
+        self,
+        state: str = "PENDING",
+        reads: int | None = None,
+        match: str | None = None,
+        count: int | None = None,
+    ) -> dict[str, Any]:
+        """Hold jobs created from now on in ``state`` (PENDING or RUNNING) until ``reads`` ``batches.get``
+        reads have reported it (None: until :meth:`release`); then their lifecycle goes on as configured.
+
+        ``match``: a display-name prefix (None: every job); ``count``: hold only the next ``count`` jobs.
+        E.g. ``hold_state("PENDING", reads=1)``: a deferrable sensor's first poke sees PENDING and defers,
+        the trigger's first poll sees the job go on; no wall-clock margin involved.
+        """
+        body = {"state": state, "reads": reads, "match": match, "count": count}
+        return self._call("POST", "hold", body)["hold"]
+
+    def release(self, job_name: str | None = None) -> list[str]:
+        """End the hold of ``job_name`` now (None: of every held job, and forget the hold rules)."""
+        return self._call("POST", "release", {} if job_name is None else {"name": job_name})["released"]
+
+    def job(self, job_name: str) -> dict[str, Any]:
+        """The control view of one job (as in :meth:`jobs`)."""
+        found = [job for job in self.jobs() if job["name"] == job_name]
+        if not found:
+            raise LookupError(f"the emulator has no job {job_name!r}")
+        return found[0]
+
     def jobs(self) -> list[dict[str, Any]]:
+        """Every job since the last reset: state, behaviour, ``hold`` (or None) and ``reads`` among others."""
         return self._call("GET", "jobs")["jobs"]
 
     def calls(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ Invariants:
   Inline results echo each request's ``metadata`` unchanged.
 * A worker starts when the job leaves PENDING (a timer, plus a lazy check on every read) and only for jobs
   that will SUCCEED; it paces itself over ``running_seconds`` so ``pendingRequestCount`` visibly decreases.
+  A job held in PENDING gets no timer; its release (``read`` using up the hold, or ``release``) schedules it.
 * The worker stops promptly on cancel / delete / reset (``job.stop``), and then publishes nothing.
 * Output corruption (``corrupt_output``) is applied by ``OutputWriter`` only, never to the counts:
   truncate = last line cut mid-JSON (no newline); malformed = first line is not JSON;
@@ -25,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
@@ -146,7 +148,7 @@ class JobEngine:
         return job
 
     def _schedule(self, job: Job) -> None:
-        if job.needs_worker:
+        if job.needs_worker and math.isfinite(job.start_time):  # held in PENDING: release schedules it
             delay = max(job.start_time - time.time(), 0.0)
             if delay <= 0:
                 self.ensure_worker(job)
@@ -219,6 +221,29 @@ class JobEngine:
             self.ensure_worker(job)
 
     # ---- mutations ----
+
+    def read(self, job: Job, now: float) -> None:
+        """Count one ``batches.get`` read of ``job`` (after its reply was built at ``now``)."""
+        with self._lock:
+            counted = job.count_read(now)
+            used_up = counted and job.hold_reads == 0
+        if used_up:
+            self._release(job, time.time())
+        elif counted:
+            self.on_change()  # the reads left are persisted: a restarted emulator holds the job as long
+
+    def release(self, name: str | None = None) -> list[str]:
+        """Release the held job called ``name`` (every held job when None); returns the names released."""
+        now = time.time()
+        return [job.name for job in self.all_jobs() if name in (None, job.name) and self._release(job, now)]
+
+    def _release(self, job: Job, now: float) -> bool:
+        with self._lock:
+            released = job.release(now)
+        if released:
+            self.on_change()
+            self._schedule(job)
+        return released
 
     def cancel(self, job: Job) -> None:
         now = time.time()

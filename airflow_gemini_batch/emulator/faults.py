@@ -8,6 +8,10 @@ Invariants:
   a ``count`` is used up after that many jobs (``None`` = forever).
 * ``report_state`` / ``report_state_reads`` make matching jobs show a raw ``metadata.state`` on the wire
   for their first N ``batches.get`` reads (see ``jobs.Job.reported_state``), to test unknown-state handling.
+* A hold rule (``add_hold``) applies, like a behaviour, to jobs created after it: the newest matching rule
+  with uses left wins. It makes a job really stay in PENDING or RUNNING (not only on the wire) until it has
+  been read ``reads`` times in that state, or until released; so a test that needs a job in a state gets it
+  by counting reads, never by a wall-clock margin that a busy machine overruns.
 * ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
 """
 
@@ -32,6 +36,7 @@ ENDPOINTS: tuple[str, ...] = (
     "batches.delete",
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
+HOLD_STATES = ("PENDING", "RUNNING")
 CORRUPTIONS = ("truncate", "malformed", "drop_key", "unknown_key", "duplicate_key")
 CONFIG_KEYS = (
     "pending_seconds",
@@ -86,6 +91,31 @@ class ValidationError(ValueError):
     """Bad control-API input (reported as HTTP 400)."""
 
 
+@dataclass
+class HoldRule:
+    """Hold jobs created from now on in ``state`` until ``reads`` ``batches.get`` reads (None: until released).
+
+    ``match``: a display-name prefix (None: every job); ``count``: how many jobs the rule holds (None: all).
+    """
+
+    state: str
+    reads: int | None = None
+    match: str | None = None
+    count: int | None = None
+
+    def matches(self, display_name: str) -> bool:
+        return (self.match is None or display_name.startswith(self.match)) and (
+            self.count is None or self.count > 0
+        )
+
+
+def _positive_or_none(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValidationError(f"{key} must be an integer >= 1, or null")
+    return value
+
+
 class Knobs:
     def __init__(self, **defaults: float) -> None:
         self._lock = threading.Lock()
@@ -93,6 +123,7 @@ class Knobs:
         self.config: dict[str, float] = dict(self._defaults)
         self._faults: list[Fault] = []
         self._behaviours: list[JobBehaviour] = []
+        self._holds: list[HoldRule] = []
         self._calls: Counter[str] = Counter()
 
     def reset(self) -> None:
@@ -100,6 +131,7 @@ class Knobs:
             self.config = dict(self._defaults)
             self._faults.clear()
             self._behaviours.clear()
+            self._holds.clear()
             self._calls.clear()
 
     # ---- config ----
@@ -213,3 +245,34 @@ class Knobs:
                         rule.count -= 1
                     return JobBehaviour(**{**rule.as_dict(), "count": None})
         return JobBehaviour()
+
+    # ---- holds ----
+
+    def add_hold(self, body: dict[str, Any]) -> HoldRule:
+        unknown = set(body) - {"state", "reads", "match", "count"}
+        if unknown:
+            raise ValidationError(f"unknown hold keys: {sorted(unknown)}")
+        state = str(body.get("state") or "PENDING").upper().removeprefix("BATCH_STATE_")
+        if state not in HOLD_STATES:
+            raise ValidationError(f"state must be one of {list(HOLD_STATES)}")
+        match = body.get("match")
+        if match is not None and (not isinstance(match, str) or not match):
+            raise ValidationError("match must be a non-empty display-name prefix, or null for every job")
+        rule = HoldRule(state, _positive_or_none(body, "reads"), match, _positive_or_none(body, "count"))
+        with self._lock:
+            self._holds.append(rule)
+        return rule
+
+    def hold_for(self, display_name: str) -> HoldRule | None:
+        """The newest matching hold rule (consuming one use of it), else None."""
+        with self._lock:
+            for rule in reversed(self._holds):
+                if rule.matches(display_name):
+                    if rule.count is not None:
+                        rule.count -= 1
+                    return HoldRule(rule.state, rule.reads, rule.match)
+        return None
+
+    def clear_holds(self) -> None:
+        with self._lock:
+            self._holds.clear()

@@ -7,6 +7,11 @@ Invariants:
   ``PENDING`` until ``create + pending_seconds`` (forever with ``stay_pending``), then ``RUNNING`` until
   ``start + running_seconds`` *and* the worker has finished, then the behaviour's final state
   (``SUCCEEDED`` by default). ``cancel`` freezes the job at ``CANCELLED``.
+* A held job (``hold_state`` PENDING or RUNNING, set at creation by a hold rule) really is in that state,
+  whatever the clock says: its start (PENDING) or its end (RUNNING) is infinitely far until the hold is
+  released, by its last counted read or through the control API. ``release`` moves that boundary to the
+  release time at the earliest, so the lifecycle then goes on as configured, as if it had been that slow.
+  Only ``batches.get`` reads that report the held state count (``reads`` counts every ``batches.get``).
 * Timing knobs are snapshotted at creation: reconfiguring affects only later jobs.
 * Output (``metadata.output`` + top-level ``response``) appears only on ``SUCCEEDED``, and only
   ``output_delay_seconds`` after the end time (the real service is known to report SUCCEEDED first).
@@ -22,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +73,12 @@ class Job:
     output_file: str | None = None
     inline_output: list[dict[str, Any]] | None = None
     report_reads_used: int = 0
+    #: "PENDING" | "RUNNING" while held there (see the module docstring), else None.
+    hold_state: str | None = None
+    #: Reads in the held state left before the hold lets go (None: until released through the control API).
+    hold_reads: int | None = None
+    #: ``batches.get`` reads of this job so far.
+    reads: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -75,11 +87,34 @@ class Job:
 
     @property
     def start_time(self) -> float:
+        if self.hold_state == "PENDING":
+            return math.inf
         return self.create_time + self.pending_seconds
 
     @property
     def run_end(self) -> float:
+        if self.hold_state is not None:
+            return math.inf
         return self.start_time + self.running_seconds
+
+    def count_read(self, now: float) -> bool:
+        """One ``batches.get`` read (made at ``now``); True when it counted against the hold."""
+        self.reads += 1
+        if self.hold_reads is None or self.hold_state != self.state_at(now)[0]:
+            return False
+        self.hold_reads -= 1
+        return True
+
+    def release(self, now: float) -> bool:
+        """End the hold at ``now``; False if the job was not held."""
+        if self.hold_state is None:
+            return False
+        if self.hold_state == "PENDING":
+            self.pending_seconds = max(self.pending_seconds, now - self.create_time)
+        else:
+            self.running_seconds = max(self.running_seconds, now - self.create_time - self.pending_seconds)
+        self.hold_state = self.hold_reads = None
+        return True
 
     @property
     def needs_worker(self) -> bool:
@@ -171,6 +206,8 @@ class Job:
             "deleted": self.deleted,
             "behaviour": self.behaviour.as_dict(),
             "report_state_reads_used": self.report_reads_used,
+            "hold": None if self.hold_state is None else {"state": self.hold_state, "reads": self.hold_reads},
+            "reads": self.reads,
         }
 
     # ---- persistence ----

@@ -57,6 +57,7 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
         assert inline is not None
         request_count = len(inline)
     display_name = str(pick(batch, "displayName", "display_name") or "")
+    hold = emu.knobs.hold_for(display_name)
     job = Job(
         id=JobEngine.new_job_id(),
         display_name=display_name,
@@ -70,6 +71,8 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
         running_seconds=emu.knobs.get("running_seconds"),
         output_delay_seconds=emu.knobs.get("output_delay_seconds"),
         behaviour=emu.knobs.behaviour_for(display_name),
+        hold_state=None if hold is None else hold.state,
+        hold_reads=None if hold is None else hold.reads,
     )
     emu.engine.add(job)
     return json_response(job.operation(time.time()))
@@ -84,8 +87,12 @@ def _job(emu: Emulator, params: dict[str, Any]) -> Job:
 
 async def get(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:
     job = _job(emu, params)
-    # Why consume here only: the raw-state knob counts batches.get reads (what pollers do), not list pages.
-    return json_response(job.operation(time.time(), raw_state=job.reported_state(consume=True)))
+    now = time.time()
+    # Why consume here only: the raw-state knob and holds count batches.get reads (what pollers do), not
+    # list pages. The read is counted after its reply is built: the last held read still shows the hold.
+    op = job.operation(now, raw_state=job.reported_state(consume=True))
+    emu.engine.read(job, now)
+    return json_response(op)
 
 
 async def list_batches(

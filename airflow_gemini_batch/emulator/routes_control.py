@@ -14,7 +14,15 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   "fail_keys", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
   as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``
   reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
-* ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged.
+* ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?}``: jobs created from now
+  on whose display name starts with ``match`` (null: every job), at most ``count`` of them (null: all),
+  really stay in ``state`` (PENDING or RUNNING) until ``reads`` ``batches.get`` reads have reported it (null:
+  until released), then their lifecycle goes on as configured. A test that needs a job in a state counts
+  reads instead of racing the clock.
+* ``POST /_emulator/release`` - ``{"name"?}``: end the hold of that job now (no name: of every held job, and
+  forget the hold rules); returns ``{"released": [names]}``. An unknown name is a 400.
+* ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged; ``hold`` (state
+  and reads left, or null) and ``reads`` (``batches.get`` reads so far) say what a held job is waiting for.
 * ``GET /_emulator/calls`` - call counts per endpoint name.
 * ``GET /_emulator/health`` - liveness.
 """
@@ -79,6 +87,22 @@ def control_router(emu: Emulator) -> APIRouter:
     @router.post("/job_behaviour")
     async def add_behaviour(request: Request) -> Response:
         return await guarded(request, lambda body: {"job_behaviour": emu.knobs.add_behaviour(body).as_dict()})
+
+    @router.post("/hold")
+    async def add_hold(request: Request) -> Response:
+        return await guarded(request, lambda body: {"hold": vars(emu.knobs.add_hold(body))})
+
+    def release(body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if name is not None and not any(job.name == name for job in emu.engine.all_jobs()):
+            raise ValidationError(f"no job named {name!r}")
+        if name is None:
+            emu.knobs.clear_holds()
+        return {"released": emu.engine.release(name)}
+
+    @router.post("/release")
+    async def release_jobs(request: Request) -> Response:
+        return await guarded(request, release)
 
     @router.get("/jobs")
     async def jobs() -> Response:
