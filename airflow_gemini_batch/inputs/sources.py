@@ -11,7 +11,6 @@ Row values are data. Nothing here interprets them; the request stage only ever c
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,9 +19,10 @@ from functools import partial
 from typing import Any
 
 import orjson
-from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk import BaseHook
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.storage import is_file, open_binary
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,11 @@ class JsonlRowSource(RowSource):
         return obj.get("key"), obj["request"]
 
     def batches(self) -> Iterator[Sequence[tuple[Any, ...]]]:
-        path = ObjectStoragePath(self.path) if "://" in self.path else None
-        exists = path.exists() if path is not None else os.path.isfile(self.path)
-        if not exists:
+        if not is_file(self.path):
             raise GeminiBatchInputError(
                 f"input_path {self.path} does not exist; give an existing JSONL file."
             )
-        with path.open("rb") if path is not None else open(self.path, "rb") as f:
+        with open_binary(self.path) as f:
             batch: list[tuple[Any, Any]] = []
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():

@@ -34,6 +34,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from airflow_gemini_batch.storage import open_binary
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -51,11 +53,7 @@ def canonical(key: Any) -> str:
 
 def open_keys(path: str) -> IO[bytes]:
     """A key list for reading: a local path directly (fast), anything with a scheme via ObjectStoragePath."""
-    if "://" not in path or path.startswith("file://"):
-        return open(path.removeprefix("file://"), "rb")
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(path).open("rb")
+    return open_binary(path)
 
 
 def iter_key_lines(path: str) -> Iterator[tuple[str, Any]]:

@@ -19,20 +19,13 @@ import orjson
 
 from airflow_gemini_batch.results.rows import STORED_FIELDS, SUCCEEDED
 from airflow_gemini_batch.sinks.table import json_cell
+from airflow_gemini_batch.storage import object_path
 
 if TYPE_CHECKING:
     from airflow_gemini_batch.results.rows import ResultRow
 
 FORMATS = ("jsonl", "parquet")
 _ERROR_FIELDS = ("key", "outcome", "error_code", "error_message", "job_name", "loaded_at")
-
-
-def _path(uri: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
-
-    if "://" not in uri:
-        uri = "file://" + uri
-    return ObjectStoragePath(uri)
 
 
 class ObjectStorageSink:
@@ -53,7 +46,7 @@ class ObjectStorageSink:
     ) -> None:
         if output_format not in FORMATS:
             raise ValueError(f"output_format must be one of {FORMATS}, not {output_format!r}")
-        self.folder = _path(destination_path)
+        self.folder = object_path(destination_path)
         self.output_format = output_format
         self.output_columns = list(output_columns or {})
         self.integer_keys = integer_keys

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from airflow.sdk import ObjectStoragePath
+from airflow_gemini_batch.storage import copy_file, file_uri, local_path
 
 SHARD_FILE = "shard-{index:05d}.jsonl"
 KEYS_FILE = "keys-{index:05d}.jsonl"
@@ -29,16 +29,7 @@ SKIPPED_KEYS_FILE = "skipped_keys.jsonl"
 
 def default_staging_uri(identity_hash: str) -> str:
     """``file://<tempdir>/gemini-batch/<identity hash>``: per task instance, shared by its retries."""
-    return (Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash).as_uri()
-
-
-def _local_path_of(uri: str) -> Path | None:
-    """The local folder a URI names, or None when it is not on this machine's file system."""
-    if uri.startswith("file://"):
-        return Path(ObjectStoragePath(uri).path)
-    if "://" not in uri:
-        return Path(uri)
-    return None
+    return file_uri(Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash)
 
 
 class Staging:
@@ -50,8 +41,8 @@ class Staging:
     """
 
     def __init__(self, staging_uri: str, identity_hash: str) -> None:
-        local = _local_path_of(staging_uri)
-        self.uri = local.as_uri() if local is not None else staging_uri.rstrip("/")
+        local = local_path(staging_uri)
+        self.uri = file_uri(local) if local is not None else staging_uri.rstrip("/")
         self.remote = local is None
         self.local_dir = (
             local if local is not None else Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash
@@ -86,8 +77,5 @@ class Staging:
     def publish(self, local: Path, uri: str) -> str:
         """Copy a finished local file to the (remote) staging folder; local staging needs no copy."""
         if self.remote:
-            target = ObjectStoragePath(uri)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with local.open("rb") as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst, length=8 * 1024 * 1024)
+            copy_file(local, uri)
         return uri

@@ -1,0 +1,82 @@
+"""Local path vs object storage: one helper decides, for every stage that takes either."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from airflow_gemini_batch.storage import (
+    copy_file,
+    file_uri,
+    is_file,
+    is_local,
+    local_path,
+    make_dirs,
+    object_path,
+    open_binary,
+)
+
+
+def test_plain_paths_and_file_uris_are_local_and_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert local_path(str(tmp_path / "a.jsonl")) == tmp_path / "a.jsonl"
+    assert local_path(tmp_path / "a.jsonl") == tmp_path / "a.jsonl"
+    assert local_path(f"file://{tmp_path}/a.jsonl") == tmp_path / "a.jsonl"
+    assert local_path("rel/a.jsonl") == tmp_path / "rel" / "a.jsonl"  # relative to the working directory
+    assert local_path("file://rel/a.jsonl") == tmp_path / "rel" / "a.jsonl"  # as ObjectStoragePath reads it
+    assert is_local("a.jsonl") and is_local("file:///x")
+
+
+@pytest.mark.parametrize(
+    "uri", ["gs://bucket/prefix/keys.jsonl", "gs://conn@bucket/p", "s3://b/k", "memory://x/y"]
+)
+def test_anything_with_another_scheme_is_object_storage(uri):
+    assert local_path(uri) is None and not is_local(uri)
+
+
+def test_file_uri_and_local_path_are_inverses(tmp_path):
+    odd = tmp_path / "with space" / "100%" / "k.jsonl"
+    assert file_uri(odd) == f"file://{odd}"
+    assert local_path(file_uri(odd)) == odd
+    # ObjectStoragePath reads the same URI as the same file (no percent-decoding on either side).
+    assert object_path(odd).path == str(odd)
+
+
+def test_local_files_round_trip_through_the_builtin_open(tmp_path):
+    target = tmp_path / "dir" / "f.bin"
+    make_dirs(target.parent)
+    with open_binary(file_uri(target), "wb") as fh:
+        assert not hasattr(fh, "fs")  # the built-in file object, not an fsspec one
+        fh.write(b"abc\n")
+    assert is_file(target) and is_file(file_uri(target)) and not is_file(tmp_path / "dir")
+    with open_binary(str(target)) as fh:
+        assert fh.read() == b"abc\n"
+
+
+def test_copy_file_creates_parents_and_skips_a_copy_onto_itself(tmp_path):
+    source = tmp_path / "src.jsonl"
+    source.write_bytes(b'"a"\n"b"\n')
+    copy_file(source, file_uri(tmp_path / "deep" / "er" / "dst.jsonl"))
+    assert (tmp_path / "deep" / "er" / "dst.jsonl").read_bytes() == b'"a"\n"b"\n'
+    copy_file(source, str(source))  # same file: nothing to do, and the content survives
+    assert source.read_bytes() == b'"a"\n"b"\n'
+
+
+def test_object_storage_goes_through_object_storage_path(tmp_path):
+    """fsspec's in-memory file system, attached as an Airflow object store, stands in for a bucket: the same
+    code path as gs:// or s3://."""
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach(protocol="memory", fs=MemoryFileSystem())
+    folder = f"memory://bucket-{uuid.uuid4().hex}/prefix"
+    source = tmp_path / "keys.jsonl"
+    source.write_bytes(b"1\n2\n")
+    copy_file(source, f"{folder}/keys.jsonl")
+    assert is_file(f"{folder}/keys.jsonl") and not is_file(f"{folder}/none.jsonl")
+    with open_binary(f"{folder}/keys.jsonl") as fh:
+        assert fh.read() == b"1\n2\n"
+    assert str(object_path(folder)) == folder
+    assert not Path(folder.removeprefix("memory://")).exists()  # nothing landed on the local disk
