@@ -69,8 +69,9 @@ class EmulatorControl:
         match: str | None = None,
         count: int | None = None,
     ) -> dict[str, Any]:
-        """Hold jobs created from now on in ``state`` (PENDING or RUNNING) until ``reads`` ``batches.get``
-        reads have reported it (None: until :meth:`release`); then their lifecycle goes on as configured.
+        """Hold jobs created from now on in ``state`` until ``reads`` ``batches.get`` reads have reported it
+        (None: until :meth:`release`); then their lifecycle goes on as configured. ``state``: PENDING,
+        RUNNING, or SUCCEEDED (done, its output not visible yet, as the real service may report it).
 
         ``match``: a display-name prefix (None: every job); ``count``: hold only the next ``count`` jobs.
         E.g. ``hold_state("PENDING", reads=1)``: a deferrable sensor's first poke sees PENDING and defers,

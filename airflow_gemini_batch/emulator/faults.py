@@ -9,7 +9,8 @@ Invariants:
 * ``report_state`` / ``report_state_reads`` make matching jobs show a raw ``metadata.state`` on the wire
   for their first N ``batches.get`` reads (see ``jobs.Job.reported_state``), to test unknown-state handling.
 * A hold rule (``add_hold``) applies, like a behaviour, to jobs created after it: the newest matching rule
-  with uses left wins. It makes a job really stay in PENDING or RUNNING (not only on the wire) until it has
+  with uses left wins. It makes a job really stay in PENDING, RUNNING or SUCCEEDED-without-output (not only
+  on the wire, unlike ``report_state``) until it has
   been read ``reads`` times in that state, or until released; so a test that needs a job in a state gets it
   by counting reads, never by a wall-clock margin that a busy machine overruns.
 * ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
@@ -36,7 +37,8 @@ ENDPOINTS: tuple[str, ...] = (
     "batches.delete",
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
-HOLD_STATES = ("PENDING", "RUNNING")
+#: SUCCEEDED: done, but the output is not visible yet (the real service may report SUCCEEDED first).
+HOLD_STATES = ("PENDING", "RUNNING", "SUCCEEDED")
 CORRUPTIONS = ("truncate", "malformed", "drop_key", "unknown_key", "duplicate_key")
 CONFIG_KEYS = (
     "pending_seconds",

@@ -7,11 +7,12 @@ Invariants:
   ``PENDING`` until ``create + pending_seconds`` (forever with ``stay_pending``), then ``RUNNING`` until
   ``start + running_seconds`` *and* the worker has finished, then the behaviour's final state
   (``SUCCEEDED`` by default). ``cancel`` freezes the job at ``CANCELLED``.
-* A held job (``hold_state`` PENDING or RUNNING, set at creation by a hold rule) really is in that state,
-  whatever the clock says: its start (PENDING) or its end (RUNNING) is infinitely far until the hold is
-  released, by its last counted read or through the control API. ``release`` moves that boundary to the
-  release time at the earliest, so the lifecycle then goes on as configured, as if it had been that slow.
-  Only ``batches.get`` reads that report the held state count (``reads`` counts every ``batches.get``).
+* A held job (``hold_state``, set at creation by a hold rule) really is in that state, whatever the clock
+  says: PENDING (its start is infinitely far), RUNNING (its end is), or SUCCEEDED with its output not visible
+  yet (its output delay is), until the hold is released by its last counted read or through the control API.
+  ``release`` moves that boundary to the release time at the earliest, so the lifecycle then goes on as
+  configured, as if it had been that slow. Only ``batches.get`` reads that report the held state count
+  (``reads`` counts every ``batches.get``).
 * Timing knobs are snapshotted at creation: reconfiguring affects only later jobs.
 * Output (``metadata.output`` + top-level ``response``) appears only on ``SUCCEEDED``, and only
   ``output_delay_seconds`` after the end time (the real service is known to report SUCCEEDED first).
@@ -73,7 +74,7 @@ class Job:
     output_file: str | None = None
     inline_output: list[dict[str, Any]] | None = None
     report_reads_used: int = 0
-    #: "PENDING" | "RUNNING" while held there (see the module docstring), else None.
+    #: "PENDING" | "RUNNING" | "SUCCEEDED" (output not visible) while held there (see the module docstring).
     hold_state: str | None = None
     #: Reads in the held state left before the hold lets go (None: until released through the control API).
     hold_reads: int | None = None
@@ -93,7 +94,7 @@ class Job:
 
     @property
     def run_end(self) -> float:
-        if self.hold_state is not None:
+        if self.hold_state in ("PENDING", "RUNNING"):
             return math.inf
         return self.start_time + self.running_seconds
 
@@ -111,8 +112,12 @@ class Job:
             return False
         if self.hold_state == "PENDING":
             self.pending_seconds = max(self.pending_seconds, now - self.create_time)
-        else:
+        elif self.hold_state == "RUNNING":
             self.running_seconds = max(self.running_seconds, now - self.create_time - self.pending_seconds)
+        else:
+            state, _, end = self.state_at(now)
+            if state == "SUCCEEDED" and end is not None:
+                self.output_delay_seconds = max(self.output_delay_seconds, now - end)
         self.hold_state = self.hold_reads = None
         return True
 
@@ -182,7 +187,8 @@ class Job:
         meta["name"] = self.name
         op: dict[str, Any] = {"name": self.name, "metadata": meta, "done": state in TERMINAL}
         output = self.output()
-        if state == "SUCCEEDED" and output is not None and now >= (end_time or 0) + self.output_delay_seconds:
+        visible = self.hold_state != "SUCCEEDED" and now >= (end_time or 0) + self.output_delay_seconds
+        if state == "SUCCEEDED" and output is not None and visible:
             meta["output"] = output
             op["response"] = {"@type": TYPE_PREFIX + batch_type + "Output", **output}
         if state in _ERRORS:

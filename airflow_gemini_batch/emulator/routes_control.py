@@ -16,7 +16,7 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
 * ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?}``: jobs created from now
   on whose display name starts with ``match`` (null: every job), at most ``count`` of them (null: all),
-  really stay in ``state`` (PENDING or RUNNING) until ``reads`` ``batches.get`` reads have reported it (null:
+  really stay in ``state`` (PENDING, RUNNING, or SUCCEEDED with the output not visible yet) until ``reads`` ``batches.get`` reads have reported it (null:
   until released), then their lifecycle goes on as configured. A test that needs a job in a state counts
   reads instead of racing the clock.
 * ``POST /_emulator/release`` - ``{"name"?}``: end the hold of that job now (no name: of every held job, and

@@ -77,6 +77,17 @@ def test_running_hold_then_the_behaviours_final_state(emu: EmulatorServer, clien
     assert wait_done(client, name, timeout=60).state == FAILED
 
 
+def test_succeeded_hold_keeps_the_output_back(emu: EmulatorServer, client: genai.Client) -> None:
+    """Held at SUCCEEDED: done, but no output until the last held read; reads while RUNNING do not count."""
+    emu.control.hold_state("SUCCEEDED", reads=2)
+    name = _create(client)
+    first = wait_done(client, name, timeout=60)  # the first SUCCEEDED read is the first that counts
+    second = client.batches.get(name=name)
+    assert first.state == second.state == SUCCEEDED and first.dest is None and second.dest is None
+    third = client.batches.get(name=name)
+    assert third.state == SUCCEEDED and third.dest and third.dest.inlined_responses
+
+
 def test_reads_in_another_state_do_not_count(emu: EmulatorServer, client: genai.Client) -> None:
     """A RUNNING hold counts RUNNING reads only: reads while the job is still (held) PENDING are not used."""
     emu.control.hold_state("RUNNING", reads=1, match="r-")
@@ -138,7 +149,7 @@ def test_reset_forgets_holds(emu: EmulatorServer, client: genai.Client) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {"state": "SUCCEEDED"},
+        {"state": "FAILED"},
         {"state": "PENDING", "reads": 0},
         {"state": "PENDING", "count": "2"},
         {"state": "PENDING", "match": ""},

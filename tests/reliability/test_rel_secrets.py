@@ -102,7 +102,8 @@ def world(airflow_db: Path, emulator_server: Any, tmp_path_factory: pytest.TempP
     tmp = tmp_path_factory.mktemp("canary")
     emulator = emulator_server
     emulator.control.reset()
-    emulator.control.configure(pending_seconds=0.5)  # the sensors really defer (a trigger row is written)
+    # The sensors really defer (a trigger row is written): each job is PENDING for the sensor's first poke.
+    emulator.control.hold_state("PENDING", reads=1)
     mp = pytest.MonkeyPatch()
     conn = {"conn_type": "gemini_batch", "host": emulator.base_url, "password": CANARY}
     mp.setenv("AIRFLOW_CONN_GEMINI_BATCH_DEFAULT", json.dumps(conn))

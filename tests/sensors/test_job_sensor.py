@@ -28,6 +28,7 @@ from airflow_gemini_batch.manifest import MANIFEST_KIND, WAIT_SUMMARY_KIND, WAIT
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
 from airflow_gemini_batch.wait.verdict import DEFER_TIMEOUT_SLACK_SECONDS
+from tests.polling import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,7 +72,8 @@ def wait(mode: str, names: list[str], **kw: Any) -> Any:
 def test_success_summary(
     mode: str, emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
-    emulator.control.configure(pending_seconds=0.3, running_seconds=0.2, output_delay_seconds=0.3)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING for the first poke: the deferrable path defers
+    emulator.control.configure(running_seconds=0.2, output_delay_seconds=0.3)
     names = make_jobs(["ok-a", "ok-b"], requests=3)
     summary = wait(mode, names)
     assert summary["kind"] == WAIT_SUMMARY_KIND and summary["status"] == "success"
@@ -99,7 +101,8 @@ def test_bad_final_state_fails_with_typed_error(
     make_jobs: Callable[..., list[str]],
     gemini_conn: str,
 ) -> None:
-    emulator.control.configure(pending_seconds=0.3, running_seconds=0.2)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING for the first poke: the deferrable path defers
+    emulator.control.configure(running_seconds=0.2)
     emulator.control.set_job_behaviour(match="doomed", final_state=final_state)
     names = make_jobs(["fine", "doomed"])
     with pytest.raises(exc) as info:
@@ -118,7 +121,8 @@ def test_deadline_fails_with_timeout_error(
     emulator.control.set_job_behaviour(stay_pending=True)
     names = make_jobs(["slow-a", "slow-b"])
     with pytest.raises(GeminiBatchTimeoutError) as info:
-        wait(mode, names, timeout=0.6)
+        # Long enough for the first poke to end before the deadline on a busy machine (deferrable defers first).
+        wait(mode, names, timeout=3)
     for name in names:
         assert name in str(info.value)
     assert "PENDING" in str(info.value)
@@ -130,7 +134,7 @@ def test_deadline_fails_with_timeout_error(
 def test_allow_partial_lists_bad_jobs(
     mode: str, emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
-    emulator.control.configure(pending_seconds=0.3)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING for the first poke: the deferrable path defers
     emulator.control.set_job_behaviour(match="broken", final_state="FAILED")
     names = make_jobs(["good", "broken"])
     summary = wait(mode, names, allow_partial=True)
@@ -143,7 +147,7 @@ def test_allow_partial_lists_bad_jobs(
 def test_allow_partial_fails_when_all_jobs_are_bad(
     mode: str, emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
-    emulator.control.configure(pending_seconds=0.3)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING for the first poke: the deferrable path defers
     emulator.control.set_job_behaviour(final_state="EXPIRED")
     names = make_jobs(["x", "y"])
     with pytest.raises(GeminiBatchJobExpiredError, match="All 2"):
@@ -154,7 +158,7 @@ def test_deferrable_does_not_defer_when_already_done(
     emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
     names = make_jobs(["instant"])
-    time.sleep(0.2)
+    wait_until(lambda: emulator.control.job(names[0])["state"] == "BATCH_STATE_SUCCEEDED", what="job done")
     summary = sensor_for("deferrable", names).execute({})
     assert summary["jobs"][0]["state"] == "SUCCEEDED"
 
@@ -217,7 +221,7 @@ def test_on_kill_in_poke_mode_cancels_the_jobs(
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.4)
+    wait_until(lambda: all(j["reads"] for j in emulator.control.jobs()), what="every job poked")
     sensor.on_kill()
     worker.join(30)
     assert {j["state"] for j in emulator.control.jobs()} == {"BATCH_STATE_CANCELLED"}
@@ -242,7 +246,8 @@ def test_dag_with_deferrable_sensor_end_to_end(
 
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 
-    emulator.control.configure(pending_seconds=1, running_seconds=1)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING for the first poke: the sensor really defers
+    emulator.control.configure(running_seconds=1)
     jsonl = tmp_path / "requests.jsonl"
     jsonl.write_text(
         "".join(

@@ -15,6 +15,7 @@ from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchJobCanc
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
+from tests.polling import await_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +36,13 @@ def trigger_for(names: list[str], conn_id: str, **kw: Any) -> GeminiBatchJobTrig
     kw.setdefault("deadline", time.time() + 60)
     kw.setdefault("poll_interval", 0.05)
     return GeminiBatchJobTrigger(job_names=names, gemini_conn_id=conn_id, **kw)
+
+
+async def every_job_read(emulator: Any) -> None:
+    """Until the trigger has read every job at least once (the event loop keeps running meanwhile)."""
+    await await_until(
+        lambda: all(j["reads"] for j in emulator.control.jobs()), what="every job read by the trigger"
+    )
 
 
 def states(emulator: Any) -> dict[str, str]:
@@ -66,7 +74,8 @@ def test_invalid_job_name_is_rejected_at_build_time() -> None:
 def test_waits_for_all_jobs_with_latency(
     emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
-    emulator.control.configure(pending_seconds=0.3, running_seconds=0.3)
+    emulator.control.hold_state("PENDING", reads=1)  # not done at the first round, however busy the machine
+    emulator.control.configure(running_seconds=0.3)
     names = make_jobs(["lat-a", "lat-b"], requests=3)
     event = asyncio.run(first_event(trigger_for(names, gemini_conn)))
     assert event["status"] == "success", event
@@ -84,12 +93,12 @@ def test_rebuilt_trigger_keeps_deadline_and_jobs(
 ) -> None:
     emulator.control.set_job_behaviour(stay_pending=True)
     names = make_jobs(["restart-a", "restart-b"])
-    deadline = time.time() + 1.5
+    deadline = time.time() + 5  # far enough for the first trigger to read the jobs first, on a busy machine
     first = trigger_for(names, gemini_conn, deadline=deadline)
 
     async def restart() -> dict[str, Any]:
         task = asyncio.ensure_future(first_event(first))
-        await asyncio.sleep(0.4)
+        await every_job_read(emulator)
         task.cancel()  # the triggerer goes away mid-wait
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -154,7 +163,7 @@ def test_job_cancelled_through_the_sdk_while_waiting(
 
     async def scenario() -> dict[str, Any]:
         task = asyncio.ensure_future(first_event(trigger_for(names, gemini_conn)))
-        await asyncio.sleep(0.3)
+        await every_job_read(emulator)
         assert not task.done()
         await asyncio.to_thread(GeminiBatchHook(gemini_conn).cancel_job, names[0])
         return await task
@@ -175,7 +184,7 @@ def test_on_kill_cancels_running_jobs(
 
     async def scenario() -> None:
         task = asyncio.ensure_future(first_event(trigger))
-        await asyncio.sleep(0.3)
+        await every_job_read(emulator)
         task.cancel()  # what the triggerer does to the run before calling on_kill
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -200,13 +209,13 @@ def test_on_kill_leaves_finished_jobs_alone(
 def test_succeeded_before_output_visible_keeps_polling(
     emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
 ) -> None:
-    emulator.control.configure(output_delay_seconds=0.6)
+    emulator.control.hold_state("SUCCEEDED", reads=2)  # reported SUCCEEDED twice before the output shows
     names = make_jobs(["late-output"])
     event = asyncio.run(first_event(trigger_for(names, gemini_conn)))
     assert event["status"] == "success", event
     job = event["jobs"][0]
     assert job["state"] == "SUCCEEDED" and job["has_inline_responses"] is True
-    # Succeeded at once, output 0.6 s later: the trigger must have read the job several times meanwhile.
+    # SUCCEEDED with no output for two reads: the trigger must have read the job again until it showed.
     assert emulator.control.calls()["batches.get"] >= 3
 
 
