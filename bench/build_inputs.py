@@ -5,7 +5,8 @@ Compared in the same run, each case in a fresh process (bench/harness.py):
 * floor — bare cursor iteration + ``orjson`` encoding of the same requests to one file (no validation,
   no key lists, no duplicate check, no fingerprint);
 * naive — ``pandas.read_sql`` → ``json.dumps`` per row → a list → a file (what a quick script does);
-* ours — ``GeminiBatchSubmitOperator.build()``: sources → requests → shards, with every validation.
+* ours — ``SubmitRun.build()`` (what the submit operator runs): sources → requests → shards, with every
+  validation.
 
 Keys arriving in increasing order (the usual ``id`` order) let the duplicate-key pass be skipped; a second
 SQLite pair (``ORDER BY description``) shows the cost when it runs.
@@ -171,13 +172,13 @@ def pg_floor(table: str, out: str) -> Any:
 
 def ours(conn: dict[str, Any], sql: str, staging: str) -> Any:
     os.environ["AIRFLOW_CONN_BENCH_SOURCE"] = json.dumps(conn)
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
     from airflow_gemini_batch.inputs.sources import dbapi_connector
-    from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
+    from airflow_gemini_batch.submit.run import SubmitRun, SubmitSettings
     from airflow_gemini_batch.submit.staging import Staging
 
-    op = GeminiBatchSubmitOperator(
-        task_id="bench", sql=sql, source_conn_id="bench_source", prompt_template=TEMPLATE
-    )
+    settings = SubmitSettings(sql=sql, source_conn_id="bench_source", prompt_template=TEMPLATE).validated()
+    submit_run = SubmitRun(GeminiBatchHook(), settings)
     stage = Staging(staging, "bench")
     stage.clear_stale()
     # Warm-up outside the measurement: resolving a connection's hook imports the providers manager once per
@@ -185,7 +186,7 @@ def ours(conn: dict[str, Any], sql: str, staging: str) -> Any:
     dbapi_connector("bench_source")().close()
 
     def run() -> dict[str, Any]:
-        plan = op.build(stage)
+        plan = submit_run.build(stage)
         return {"requests": plan.request_count, "shards": len(plan.shards)}
 
     return run

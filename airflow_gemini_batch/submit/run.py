@@ -1,0 +1,354 @@
+"""The submit run: one execution of the submit stage, from rows to recorded jobs and a manifest.
+
+:class:`SubmitRun` is the one place that knows the *order* of a submission; every stage is a method, so a
+stage is extended where it happens (a budget check between :meth:`SubmitRun.build` and
+:meth:`SubmitRun.begin`, a new source in :meth:`SubmitRun.source`, ...). The order is what keeps the invariants:
+
+* No API call before the whole input is read and validated: :meth:`~SubmitRun.build` reads, validates and
+  shards everything (a run needing more than ``max_jobs`` shards is refused there), and nothing before it
+  talks to the Gemini API.
+* Whether to scan ``batches.list`` for orphans is decided *before* the ledger records this run's header:
+  records left by an earlier try are authoritative, the header this try writes is not evidence of anything.
+* Key lists (and the skipped-keys file) are published only after the ledger accepted the input: a retry
+  refused for a changed input must not overwrite the key lists that the recorded jobs' results are
+  reconciled against.
+* Jobs are created or re-attached only after the header is recorded (at most one paid job per shard
+  generation, :mod:`airflow_gemini_batch.submit.submission`).
+* The manifest carries names, counts and locations only; never row data, never the API key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
+from airflow_gemini_batch.inputs.shards import (
+    DEFAULT_MAX_BYTES_PER_JOB,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_REQUESTS_PER_JOB,
+    ShardLimits,
+    ShardPlan,
+    build_shards,
+)
+from airflow_gemini_batch.inputs.sources import (
+    DEFAULT_BATCH_SIZE,
+    JsonlRowSource,
+    ListRowSource,
+    RowSource,
+    SqlRowSource,
+)
+from airflow_gemini_batch.inputs.validation import InvalidRows
+from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest
+from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
+from airflow_gemini_batch.submit.staging import Staging, default_staging_uri
+from airflow_gemini_batch.submit.submission import CreateRetry, PlanSubmission, inline_requests, submit_plan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from airflow.sdk import Context
+    from airflow.sdk.types import Logger
+
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+
+DEFAULT_MODEL = "gemini-2.5-flash"
+DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
+MAX_INLINE_BYTES = 20 * 1024 * 1024  # the API's limit for inline batch requests
+
+
+def default_model(task: str) -> str:
+    return DEFAULT_EMBEDDING_MODEL if task == "embed" else DEFAULT_MODEL
+
+
+@dataclass
+class SubmitSettings:
+    """What a submit run is made of: the submit operator's arguments of the same names (see its docstring),
+    except the connection and the waiting ones. Values are used as given (rendered templates included);
+    :meth:`validated` checks them once, when the operator is built."""
+
+    sql: str | None = None
+    source_conn_id: str | None = None
+    parameters: Any = None
+    requests: Any = None
+    input_path: str | None = None
+    task: str = "generate"
+    model: str | None = None
+    key_column: str = "id"
+    prompt_column: str | None = None
+    prompt_template: str | None = None
+    request_builder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    system_instruction: str | dict[str, Any] | None = None
+    generation_config: dict[str, Any] | None = None
+    response_schema: Any = None
+    tools: list[Any] | None = None
+    safety_settings: list[dict[str, Any]] | None = None
+    cached_content: str | None = None
+    embedding_task_type: str | None = None
+    output_dimensionality: int | None = None
+    on_invalid_row: str = "fail"
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_bytes_per_job: int = DEFAULT_MAX_BYTES_PER_JOB
+    max_requests_per_job: int = DEFAULT_MAX_REQUESTS_PER_JOB
+    max_tokens_per_job: int | None = None
+    max_jobs: int = DEFAULT_MAX_JOBS
+    inline_threshold_bytes: int = 0
+    staging_path: str | None = None
+    fetch_batch_size: int = DEFAULT_BATCH_SIZE
+    on_changed_input: str = "fail"
+    force_resubmit: bool = False
+    create_retry_attempts: int = 6
+    create_retry_base_seconds: float = 2.0
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any] | object) -> SubmitSettings:
+        """The settings named like :meth:`names` in a mapping, or in an object's attributes (an operator)."""
+        if isinstance(values, dict):
+            return cls(**{name: values[name] for name in cls.names() if name in values})
+        return cls(**{name: getattr(values, name) for name in cls.names()})
+
+    def validated(self) -> SubmitSettings:
+        """Check the arguments that need no rows (:class:`ValueError`) and fill the task's default model."""
+        inputs = [
+            n
+            for n, v in (("sql", self.sql), ("requests", self.requests), ("input_path", self.input_path))
+            if v
+        ]
+        if len(inputs) != 1:
+            raise ValueError(f"Give exactly one of sql, requests, input_path (got {inputs or 'none'}).")
+        if self.sql and not self.source_conn_id:
+            raise ValueError("sql needs source_conn_id (a common-sql connection).")
+        if self.on_invalid_row not in ("fail", "skip"):
+            raise ValueError(f"on_invalid_row must be 'fail' or 'skip', got {self.on_invalid_row!r}.")
+        if self.on_changed_input not in ("fail", "resubmit"):
+            raise ValueError(f"on_changed_input must be 'fail' or 'resubmit', got {self.on_changed_input!r}.")
+        if not 0 <= self.inline_threshold_bytes <= MAX_INLINE_BYTES:
+            raise ValueError(f"inline_threshold_bytes must be between 0 and {MAX_INLINE_BYTES} (20 MB).")
+        if self.task not in ("generate", "embed"):
+            raise ValueError(f"task must be 'generate' or 'embed', got {self.task!r}.")
+        self.model = self.model or default_model(self.task)
+        return self
+
+
+class SubmitRun:
+    """One execution of the submit stage: identity → staging → plan → ledger → key lists → jobs → manifest.
+
+    :param hook: the hook every API call goes through (only :meth:`submit` uses it).
+    :param settings: validated settings (:meth:`SubmitSettings.validated`).
+    :param log: where progress goes (the operator's task log).
+    """
+
+    def __init__(
+        self, hook: GeminiBatchHook, settings: SubmitSettings, log: Logger | logging.Logger | None = None
+    ) -> None:
+        self.hook = hook
+        self.settings = settings
+        self.log = log or logging.getLogger(__name__)
+        #: jobs this execution created (not re-attached ones): what ``on_kill`` may cancel.
+        self.created_jobs: list[str] = []
+
+    @property
+    def model(self) -> str:
+        return self.settings.model or default_model(self.settings.task)
+
+    def execute(self, context: Context) -> Manifest:
+        """Run every stage in order (see the module docstring for why this order) and return the manifest."""
+        identity = RunIdentity.from_context(context)
+        staging = self.staging(identity)
+        plan = self.build(staging)
+        if not plan.shards:
+            self.log.warning("The input has no valid rows: nothing to submit.")
+        ledger = SubmissionLedger(context.get("task_state_store"))
+        scan = not self.settings.force_resubmit and not ledger.has_records()
+        generation = self.begin(ledger, identity, plan, force_token=getattr(context["ti"], "max_tries", None))
+        keys_uris, skipped_uri = self.publish(staging, plan)
+        submitted = self.submit(ledger, identity, plan, generation, keys_uris, scan=scan)
+        return self.manifest(identity, staging, plan, submitted, skipped_uri)
+
+    # ---- inputs: source, request spec, limits, shards (no API call) ---------------------------------------
+
+    def staging(self, identity: RunIdentity) -> Staging:
+        """The run's files: ``staging_path`` or the per-identity default, without a previous try's leftovers."""
+        staging = Staging(self.settings.staging_path or default_staging_uri(identity.hash), identity.hash)
+        staging.clear_stale()
+        return staging
+
+    def request_spec(self) -> RequestSpec:
+        s = self.settings
+        return RequestSpec(
+            task=s.task,
+            key_column=s.key_column,
+            prompt_column=s.prompt_column,
+            prompt_template=s.prompt_template,
+            request_builder=s.request_builder,
+            system_instruction=s.system_instruction,
+            generation_config=s.generation_config,
+            response_schema=s.response_schema,
+            tools=s.tools,
+            safety_settings=s.safety_settings,
+            cached_content=s.cached_content,
+            embedding_task_type=s.embedding_task_type,
+            output_dimensionality=s.output_dimensionality,
+            # A request larger than a shard could never be placed; the shard budget caps the request limit.
+            max_request_bytes=min(s.max_request_bytes, self.limits().byte_budget),
+        )
+
+    def limits(self) -> ShardLimits:
+        s = self.settings
+        return ShardLimits(
+            max_bytes=s.max_bytes_per_job,
+            max_requests=s.max_requests_per_job,
+            max_tokens=s.max_tokens_per_job,
+            max_jobs=s.max_jobs,
+        )
+
+    def source(self) -> RowSource:
+        s = self.settings
+        if s.sql:
+            return SqlRowSource(s.source_conn_id, s.sql, s.parameters, s.fetch_batch_size)  # type: ignore[arg-type]
+        if s.input_path:
+            return JsonlRowSource(str(s.input_path), s.fetch_batch_size)
+        return ListRowSource(s.requests, s.fetch_batch_size)
+
+    def build(self, staging: Staging) -> ShardPlan:
+        """Read, validate and shard the whole input into ``staging`` (no API call). Public for benchmarks."""
+        spec = self.request_spec()
+        source = self.source()
+        if isinstance(source, ListRowSource) and source.kind == "str":
+            # A list of prompt strings is keyed by position, whatever key_column says for SQL inputs.
+            spec.key_column = "key"
+        self.log.info("Reading %s into shards under %s", source.describe(), staging.local_dir)
+        with staging.local_skipped_path.open("wb") as skipped_file:
+            invalid = InvalidRows(
+                self.settings.on_invalid_row == "skip", skipped_file, spec.max_request_bytes
+            )
+            plan = build_shards(
+                source.batches(),
+                lambda: RequestEncoder(spec, source.columns, invalid, prebuilt=source.prebuilt),
+                staging,
+                self.limits(),
+                invalid,
+                task=self.settings.task,
+                model=self.model,
+            )
+        if plan.skipped_count:
+            self.log.warning(
+                "Skipped %d invalid row(s) (on_invalid_row='skip'); listed in %s.\n%s",
+                plan.skipped_count,
+                staging.skipped_uri,
+                invalid.message(),
+            )
+        return plan
+
+    # ---- ledger, key lists, jobs ----------------------------------------------------------------------------
+
+    def begin(
+        self, ledger: SubmissionLedger, identity: RunIdentity, plan: ShardPlan, *, force_token: Any
+    ) -> int:
+        """Record this run's header; the generation to submit, or :class:`GeminiBatchChangedInputError`."""
+        return ledger.begin(
+            identity=identity,
+            fingerprint=plan.fingerprint,
+            shard_count=len(plan.shards),
+            on_changed_input=self.settings.on_changed_input,
+            force_resubmit=self.settings.force_resubmit,
+            force_token=force_token,
+        )
+
+    def publish(self, staging: Staging, plan: ShardPlan) -> tuple[list[str], str | None]:
+        """Key lists (and skipped keys) to ``staging_path``; only after :meth:`begin` accepted the input."""
+        keys_uris = [staging.publish(s.keys_path, f"{staging.uri}/{s.keys_path.name}") for s in plan.shards]
+        skipped_uri = (
+            staging.publish(staging.local_skipped_path, staging.skipped_uri) if plan.skipped_count else None
+        )
+        return keys_uris, skipped_uri
+
+    def inline_requests(self, plan: ShardPlan) -> list[dict[str, Any]] | None:
+        """A single generate shard up to ``inline_threshold_bytes`` goes inline instead of as a file."""
+        single = plan.shards[0] if len(plan.shards) == 1 else None
+        if (
+            single
+            and self.settings.task == "generate"
+            and single.bytes <= self.settings.inline_threshold_bytes
+        ):
+            return inline_requests(single.path)
+        return None
+
+    def submit(
+        self,
+        ledger: SubmissionLedger,
+        identity: RunIdentity,
+        plan: ShardPlan,
+        generation: int,
+        keys_uris: list[str],
+        *,
+        scan: bool,
+    ) -> PlanSubmission:
+        """Upload and create (or re-attach to) one job per shard; the first stage that calls the API."""
+        s = self.settings
+        submitted = submit_plan(
+            self.hook,
+            ledger,
+            plan,
+            identity_hash=identity.hash,
+            generation=generation,
+            keys_uris=keys_uris,
+            model=self.model,
+            embeddings=s.task == "embed",
+            inline=self.inline_requests(plan),
+            retry=CreateRetry(s.create_retry_attempts, s.create_retry_base_seconds),
+            scan=scan,
+            on_created=self.created_jobs.append,
+        )
+        shards = submitted.shards
+        self.log.info(
+            "Submitted %d shard(s): %d job(s) created now, %d re-attached; %s bytes uploaded; %s requests",
+            len(shards),
+            submitted.created,
+            len(shards) - submitted.created,
+            f"{submitted.uploaded_bytes:,}",
+            f"{plan.request_count:,}",
+        )
+        return submitted
+
+    def manifest(
+        self,
+        identity: RunIdentity,
+        staging: Staging,
+        plan: ShardPlan,
+        submitted: PlanSubmission,
+        skipped_uri: str | None,
+    ) -> Manifest:
+        return Manifest(
+            kind=MANIFEST_KIND,
+            version=1,
+            gemini_conn_id=self.hook.gemini_conn_id,
+            task=self.settings.task,
+            model=self.model,
+            identity=identity.text,
+            fingerprint=plan.fingerprint,
+            response_schema=self.request_spec().response_schema,
+            staging_path=staging.uri,
+            dag_id=identity.dag_id,
+            run_id=identity.run_id,
+            task_id=identity.task_id,
+            map_index=identity.map_index,
+            shards=submitted.shards,
+            request_count=plan.request_count,
+            skipped_count=plan.skipped_count,
+            skipped_keys_path=skipped_uri,
+        )
+
+    def cancel_created_jobs(self) -> None:
+        """Cancel the jobs this execution created (on kill); re-attached jobs belong to earlier tries."""
+        for name in self.created_jobs:
+            try:
+                self.hook.cancel_job(name)
+                self.log.info("Cancelled job %s on kill", name)
+            except Exception as e:
+                self.log.warning("Could not cancel job %s on kill: %s", name, type(e).__name__)
