@@ -208,7 +208,7 @@ class GeminiBatchAdapter(BatchAdapter):
                 )
         total = 0
         lines = iter_request_lines(
-            requests,  # type: ignore[arg-type]
+            requests,
             key16=idempotency_key,
             system_prompt=system_prompt,
             max_tokens=max_tokens,
@@ -247,7 +247,7 @@ class GeminiBatchAdapter(BatchAdapter):
             with path.open("wb") as fh:
                 fh.writelines(
                     iter_request_lines(
-                        requests,  # type: ignore[arg-type]
+                        requests,
                         key16=idempotency_key,
                         system_prompt=system_prompt,
                         max_tokens=max_tokens,

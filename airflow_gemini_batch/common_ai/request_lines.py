@@ -19,7 +19,7 @@ import orjson
 from airflow_gemini_batch.inputs.requests import RequestSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, Mapping, Sequence
 
 
 def request_key(key16: str, index: int) -> str:
@@ -49,7 +49,7 @@ def job_wide_parts(
 
 
 def iter_request_lines(
-    requests: list[Mapping[str, Any]],
+    requests: Sequence[Mapping[str, Any]],
     *,
     key16: str,
     system_prompt: str,
