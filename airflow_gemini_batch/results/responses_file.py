@@ -21,7 +21,7 @@ The parser is passed in and its general path called through it, so this module d
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 
@@ -52,6 +52,10 @@ READ_BUFFER_BYTES = 1024 * 1024
 # declared: msgspec skips the others without building them. A line that does not fit these types raises and
 # takes the general path, which is the reference behaviour. (camelCase attribute names: they are the wire's.)
 if msgspec is not None:
+    # An int within int64: orjson (the general path) reads an int beyond 64 bits as a float, msgspec as an int,
+    # so such a key or count is left to the general path. (msgspec bounds must fit an int64: the unsigned
+    # half above 2**63 takes the general path too, where it reads the same.)
+    _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
     class _Part(msgspec.Struct, gc=False):
         text: str | None = None
@@ -65,11 +69,11 @@ if msgspec is not None:
         finishReason: str | None = None
 
     class _Usage(msgspec.Struct, gc=False):
-        promptTokenCount: int | None = None
-        candidatesTokenCount: int | None = None
-        thoughtsTokenCount: int | None = None
-        cachedContentTokenCount: int | None = None
-        totalTokenCount: int | None = None
+        promptTokenCount: _Int | None = None
+        candidatesTokenCount: _Int | None = None
+        thoughtsTokenCount: _Int | None = None
+        cachedContentTokenCount: _Int | None = None
+        totalTokenCount: _Int | None = None
 
     class _Response(msgspec.Struct, gc=False):
         candidates: list[_Candidate] | None = None
@@ -77,7 +81,7 @@ if msgspec is not None:
         modelVersion: str | None = None
 
     class _Line(msgspec.Struct, gc=False):
-        key: Any = None
+        key: _Int | str | None = None  # other types (bool, float, list, ...): the general path
         response: _Response | None = None
 
     _LINE_DECODER: Any = msgspec.json.Decoder(_Line)
