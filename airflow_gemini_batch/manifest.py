@@ -53,11 +53,12 @@ class Manifest(TypedDict, total=False):
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:
     """Job names of a manifest, in shard order; raises on a shard never created (a broken manifest)."""
-    names = []
+    names: list[str] = []
     for shard in manifest.get("shards", []):
-        if not shard.get("job_name"):
+        name = shard.get("job_name")
+        if not name:
             raise ValueError(
                 f"Manifest shard {shard.get('index')} has no job name; was the submit interrupted?"
             )
-        names.append(shard["job_name"])
+        names.append(name)
     return names

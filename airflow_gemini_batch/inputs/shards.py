@@ -35,7 +35,7 @@ from airflow_gemini_batch.exceptions import GeminiBatchInputError
 from airflow_gemini_batch.streaming import paused_gc
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from airflow_gemini_batch.inputs.requests import RequestEncoder
@@ -266,7 +266,7 @@ def fingerprint_of(shards: Iterable[Shard], task: str, model: str) -> str:
 @paused_gc()
 def build_shards(
     batches: Iterable[Sequence[tuple[Any, ...]]],
-    make_encoder: Any,
+    make_encoder: Callable[[], RequestEncoder],
     staging: Staging,
     limits: ShardLimits,
     invalid: InvalidRows,

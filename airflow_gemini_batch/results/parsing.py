@@ -107,7 +107,7 @@ def to_json_schema(schema: Any) -> Any:
         elif name in ("properties", "$defs", "definitions") and isinstance(value, dict):
             out[name] = {k: to_json_schema(v) for k, v in value.items()}
         elif name in ("items", "anyOf", "oneOf", "allOf", "any_of", "additionalProperties", "not"):
-            out[{"any_of": "anyOf"}.get(name, name)] = to_json_schema(value)
+            out["anyOf" if name == "any_of" else name] = to_json_schema(value)
         else:
             out[name] = value
     if out.pop("nullable", False) and isinstance(out.get("type"), str):
@@ -190,7 +190,7 @@ class ResultParser:
             )  # fmt: skip
         candidate = candidates[0]
         finish = candidate.get("finishReason")
-        parts = (candidate.get("content") or {}).get("parts") or ()
+        parts: list[Any] = (candidate.get("content") or {}).get("parts") or []
         if len(parts) == 1 and not parts[0].get("thought"):
             text = parts[0].get("text")
         else:

@@ -12,6 +12,7 @@ from airflow_gemini_batch.results.parsing import FAILED, MISSING, SUCCEEDED, Res
 from airflow_gemini_batch.sinks import (
     ObjectStorageSink,
     PostgresTableSink,
+    Sink,
     TableLayout,
     TableSink,
     table_sink,
@@ -38,6 +39,16 @@ def load(sink, *chunks) -> None:
 def test_dialect_picks_the_sink(warehouse):
     sink = table_sink(warehouse.conn_id, warehouse.table("pick"))
     assert type(sink) is (PostgresTableSink if warehouse.kind == "postgres" else TableSink)
+
+
+def test_every_sink_is_a_sink(warehouse, tmp_path):
+    """The loading stage talks to all of them through the one Protocol (open, write, close, abort, describe)."""
+    table = warehouse.table("protocol")
+    warehouse.table(f"{table}_errors")
+    for sink in (table_sink(warehouse.conn_id, table), ObjectStorageSink(str(tmp_path / "out"))):
+        assert isinstance(sink, Sink)
+        load(sink, [ok(1), bad(2)])
+        assert sink.rows_written == 2 and sink.describe()
 
 
 def test_upsert_on_key_and_the_errors_table_follows(warehouse):
