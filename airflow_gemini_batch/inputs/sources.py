@@ -96,7 +96,11 @@ class SqlRowSource(RowSource):
     """
 
     def __init__(
-        self, conn_id: str, sql: str, parameters: Any = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        conn_id: str,
+        sql: str,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.conn_id = conn_id
         self.sql = sql

@@ -8,7 +8,7 @@ skipped-keys file under the staging path and counted in the manifest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -52,7 +52,7 @@ class InvalidRows:
     so none disappears silently.
     """
 
-    def __init__(self, skip: bool, skipped_file: Any | None, max_request_bytes: int) -> None:
+    def __init__(self, skip: bool, skipped_file: IO[bytes] | None, max_request_bytes: int) -> None:
         self.skip = skip
         self.max_request_bytes = max_request_bytes
         self.counts: dict[str, int] = {}
