@@ -27,6 +27,7 @@ from airflow_gemini_batch.manifest import job_names
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
 from tests.conftest import xcom_of
+from tests.polling import await_until
 from tests.reliability.helpers import (
     StateStore,
     context,
@@ -183,7 +184,7 @@ def test_R13_triggerer_restart_mid_wait_resumes_with_the_same_deadline(
 ):
     """The triggerer dies mid-wait; a new one rebuilds the trigger from its serialized kwargs and finishes."""
     wh, src, dst = tables
-    emulator.control.configure(pending_seconds=1.0, running_seconds=0.5)
+    emulator.control.hold_state("PENDING")  # until released below: the sensor defers, the first trigger waits
     manifest = submit_op(
         wh.conn_id, SQL.format(table=src), tmp_path / "st", max_requests_per_job=PER_SHARD
     ).execute(context(StateStore()))  # type: ignore[arg-type]
@@ -198,7 +199,8 @@ def test_R13_triggerer_restart_mid_wait_resumes_with_the_same_deadline(
     async def restart() -> dict[str, Any]:
         gen = first.run()
         task = asyncio.ensure_future(anext(gen))
-        await asyncio.sleep(0.5)
+        # Mid-wait: the first trigger has read every job (the sensor's poke was the first read of each).
+        await await_until(lambda: all(j["reads"] >= 2 for j in emulator.control.jobs()), what="polled")
         task.cancel()  # the triggerer process goes away mid-wait
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -207,6 +209,7 @@ def test_R13_triggerer_restart_mid_wait_resumes_with_the_same_deadline(
         cls = getattr(__import__(module, fromlist=[name]), name)
         second = cls(**json.loads(json.dumps(kwargs)))  # what the new triggerer does with the DB row
         assert second.deadline == first.deadline and second.job_names == first.job_names
+        emulator.control.release()
         gen2 = second.run()
         try:
             return (await asyncio.wait_for(anext(gen2), 60)).payload

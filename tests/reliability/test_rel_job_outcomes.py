@@ -67,7 +67,7 @@ def test_R20_R21_job_failed_or_expired_fails_the_wait_naming_the_job(
 def test_R22_job_cancelled_by_someone_else_while_the_sensor_waits(
     tables, gemini_conn, emulator, run_dag, all_logs, tmp_path
 ):
-    emulator.control.configure(pending_seconds=30)
+    emulator.control.hold_state("PENDING")  # until the cancel: it lands while the trigger waits
     client = genai.Client(api_key=TEST_API_KEY, http_options={"base_url": emulator.base_url})
 
     def cancel_when_waiting() -> None:
@@ -76,6 +76,7 @@ def test_R22_job_cancelled_by_someone_else_while_the_sensor_waits(
         while time.monotonic() < deadline:
             if emulator.control.calls()["batches.get"] >= 1 and len(emulator.control.jobs()) == SHARDS:
                 client.batches.cancel(name=emulator.control.jobs()[0]["name"])
+                emulator.control.release()  # the other job goes on (and succeeds)
                 return
             time.sleep(0.05)
 
@@ -108,15 +109,15 @@ def test_R23_stuck_pending_past_the_deadline_times_out_without_cancelling(
 def test_R24_succeeded_before_the_output_file_is_visible(
     tables, gemini_conn, emulator, run_dag, all_logs, tmp_path
 ):
-    emulator.control.configure(output_delay_seconds=1.0)
+    emulator.control.hold_state("SUCCEEDED", reads=3)  # three reads say SUCCEEDED before the file shows
     run = run_dag(_dag(tables, tmp_path, "late_output"))
     assert run.state == "success"
     got = rows(tables[0], tables[2])
     assert len(got) == N and {o for o, _, _ in got.values()} == {"succeeded"}
     assert len(emulator.control.jobs()) == SHARDS
-    # The wait kept reading the SUCCEEDED jobs until their files appeared (the first read already saw
-    # SUCCEEDED: the lifecycle is instant), instead of passing them on to a load that would find nothing.
-    assert emulator.control.calls()["batches.get"] > 3 * SHARDS
+    # The wait kept reading the SUCCEEDED jobs until their files appeared, instead of passing them on to a
+    # load that would find nothing.
+    assert all(j["hold"] is None and j["reads"] > 3 for j in emulator.control.jobs())
 
 
 @pytest.mark.parametrize(
