@@ -2,7 +2,8 @@
 
 :class:`SubmitRun` is the one place that knows the *order* of a submission; every stage is a method, so a
 stage is extended where it happens (a budget check between :meth:`SubmitRun.build` and
-:meth:`SubmitRun.begin`, a new source in :meth:`SubmitRun.source`, ...). The order is what keeps the invariants:
+:meth:`SubmitRun.begin`, a new source in :meth:`SubmitRun.source`, ...). It is longer than most modules because
+the settings, every stage and the order between them read best in one place. The order keeps the invariants:
 
 * No API call before the whole input is read and validated: :meth:`~SubmitRun.build` reads, validates and
   shards everything (a run needing more than ``max_jobs`` shards is refused there), and nothing before it
