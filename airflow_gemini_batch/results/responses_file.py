@@ -48,7 +48,7 @@ _KEY = itemgetter(0)
 READ_BLOCK_BYTES = 256 * 1024
 READ_BUFFER_BYTES = 1024 * 1024
 
-# The typed shape of the common result line, for the fast path of :func:`_file_rows`. Only the fields read are
+# The typed shape of the common result line, for the fast path of :func:`file_row_blocks`. Only the fields read are
 # declared: msgspec skips the others without building them. A line that does not fit these types raises and
 # takes the general path, which is the reference behaviour. (camelCase attribute names: they are the wire's.)
 if msgspec is not None:
