@@ -3,31 +3,31 @@
 Invariants:
 
 * google-genai is the only client of the API (sync ``genai.Client`` and its ``.aio`` twin). The single
-  exception is reading a batch's Operation JSON through the SDK's own transport (``_api_client.request``),
-  because the SDK's ``BatchJob`` drops ``batchStats`` and the Operation ``error``; we need both for progress
-  and for error messages. That is still the SDK's HTTP code, headers and auth.
+  exception is reading a batch's Operation JSON through the SDK's own (private) transport, because the SDK's
+  ``BatchJob`` drops ``batchStats`` and the Operation ``error``; that use sits in one function,
+  :func:`~airflow_gemini_batch.hooks.raw_operation.get_operation`, shared by ``get_job`` and ``aget_job``.
 * The API key comes from the connection's password only. It is handed to the SDK and never logged, returned,
   put in an exception message or in trigger kwargs.
-* Idempotent calls (get, list, cancel, delete, upload start) use the SDK's retry options for transient codes.
-  ``create`` is *not* retried here: a 5xx on create may have created a paid job, so the caller (the submit
-  operator) decides, after looking for the job by its display name.
+* Idempotent calls (get, list, cancel, delete, upload start) use the SDK's retry options for transient codes;
+  downloads, which the SDK does not retry, use the provider's one policy (:mod:`airflow_gemini_batch.retry`).
+  ``create`` is *not* retried here: a 5xx on create may have created a paid job, so the caller
+  (:mod:`airflow_gemini_batch.submit.submission`) decides, after looking for the job by its display name.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from airflow.sdk import BaseHook
 from google import genai
 from google.genai import types
 
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name, normalize_state
+from airflow_gemini_batch.hooks.raw_operation import get_operation
 from airflow_gemini_batch.hooks.transport_errors import TRANSIENT_HTTP_CODES, describe_error, is_transient
+from airflow_gemini_batch.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,28 +119,24 @@ class GeminiBatchHook(BaseHook):
         The SDK does not retry downloads, and a connection cut mid-body surfaces as a raw transport error
         (httpx / httpx2 / aiohttp), so transient failures are retried here, each time from the start into a
         temporary file that is renamed only when complete: a partial download never looks like a whole one.
+
+        :param attempts: downloads in all, the first one included (:class:`~airflow_gemini_batch.retry.RetryPolicy`).
+        :param backoff_seconds: the policy's base wait, doubled after each further failure.
         """
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".part")
-        for attempt in range(1, attempts + 1):
-            try:
-                self.get_conn().files.download(file=file_name, destination=str(partial))
-                break
-            except Exception as error:
-                if attempt == attempts or not is_transient(error):
-                    partial.unlink(missing_ok=True)
-                    raise
-                delay = backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
-                self.log.warning(
-                    "Download of %s failed (%s); retry %d/%d in %.1f s",
-                    file_name,
-                    describe_error(error),
-                    attempt,
-                    attempts - 1,
-                    delay,
-                )
-                time.sleep(delay)
+        policy = RetryPolicy(attempts=attempts, base_seconds=backoff_seconds)
+        try:
+            policy.call(
+                lambda: self.get_conn().files.download(file=file_name, destination=str(partial)),
+                retry_on=is_transient,
+                what=f"Download of {file_name}",
+                log=self.log,
+            )
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(destination)
         return destination
 
@@ -188,10 +184,8 @@ class GeminiBatchHook(BaseHook):
         )
 
     def get_job_operation(self, name: str) -> dict[str, Any]:
-        """The raw Operation JSON of a job, read through the SDK's own transport (keeps ``batchStats``)."""
-        check_job_name(name)
-        response = self.get_conn()._api_client.request("get", name, {})
-        return orjson.loads(response.body or "{}")
+        """The raw Operation JSON of a job (keeps ``batchStats``; see :mod:`~.raw_operation`)."""
+        return get_operation(self.get_conn(), name)
 
     def get_job(self, name: str) -> JobStatus:
         return JobStatus.from_operation(self.get_job_operation(name))
@@ -199,9 +193,7 @@ class GeminiBatchHook(BaseHook):
     @staticmethod
     async def aget_job(client: AsyncClient, name: str) -> JobStatus:
         """Async twin of :meth:`get_job`, on a caller-owned async client (one client per trigger run)."""
-        check_job_name(name)
-        response = await client._api_client.async_request("get", name, {})
-        return JobStatus.from_operation(orjson.loads(response.body or "{}"))
+        return JobStatus.from_operation(await get_operation(client, name))
 
     def list_jobs(self, page_size: int = 100) -> Iterator[JobStatus]:
         """All jobs visible to the key, newest first as the service returns them (paged by the SDK)."""

@@ -9,6 +9,9 @@ Invariants:
 * Deferrable mode pokes once first (a finished job costs no trip to the triggerer) and passes an *absolute*
   deadline to the trigger, plus ``defer(timeout=...)`` a little later as a safety net: Airflow does not apply
   ``execution_timeout`` while deferred, and the trigger's own deadline yields the typed timeout error first.
+* The timeout is :class:`~airflow_gemini_batch.exceptions.GeminiBatchTimeoutError`, an
+  ``AirflowSensorTimeout``, in every mode: it fails without retries, and ``soft_fail=True`` makes it a skip
+  (in poke and reschedule mode ``BaseSensorOperator.execute`` does that, deferred ``resume_execution`` does).
 * The success value (XCom ``return_value`` and key ``WAIT_SUMMARY_XCOM_KEY``) is a small summary: names,
   states and counts per job, never results.
 * ``on_kill`` (worker phase) cancels the jobs still running when ``cancel_on_kill``; the trigger does the same
@@ -60,7 +63,8 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     :param gemini_conn_id: connection id; defaults to the manifest's, then ``gemini_batch_default``.
         (templated)
     :param poll_interval: seconds between reads, in every mode.
-    :param timeout: seconds before the wait fails with ``GeminiBatchTimeoutError`` (default 48 h 15 min).
+    :param timeout: seconds before the wait fails with ``GeminiBatchTimeoutError`` (default 48 h 15 min), an
+        ``AirflowSensorTimeout``: not retried; a skip with ``soft_fail=True``.
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param cancel_on_kill: cancel the jobs still running when the task is killed.
     :param allow_partial: succeed with some jobs FAILED / CANCELLED / EXPIRED (listed as ``bad_jobs``).
@@ -142,6 +146,8 @@ class GeminiBatchJobSensor(BaseSensorOperator):
             self.waiter(deadline=self._started_at(context) + self.timeout)
             try:
                 return super().execute(context)
+            except GeminiBatchTimeoutError:
+                raise  # the verdict's own timeout (with soft_fail, BaseSensorOperator made it a skip)
             except AirflowSensorTimeout as e:
                 raise self._timeout_error() from e
 

@@ -6,9 +6,11 @@ Invariants (the identity, display names and records are :mod:`airflow_gemini_bat
   instance without records) is looked up by its display name before anything is created for it.
 * Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
   failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED and a connection never made are
-  certain rejections and are retried with bounded exponential backoff and jitter; a 5xx or a connection lost
-  after it was made is ambiguous (the job may exist), so the job is looked up by display name before the next attempt, no sooner than
+  certain rejections and are retried with backoff; a 5xx or a connection lost after it was made is ambiguous
+  (the job may exist), so the job is looked up by display name before the next attempt, no sooner than
   :attr:`CreateRetry.settle_seconds` after the error (a list may show a new job late).
+* Both use the provider's one retry policy (:mod:`airflow_gemini_batch.retry`: bounded attempts, capped
+  exponential backoff, full jitter), through tenacity.
 * Without records (no task state store in the context, or records lost with a re-created DAG run) one
   ``batches.list`` scan finds any job that already carries one of this run's display names before anything
   is created: slower, still at most one job per shard.
@@ -17,7 +19,6 @@ Invariants (the identity, display names and records are :mod:`airflow_gemini_bat
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,10 +29,13 @@ from google.genai import errors as genai_errors
 from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.transport_errors import describe_error, is_transient, request_not_sent
 from airflow_gemini_batch.manifest import ShardInfo
+from airflow_gemini_batch.retry import RetryPolicy
 from airflow_gemini_batch.submit.ledger import display_name
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import tenacity
 
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
     from airflow_gemini_batch.hooks.job_status import JobStatus
@@ -74,15 +78,14 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-@dataclass
-class CreateRetry:
-    attempts: int = 6
-    base_seconds: float = 2.0
-    max_seconds: float = 120.0
+@dataclass(frozen=True)
+class CreateRetry(RetryPolicy):
+    """The submission's retry policy (the provider's one :class:`~airflow_gemini_batch.retry.RetryPolicy`,
+    full jitter) for its uploads and creates, plus the settle time of an ambiguous create.
 
-    def delay(self, attempt: int) -> float:
-        # Full jitter: submitters hitting the same quota spread out instead of retrying in lockstep.
-        return random.uniform(0, min(self.max_seconds, self.base_seconds * 2**attempt))
+    Built from the operator's ``create_retry_attempts`` and ``create_retry_base_seconds``:
+    ``CreateRetry(attempts, base_seconds)``.
+    """
 
     @property
     def settle_seconds(self) -> float:
@@ -91,6 +94,11 @@ class CreateRetry:
         while; looking too soon would miss a job the service made and create a second one. (The real list's
         lag is not documented; the wait is cheap next to a batch job's hours, and ambiguous errors are rare.)"""
         return min(5 * self.base_seconds, self.max_seconds)
+
+
+def _is_certain_rejection(error: BaseException) -> bool:
+    """429 RESOURCE_EXHAUSTED, or a connection never made: the job was certainly not created."""
+    return getattr(error, "code", None) == 429 or request_not_sent(error)
 
 
 def create_once(
@@ -103,10 +111,15 @@ def create_once(
     inline_requests: list[dict[str, Any]] | None,
     retry: CreateRetry,
 ) -> JobStatus:
-    """Create one job with bounded retries that can never create a second one (see module docstring)."""
-    last: BaseException | None = None
-    for attempt in range(retry.attempts):
-        if attempt and last is not None and _is_ambiguous(last):
+    """Create one job with bounded retries that can never create a second one (see module docstring).
+
+    Each attempt after an ambiguous error first looks the job up by its display name; the wait before that
+    attempt is at least :attr:`CreateRetry.settle_seconds`. A lookup's own error is raised as it is.
+    """
+    failures: list[BaseException] = []  # the create errors worth another attempt, in order
+
+    def attempt() -> JobStatus:
+        if failures and _is_ambiguous(failures[-1]):
             found = hook.find_job_by_display_name(display_name)
             if found is not None:
                 log.info("Job %s (%s) exists after an ambiguous create error", found.name, display_name)
@@ -120,28 +133,30 @@ def create_once(
                 embeddings=embeddings,
             )
         except Exception as e:
-            # 429 and a connection never made are certain rejections: retried, nothing to look up.
-            certain_rejection = getattr(e, "code", None) == 429 or request_not_sent(e)
-            if not certain_rejection and not _is_ambiguous(e):
+            if not _is_certain_rejection(e) and not _is_ambiguous(e):
                 raise GeminiBatchSubmitError(
                     f"Creating batch job {display_name} failed: {_error_text(e)}. Jobs created before it "
                     "stay recorded; fix the cause and retry the task to submit the rest."
                 ) from e
-            last = e
-            if attempt + 1 < retry.attempts:
-                pause = retry.delay(attempt)
-                if _is_ambiguous(e):
-                    pause = max(pause, retry.settle_seconds)  # the lookup before the next attempt
-                log.warning(
-                    "Create %s failed (%s); attempt %d/%d, retrying in %.1fs",
-                    display_name,
-                    _error_text(e),
-                    attempt + 1,
-                    retry.attempts,
-                    pause,
-                )
-                time.sleep(pause)
-    assert last is not None
+            failures.append(e)
+            raise
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        pause = retry.delay(state.attempt_number)
+        return max(pause, retry.settle_seconds) if _is_ambiguous(failures[-1]) else pause
+
+    retrying = retry.retrying(
+        retry_on=lambda e: bool(failures) and e is failures[-1],
+        what=f"Create {display_name}",
+        log=log,
+        wait=wait,
+    )
+    try:
+        return retrying(attempt)
+    except Exception as e:
+        if not failures or e is not failures[-1]:
+            raise  # a permanent create error (already typed) or a lookup's own error
+    last = failures[-1]
     if _is_ambiguous(last):
         time.sleep(retry.settle_seconds)
         found = hook.find_job_by_display_name(display_name)
@@ -162,28 +177,17 @@ def upload_with_retry(hook: GeminiBatchHook, path: Any, display_name: str, retry
     a single 503 mid-upload would otherwise fail the whole submit. Repeating an upload is safe, unlike
     ``create``: a failed attempt leaves at most an unused file, which costs nothing and expires in 48 h.
     """
-    for attempt in range(retry.attempts):
-        try:
-            return hook.upload_jsonl(path, display_name=display_name)
-        except Exception as e:
-            if not is_transient(e) or attempt + 1 == retry.attempts:
-                raise GeminiBatchSubmitError(
-                    f"Uploading the shard file for {display_name} failed"
-                    f"{f' after {attempt + 1} attempts' if attempt else ''}: {describe_error(e)[:300]}. "
-                    "Nothing was created for this shard; jobs created before it stay recorded, so a retry "
-                    "of the task submits only the rest."
-                ) from e
-            pause = retry.delay(attempt)
-            log.warning(
-                "Upload for %s failed (%s); attempt %d/%d, retrying in %.1fs",
-                display_name,
-                describe_error(e)[:300],
-                attempt + 1,
-                retry.attempts,
-                pause,
-            )
-            time.sleep(pause)
-    raise AssertionError("unreachable: the loop returns or raises")
+    retrying = retry.retrying(retry_on=is_transient, what=f"Upload for {display_name}", log=log)
+    try:
+        return retrying(hook.upload_jsonl, path, display_name=display_name)
+    except Exception as e:
+        tries = retrying.statistics.get("attempt_number", 1)
+        raise GeminiBatchSubmitError(
+            f"Uploading the shard file for {display_name} failed"
+            f"{f' after {tries} attempts' if tries > 1 else ''}: {describe_error(e)[:300]}. "
+            "Nothing was created for this shard; jobs created before it stay recorded, so a retry "
+            "of the task submits only the rest."
+        ) from e
 
 
 @dataclass

@@ -8,8 +8,12 @@ Invariants:
 * The deadline is an absolute epoch time in the kwargs, so a trigger rebuilt from ``serialize()`` after a
   triggerer restart keeps the original deadline instead of starting a fresh timeout.
 * kwargs are JSON scalars and lists of names only; the API key stays in the connection.
-* Transient trouble (429, 5xx, connection resets, timeouts) never ends the wait: it backs off with jitter.
-  A permanent API error (400/401/403/404) ends it at once with an ``error`` event naming the job and the code.
+* Transient trouble (429, 5xx, connection resets, timeouts) never ends the wait: it backs off by the provider's
+  one retry policy (:class:`~airflow_gemini_batch.retry.RetryPolicy`, from ``poll_interval`` up to
+  ``MAX_BACKOFF_FACTOR`` times it, never sooner than 75 % of it). A permanent API error (400/401/403/404) ends
+  it at once with an ``error`` event naming the job and the code.
+* Unknown kwargs are accepted, logged once and ignored: a trigger row written by another provider version
+  (one that added a kwarg) still inflates in the triggerer after an upgrade or a downgrade.
 * The verdict is :func:`airflow_gemini_batch.wait.verdict.evaluate`, the same function the sensor runs in poke mode
   and again on the event in ``execute_complete``.
 * The only side effect is ``on_kill`` (a user killed the deferred task): cancel the jobs still running, when
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
 from airflow_gemini_batch.hooks.transport_errors import http_code, is_transient
+from airflow_gemini_batch.retry import RetryPolicy
 from airflow_gemini_batch.wait.events import build_event
 from airflow_gemini_batch.wait.tracker import WaitTracker
 from airflow_gemini_batch.wait.verdict import WaitPolicy
@@ -40,7 +44,11 @@ if TYPE_CHECKING:
 
 #: Placeholder state for a job whose first read has not succeeded yet (kept waiting, never terminal).
 NOT_READ = "UNSPECIFIED"
+#: On failing rounds the wait between rounds grows from ``poll_interval`` to at most this many times it.
 MAX_BACKOFF_FACTOR = 8
+#: The random share of a backoff wait: waits stay within 75-100 % of the exponential value, so a failing
+#: round never polls faster than a healthy one by more than a quarter.
+BACKOFF_JITTER = 0.25
 
 
 class GeminiBatchJobTrigger(BaseTrigger):
@@ -59,6 +67,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
     :param max_concurrency: at most this many job reads in flight at once.
     :param retry_attempts: SDK-level attempts per read on transient codes before this trigger's own backoff
         takes over.
+    :param kwargs: kwargs this version does not know (from a trigger row of another provider version):
+        logged once, ignored.
     """
 
     def __init__(
@@ -72,8 +82,13 @@ class GeminiBatchJobTrigger(BaseTrigger):
         output_grace_seconds: float = 600.0,
         max_concurrency: int = 32,
         retry_attempts: int = 5,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if kwargs:
+            self.log.warning(
+                "Ignoring trigger kwargs this provider version does not know: %s", ", ".join(sorted(kwargs))
+            )
         self.job_names = [check_job_name(n) for n in job_names]
         self.deadline = float(deadline)
         self.gemini_conn_id = gemini_conn_id
@@ -83,6 +98,11 @@ class GeminiBatchJobTrigger(BaseTrigger):
         self.output_grace_seconds = float(output_grace_seconds)
         self.max_concurrency = max_concurrency
         self.retry_attempts = retry_attempts
+        self.backoff = RetryPolicy(
+            base_seconds=self.poll_interval,
+            max_seconds=self.poll_interval * MAX_BACKOFF_FACTOR,
+            jitter=BACKOFF_JITTER,
+        )
         self._statuses: dict[str, JobStatus] = {n: JobStatus(name=n, state=NOT_READ) for n in self.job_names}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -190,11 +210,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
             await _close(client)
 
     def _next_delay(self, failing_rounds: int, now: float) -> float:
-        delay = self.poll_interval
-        if failing_rounds:
-            # Exponential, jittered, and never past the deadline: one last read happens at the deadline.
-            delay = self.poll_interval * min(2 ** (failing_rounds - 1), MAX_BACKOFF_FACTOR)
-            delay *= random.uniform(0.75, 1.25)
+        # Backoff while rounds fail, and never past the deadline: one last read happens at the deadline.
+        delay = self.backoff.delay(failing_rounds) if failing_rounds else self.poll_interval
         return max(0.0, min(delay, self.deadline - now))
 
     async def on_kill(self) -> None:

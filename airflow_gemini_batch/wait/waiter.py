@@ -24,7 +24,9 @@ from airflow_gemini_batch.wait.verdict import WaitDecision, WaitPolicy, evaluate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from logging import Logger
+    import logging
+
+    from airflow.sdk.types import Logger
 
     from airflow.sdk import Context
 
@@ -46,7 +48,7 @@ class JobWaiter:
         hook: GeminiBatchHook,
         job_names: Sequence[str],
         policy: WaitPolicy,
-        log: Logger,
+        log: logging.Logger | Logger,
         deadline: float | None = None,
     ) -> None:
         self.hook = hook
