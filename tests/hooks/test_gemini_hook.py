@@ -57,7 +57,7 @@ def test_file_round_trip_with_batch_stats(gemini_conn, emulator, tmp_path):
 
 
 def test_batch_stats_show_pending_then_counts(gemini_conn, emulator, tmp_path):
-    emulator.control.configure(pending_seconds=30)
+    emulator.control.hold_state("PENDING")
     hook = GeminiBatchHook(gemini_conn)
     _write_jsonl(tmp_path / "in.jsonl", 3)
     job = hook.create_job(
@@ -73,7 +73,7 @@ def test_batch_stats_show_pending_then_counts(gemini_conn, emulator, tmp_path):
 
 
 def test_list_find_cancel_delete(gemini_conn, emulator):
-    emulator.control.configure(pending_seconds=60)
+    emulator.control.hold_state("PENDING")
     hook = GeminiBatchHook(gemini_conn)
     inline = [{"contents": [{"parts": [{"text": "hi"}]}], "metadata": {"key": "a"}}]
     names = [

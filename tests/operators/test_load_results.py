@@ -501,7 +501,7 @@ def test_jobs_that_did_not_succeed_fail_all_their_keys(gemini_conn, emulator, sq
 def test_an_unfinished_job_is_not_loaded(gemini_conn, emulator, sqlite_warehouse, tmp_path):
     """A job still PENDING/RUNNING must not have its keys recorded as failed (its paid answers would be lost)."""
     hook = GeminiBatchHook(gemini_conn)
-    emulator.control.configure(pending_seconds=3600)
+    emulator.control.hold_state("PENDING")  # until the test ends
     shards = [create_shard(hook, tmp_path, 0, prompts(3))]
     table = sqlite_warehouse.table("unfinished")
 

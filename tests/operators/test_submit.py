@@ -355,7 +355,7 @@ def test_requests_list_inline_and_jsonl_input(gemini_conn, emulator, tmp_path):
 
 
 def test_on_kill_cancels_jobs_created_here(sqlite_warehouse, gemini_conn, emulator, tmp_path):
-    emulator.control.configure(pending_seconds=60)
+    emulator.control.hold_state("PENDING")  # still running when the kill comes
     table = sqlite_warehouse.table("kill")
     sqlite_warehouse.create_prompts_table(table, 10)
     op = _op(sqlite_warehouse.conn_id, f"SELECT * FROM {table}", tmp_path)

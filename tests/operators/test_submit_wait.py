@@ -16,7 +16,7 @@ from tests.conftest import xcom_of
 
 def test_submit_waits_deferred_then_load(sqlite_warehouse, gemini_conn, emulator, register_dag, tmp_path):
     """submit (wait, deferred; trigger inline) → load: one task instead of two, same outcome."""
-    emulator.control.configure(pending_seconds=1, running_seconds=1)
+    emulator.control.hold_state("PENDING", reads=1)  # PENDING at the first read: the wait really defers
     table = sqlite_warehouse.table("items")
     sqlite_warehouse.create_prompts_table(table, 50)
     with DAG(dag_id="submit_wait_e2e", schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:

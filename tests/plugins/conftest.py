@@ -48,8 +48,8 @@ def record_run(
     :param wait: ``"sensor"`` (a ``GeminiBatchJobSensor`` task ``wait``), ``"submit"`` (the submit task
         waits itself: ``wait_for_completion=True``) or None (no wait summary).
     :param load: add the ``GeminiBatchLoadResultsOperator`` task ``load`` (needs a wait).
-    :param pending: create the jobs with the emulator's ``pending_seconds`` at an hour, so they stay PENDING
-        (only with ``wait=None``); later jobs are created with the emulator's usual timing again.
+    :param pending: hold this run's jobs in PENDING (an emulator hold on exactly as many jobs as it creates),
+        so they stay PENDING (only with ``wait=None``); later jobs have the emulator's usual lifecycle.
     :param conn_id: run the operators on this connection id, defined for the run as a copy of the emulator
         connection; a test may then point it elsewhere or delete it, as an admin might.
     :param model: the model of the jobs (one without a known price has no cost).
@@ -111,12 +111,9 @@ def record_run(
 
         register_dag(dag)
         if pending:
-            emulator.control.configure(pending_seconds=3600)
-        try:
-            dag_run = dag.test()
-        finally:
-            if pending:
-                emulator.control.configure(pending_seconds=0)
+            jobs = -(-n_requests // (max_requests_per_job or n_requests))
+            emulator.control.hold_state("PENDING", count=jobs)
+        dag_run = dag.test()
         assert dag_run.state == "success", f"DAG {dag_id} did not succeed: {dag_run.state}"
         return dag_run
 

@@ -16,7 +16,7 @@ def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
     ``wait_seconds`` (stale jobs flagged deferred, no call of its own); the refresh then fills the cache."""
     (name,) = make_jobs(["slow-ui"])
     live = LiveStates(ttl=60.0, wait_seconds=0.2)
-    emulator.control.configure(reply_delay_seconds=1.5)
+    emulator.control.configure(reply_delay_seconds=3)  # far beyond wait_seconds, even on a busy machine
     first: dict[str, Any] = {}
     refreshing = threading.Thread(target=lambda: first.update(live.lookup([(gemini_conn, name)])))
     refreshing.start()
@@ -44,7 +44,7 @@ def test_a_cancel_does_not_wait_for_a_slow_refresh_nor_see_its_older_read(
     which read the job before the cancel, does not store its read: the next view reads the job again."""
     (name,) = make_jobs(["cancel-ui"])
     live = LiveStates(ttl=60.0, wait_seconds=0.2)
-    emulator.control.configure(reply_delay_seconds=1.5)
+    emulator.control.configure(reply_delay_seconds=3)  # far beyond an invalidate, even on a busy machine
     refreshing = threading.Thread(target=lambda: live.lookup([(gemini_conn, name)]))
     refreshing.start()
     deadline = time.monotonic() + 30
