@@ -31,7 +31,7 @@ def gen_line(key: str, text: str, **request: Any) -> dict[str, Any]:
     return {"key": key, "request": {"contents": [{"parts": [{"text": text}], "role": "user"}], **request}}
 
 
-def wait_done(client: genai.Client, name: str, timeout: float = 30.0) -> types.BatchJob:
+def wait_done(client: genai.Client, name: str, timeout: float = 60.0) -> types.BatchJob:
     deadline = time.monotonic() + timeout
     while True:
         job = client.batches.get(name=name)
@@ -41,7 +41,7 @@ def wait_done(client: genai.Client, name: str, timeout: float = 30.0) -> types.B
         time.sleep(0.02)
 
 
-async def wait_done_async(client: genai.Client, name: str, timeout: float = 30.0) -> types.BatchJob:
+async def wait_done_async(client: genai.Client, name: str, timeout: float = 60.0) -> types.BatchJob:
     deadline = time.monotonic() + timeout
     while True:
         job = await client.aio.batches.get(name=name)

@@ -12,6 +12,8 @@ import pytest
 from emulator_test_helpers import MODEL, gen_line, wait_done, write_jsonl
 from google.genai import types
 
+from tests.polling import wait_until
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -79,13 +81,12 @@ def test_stay_pending(emu: EmulatorServer, client: genai.Client) -> None:
 
 
 def test_output_delay(emu: EmulatorServer, client: genai.Client) -> None:
-    emu.control.configure(output_delay_seconds=1.0)
+    emu.control.configure(output_delay_seconds=3.0)  # the first SUCCEEDED read comes well within it
     job = client.batches.create(model=MODEL, src=[{"contents": "late"}])
     assert job.name
     done = wait_done(client, job.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.dest is None  # SUCCEEDED, no output yet
-    time.sleep(1.1)
-    later = client.batches.get(name=job.name)
+    later = wait_until(lambda: (got := client.batches.get(name=job.name)).dest and got, what="output shown")
     assert later.dest and later.dest.inlined_responses and later.dest.inlined_responses[0].response
     assert later.dest.inlined_responses[0].response.text == "echo: late"
 

@@ -12,6 +12,8 @@ import pytest
 from emulator_test_helpers import MODEL, gen_line, wait_done, write_jsonl
 from google.genai import errors, types
 
+from tests.polling import wait_until
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -49,7 +51,7 @@ def test_fault_after_the_call_took_effect_and_a_lagging_list(
 ) -> None:
     """The ambiguous create: the job exists although the reply was a 503; with a list lag it shows in
     ``batches.list`` only after the lag, while ``batches.get`` of its name works at once."""
-    emu.control.configure(list_lag_seconds=0.5)
+    emu.control.configure(list_lag_seconds=3)  # the list right after the create comes well within it
     emu.control.inject_fault("batches.create", status=503, after=True)
     with pytest.raises(errors.ServerError):
         client.batches.create(model=MODEL, src=[{"contents": "x"}], config={"display_name": "lost-reply"})
@@ -57,8 +59,7 @@ def test_fault_after_the_call_took_effect_and_a_lagging_list(
     assert made["display_name"] == "lost-reply"
     assert [j.name for j in client.batches.list()] == []
     assert client.batches.get(name=made["name"]).display_name == "lost-reply"
-    time.sleep(0.6)
-    assert [j.display_name for j in client.batches.list()] == ["lost-reply"]
+    wait_until(lambda: [j.display_name for j in client.batches.list()] == ["lost-reply"], what="listed")
 
 
 async def test_503_on_get_async_raises_server_error(emu: EmulatorServer, client: genai.Client) -> None:

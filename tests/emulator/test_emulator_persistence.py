@@ -8,7 +8,6 @@ Each test runs its own servers (not the shared module server): restarting is the
 from __future__ import annotations
 
 import signal
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,6 +18,7 @@ from google.genai import types
 from airflow_gemini_batch.emulator import EmulatorServer
 from airflow_gemini_batch.emulator.process import start_emulator_process
 from airflow_gemini_batch.emulator.responder import expected_text
+from tests.polling import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -60,7 +60,7 @@ def test_restart_keeps_files_jobs_and_outputs(tmp_path: Path) -> None:
         assert file_job.name and inline_job.name
         wait_done(client, file_job.name)
         wait_done(client, inline_job.name)
-        first.control.configure(pending_seconds=600)
+        first.control.hold_state("PENDING")
         cancelled = client.batches.create(model=MODEL, src=[{"contents": "x"}], config={"display_name": "c"})
         assert cancelled.name
         client.batches.cancel(name=cancelled.name)
@@ -105,16 +105,20 @@ def test_interrupted_job_finishes_after_restart(tmp_path: Path) -> None:
         uploaded = client.files.upload(
             file=str(write_jsonl(tmp_path / "in.jsonl", lines)), config={"mime_type": "jsonl"}
         )
+        first.control.hold_state("RUNNING")  # RUNNING however slow the machine, until released below
         job = client.batches.create(model=MODEL, src=uploaded.name, config={"display_name": "long"})
         assert job.name
-        while first.emulator.engine.get(job.name.split("/")[1]).processed < 5:  # type: ignore[union-attr]
-            time.sleep(0.02)
+        engine_job = first.emulator.engine.get(job.name.split("/")[1])
+        assert engine_job is not None
+        wait_until(lambda: engine_job.processed >= 5, what="five requests processed")
         assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_RUNNING
         client.close()
 
     assert not list((data_dir / "files").glob("*.part"))  # the partial output was discarded
     with EmulatorServer(data_dir=data_dir, running_seconds=4.0) as second:
         client = make_client(second)
+        assert second.control.job(job.name)["hold"] == {"state": "RUNNING", "reads": None}
+        second.control.release(job.name)
         done = wait_done(client, job.name, timeout=60)
         assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.dest and done.dest.file_name
         out = parse_jsonl(client.files.download(file=done.dest.file_name))

@@ -48,7 +48,7 @@ def test_raw_state_for_first_reads_then_normal(emu: EmulatorServer, client: gena
 
 
 def test_raw_state_only_changes_metadata_state(emu: EmulatorServer, client: genai.Client) -> None:
-    emu.control.configure(pending_seconds=600)
+    emu.control.hold_state("PENDING")
     emu.control.set_job_behaviour(report_state="BATCH_STATE_PAUSED_FOR_TEST", report_state_reads=1)
     job = client.batches.create(model=MODEL, src=[{"contents": "x"}, {"contents": "y"}])
     assert job.name

@@ -154,7 +154,7 @@ def test_list_paging_files_and_batches(client: genai.Client, tmp_path: Path) -> 
 
 
 def test_cancel_and_delete(emu: EmulatorServer, client: genai.Client) -> None:
-    emu.control.configure(pending_seconds=60)
+    emu.control.hold_state("PENDING")
     job = client.batches.create(model=MODEL, src=[{"contents": "slow"}], config={"display_name": "to-cancel"})
     assert job.name and job.state == types.JobState.JOB_STATE_PENDING
     client.batches.cancel(name=job.name)
@@ -195,7 +195,7 @@ def test_running_progress_stats(emu: EmulatorServer, client: genai.Client) -> No
     """While RUNNING, raw batchStats show requestCount and a shrinking pendingRequestCount."""
     import httpx
 
-    emu.control.configure(running_seconds=1.0)
+    emu.control.configure(running_seconds=2.0)  # ~100 ms a request: many reads see each count, even when busy
     job = client.batches.create(model=MODEL, src=[{"contents": f"p{i}"} for i in range(20)])
     assert job.name
     seen_pending: list[int] = []
