@@ -9,7 +9,7 @@ import pytest
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError, GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger, display_name
-from airflow_gemini_batch.submit.submission import CreateRetry, create_once, submit_shard
+from airflow_gemini_batch.submit.submission import CreateRetry, create_once, submit_shard, upload_with_retry
 from tests.task_state import DictStateStore
 
 FAST = CreateRetry(attempts=4, base_seconds=0.01)
@@ -190,3 +190,22 @@ def test_changed_input_policy(hook, emulator, shard_file):
     assert forced == 1
     third = _submit(hook, ledger, shard_file, fingerprint="b" * 64, generation=forced)
     assert third.created_now and len(emulator.control.jobs()) == 3
+
+
+def test_upload_retries_run_out_into_a_clear_error(hook, emulator, shard_file):
+    """Every chunk fails: the upload is retried ``attempts`` times by the one retry policy, then the error says
+    how often and that nothing was created."""
+    emulator.control.inject_fault("files.upload_chunk", status=503, count=10)
+    with pytest.raises(GeminiBatchSubmitError) as e:
+        upload_with_retry(hook, shard_file, "agb-test-00000", CreateRetry(attempts=3, base_seconds=0.01))
+    assert "after 3 attempts" in str(e.value) and "Nothing was created" in str(e.value)
+    assert emulator.control.calls()["files.upload_chunk"] == 3
+    assert emulator.control.jobs() == []
+
+
+def test_an_upload_rejected_for_good_is_not_retried(hook, emulator, shard_file):
+    emulator.control.inject_fault("files.upload_chunk", status=400, count=10)
+    with pytest.raises(GeminiBatchSubmitError) as e:
+        upload_with_retry(hook, shard_file, "agb-test-00000", FAST)
+    assert "attempts" not in str(e.value) and "400" in str(e.value)
+    assert emulator.control.calls()["files.upload_chunk"] == 1
