@@ -39,6 +39,7 @@ from airflow_gemini_batch.emulator.jobs import Job
 from airflow_gemini_batch.emulator.store import FileStore, paginate
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
@@ -212,7 +213,7 @@ class JobEngine:
             self._maybe_start(job)
         return paginate(jobs, page_size, page_token)
 
-    def all_jobs(self) -> list[Job]:
+    def all_jobs(self) -> builtins.list[Job]:  # builtins: ``list`` is a method of this class
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.seq)
 
@@ -232,7 +233,7 @@ class JobEngine:
         elif counted:
             self.on_change()  # the reads left are persisted: a restarted emulator holds the job as long
 
-    def release(self, name: str | None = None) -> list[str]:
+    def release(self, name: str | None = None) -> builtins.list[str]:
         """Release the held job called ``name`` (every held job when None); returns the names released."""
         now = time.time()
         return [job.name for job in self.all_jobs() if name in (None, job.name) and self._release(job, now)]
