@@ -54,7 +54,7 @@ test: setup browser
 # The whole suite again on google-genai 3.x (default REST version v1, httpx2 and aiohttp transports); the browser
 # test drives the same page as on 2.x and is left out.
 test-genai3: setup-genai3
-	$(BIN3)/pytest --ignore=tests/plugins/test_browser.py
+	$(BIN3)/pytest --ignore=tests/plugins/test_browser.py --ignore=tests/e2e
 
 # Debian's chromium for the UI browser test (installed with apt-get when missing and root; never downloaded
 # by Playwright). Without it the browser test skips locally and fails in CI.
