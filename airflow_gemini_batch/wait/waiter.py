@@ -23,12 +23,11 @@ from airflow_gemini_batch.wait.tracker import WaitTracker
 from airflow_gemini_batch.wait.verdict import WaitDecision, WaitPolicy, evaluate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     import logging
-
-    from airflow.sdk.types import Logger
+    from collections.abc import Sequence
 
     from airflow.sdk import Context
+    from airflow.sdk.types import Logger
 
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 
