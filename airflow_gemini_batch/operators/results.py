@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import AssetAlias, BaseOperator
 
+from airflow_gemini_batch.lineage import LoadLineage, destination_alias_name, destination_place
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
@@ -22,10 +23,14 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class GeminiBatchLoadResultsOperator(BaseOperator):
+class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
     """Load the results of the batch jobs in a submit manifest into a table or onto object storage.
 
     Exactly one of ``destination_table`` (with ``destination_conn_id``) and ``destination_path``.
+
+    The destination is published as an Airflow Asset (through the ``AssetAlias``
+    ``gemini_batch:<dag_id>.<task_id>`` this task declares, unless ``outlets`` are given) and as the
+    OpenLineage output dataset.
 
     :param manifest: the submit operator's manifest (usually its XComArg). (templated)
     :param gemini_conn_id: Gemini connection; default: the manifest's. (templated)
@@ -61,6 +66,10 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
         "destination_path",
     )
     ui_color = "#c9e7f5"
+    # Set from LoadSettings in __init__ (one attribute per field), declared here for the type checker.
+    destination_conn_id: str | None
+    destination_table: str | None
+    destination_path: str | None
 
     def __init__(
         self,
@@ -89,11 +98,25 @@ class GeminiBatchLoadResultsOperator(BaseOperator):
             setattr(self, name, getattr(settings, name))
         self.manifest = manifest
         self.gemini_conn_id = gemini_conn_id
+        if not self.outlets:
+            self.outlets = [AssetAlias(name=destination_alias_name(self.dag_id, self.task_id))]
+        self._summary: dict[str, Any] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         run = LoadRun(self.manifest, LoadSettings.of(self), self.log, gemini_conn_id=self.gemini_conn_id)
-        summary = run.execute()
+        summary = self._summary = run.execute()
         # Pushed before the failure check: a task failed for too many failures still shows what was loaded.
         context["ti"].xcom_push(key=RESULTS_SUMMARY_XCOM_KEY, value=summary)
+        self._publish_asset(context, summary)
         run.raise_for_failures(summary)
         return summary
+
+    def _publish_asset(self, context: Context, summary: dict[str, Any]) -> None:
+        """An asset event for the concrete destination, through the alias this task declared."""
+        aliases = [o for o in self.outlets if isinstance(o, AssetAlias)]
+        events = context.get("outlet_events")  # absent when execute() is called outside a task run
+        place = destination_place(self.destination_conn_id, self.destination_table, self.destination_path)
+        if not aliases or events is None or place is None:
+            return
+        for alias in aliases:
+            events[alias].add(place.asset(), extra={"counts": summary["counts"]})

@@ -1,8 +1,7 @@
 """GeminiBatchSubmitOperator: warehouse rows (or a list, or a JSONL file) → validated shards → batch jobs.
 
 Thin by design: :class:`~airflow_gemini_batch.submit.run.SubmitRun` owns the submission, its order and its
-invariants; the operator stores its arguments, runs it, pushes its manifest and may wait the sensor's way
-(:class:`~airflow_gemini_batch.wait.waiter.JobWaiter`)."""
+invariants; the operator runs it, pushes its manifest and may wait the sensor's way (``JobWaiter``)."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from airflow.sdk import BaseOperator, conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.lineage import SubmitLineage
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, Manifest, job_names
 from airflow_gemini_batch.submit.run import SubmitRun, SubmitSettings
@@ -27,11 +27,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class GeminiBatchSubmitOperator(BaseOperator):
+class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     """Submit rows as Gemini Batch Mode jobs (half price, answers within 24 h) and return a small manifest.
-    Input is exactly one of ``sql`` (+ ``source_conn_id``), ``requests`` or ``input_path``.
 
-    :param sql: a SELECT on ``source_conn_id``; read in bounded batches, never whole. (templated)
+    :param sql: a SELECT on ``source_conn_id`` (give one of sql, requests, input_path); streamed. (templated)
     :param source_conn_id: any common-sql connection (sqlite, postgres, bigquery, ...). (templated)
     :param parameters: query parameters. (templated)
     :param requests: a small list: prompt strings (key = position), row dicts, or ``{"key", "request"}``
@@ -146,6 +145,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         self.wait_for_completion, self.deferrable = wait_for_completion, deferrable
         self.poll_interval, self.wait_timeout, self.allow_partial = poll_interval, wait_timeout, allow_partial
         self._run: SubmitRun | None = None
+        self._manifest: Manifest | None = None
         self._waiter: JobWaiter | None = None
 
     @cached_property
@@ -154,13 +154,14 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
     def execute(self, context: Context) -> Manifest:
         self._run = SubmitRun(self.hook, SubmitSettings.of(self), self.log)
-        manifest = self._run.execute(context)
+        manifest = self._manifest = self._run.execute(context)
         context["ti"].xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)
         if self.wait_for_completion:
             self._wait(context, manifest)
         return manifest
 
     def _job_waiter(self, manifest: Manifest, deadline: float | None = None) -> JobWaiter:
+        self._manifest = manifest  # also after a deferral, for lineage
         policy = WaitPolicy(allow_partial=self.allow_partial)
         self._waiter = JobWaiter(self.hook, job_names(manifest), policy, self.log, deadline)
         return self._waiter
