@@ -87,6 +87,14 @@ class GeminiBatchTriggerEventError(GeminiBatchError):
     """
 
 
+class GeminiBatchStagingError(GeminiBatchError, AirflowFailException):
+    """The staging folder is not where every task of the run can reach it (key lists on one worker's disk).
+
+    Fails without retries: a retry lands on the same deployment with the same setting; the fix is a shared
+    ``staging_path``. Raised by the submit task before any paid call, or by the load when a key list is gone.
+    """
+
+
 class GeminiBatchResultsError(GeminiBatchError, AirflowFailException):
     """Results were loaded, but more rows failed than ``max_failed_fraction`` allows (the results contract).
 

@@ -24,6 +24,7 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchJobFailedError,
     GeminiBatchResultsError,
     GeminiBatchSdkChangedError,
+    GeminiBatchStagingError,
     GeminiBatchSubmitError,
     GeminiBatchTimeoutError,
     GeminiBatchTriggerEventError,
@@ -37,6 +38,7 @@ FAIL_AT_ONCE = [
     GeminiBatchChangedInputError,
     GeminiBatchResultsError,
     GeminiBatchSdkChangedError,
+    GeminiBatchStagingError,
 ]
 RETRIED = [
     GeminiBatchError,

@@ -34,7 +34,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.storage import open_binary
+from airflow_gemini_batch.exceptions import GeminiBatchStagingError
+from airflow_gemini_batch.storage import is_local, open_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -52,8 +53,22 @@ def canonical(key: Any) -> str:
 
 
 def open_keys(path: str) -> IO[bytes]:
-    """A key list for reading: a local path directly (fast), anything with a scheme via ObjectStoragePath."""
-    return open_binary(path)
+    """A key list for reading: a local path directly (fast), anything with a scheme via ObjectStoragePath.
+
+    A missing key list is a deployment problem, not a retryable blip: the error says where it looked and why
+    it is most likely not there (the submit task wrote it on another machine's local disk).
+    """
+    try:
+        return open_binary(path)
+    except FileNotFoundError as error:
+        where = "this worker's local disk" if is_local(path) else "the staging storage"
+        raise GeminiBatchStagingError(
+            f"The key list {path} is not on {where}; the submit task wrote it there and the load reconciles "
+            "every key against it. With several workers (Celery, Kubernetes) a local staging folder is only on "
+            "the machine that ran the submit task. Fix: point staging_path (or [gemini_batch] staging_path) at "
+            "storage every worker reaches (s3://..., gs://..., a shared folder), then clear the submit task "
+            "with its downstream tasks: it re-attaches to its jobs and republishes the key lists."
+        ) from error
 
 
 def iter_key_lines(path: str) -> Iterator[tuple[str, Any]]:

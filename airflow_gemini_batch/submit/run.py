@@ -43,7 +43,7 @@ from airflow_gemini_batch.inputs.sources import (
 from airflow_gemini_batch.inputs.validation import InvalidRows
 from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
-from airflow_gemini_batch.submit.staging import Staging, default_staging_uri
+from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
 from airflow_gemini_batch.submit.submission import CreateRetry, PlanSubmission, inline_requests, submit_plan
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class SubmitRun:
     def execute(self, context: Context) -> Manifest:
         """Run every stage in order (see the module docstring for why this order) and return the manifest."""
         identity = RunIdentity.from_context(context)
-        staging = self.staging(identity)
+        staging = self.staging(identity, executor=getattr(context.get("task"), "executor", None))
         plan = self.build(staging)
         if not plan.shards:
             self.log.warning("The input has no valid rows: nothing to submit.")
@@ -173,9 +173,12 @@ class SubmitRun:
 
     # ---- inputs: source, request spec, limits, shards (no API call) ---------------------------------------
 
-    def staging(self, identity: RunIdentity) -> Staging:
-        """The run's files: ``staging_path`` or the per-identity default, without a previous try's leftovers."""
-        staging = Staging(self.settings.staging_path or default_staging_uri(identity.hash), identity.hash)
+    def staging(self, identity: RunIdentity, executor: str | None = None) -> Staging:
+        """The run's files: ``staging_path``, ``[gemini_batch] staging_path`` or the per-identity default,
+        without a previous try's leftovers; refused before any call when other workers could not reach it."""
+        uri = staging_uri(self.settings.staging_path, identity.hash)
+        check_reachable_by_other_workers(uri, executor)
+        staging = Staging(uri, identity.hash)
         staging.clear_stale()
         return staging
 

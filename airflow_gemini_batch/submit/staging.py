@@ -11,7 +11,8 @@ Invariants:
 * The default staging folder is ``<tempdir>/gemini-batch/<identity hash>``: stable for a task instance across
   retries (never the try number), so a retry overwrites the same files. It is local to one worker; deployments
   with several workers must pass a shared ``staging_path`` (``gs://conn@bucket/prefix``, an NFS folder, ...)
-  or the results task may run where the key lists are not.
+  or set ``[gemini_batch] staging_path``, the deployment-wide default, or the results task may run where the
+  key lists are not. :func:`check_reachable_by_other_workers` refuses that case before any paid call.
 """
 
 from __future__ import annotations
@@ -20,11 +21,54 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from airflow.sdk import conf
+
+from airflow_gemini_batch.exceptions import GeminiBatchStagingError
 from airflow_gemini_batch.storage import copy_file, file_uri, local_path
 
 SHARD_FILE = "shard-{index:05d}.jsonl"
 KEYS_FILE = "keys-{index:05d}.jsonl"
 SKIPPED_KEYS_FILE = "skipped_keys.jsonl"
+
+
+#: Executors that run every task on the scheduler's own machine, so a machine-local folder is shared.
+LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def staging_uri(staging_path: str | None, identity_hash: str) -> str:
+    """The operator's ``staging_path``, else ``[gemini_batch] staging_path`` (with the task's identity hash
+    appended, so task instances never share files), else the machine-local default."""
+    if staging_path:
+        return staging_path
+    configured = conf.get("gemini_batch", "staging_path", fallback="") or ""
+    if configured.strip():
+        return f"{configured.strip().rstrip('/')}/{identity_hash}"
+    return default_staging_uri(identity_hash)
+
+
+def check_reachable_by_other_workers(uri: str, executor: str | None) -> None:
+    """Refuse a machine-local staging folder (under the temp dir) when tasks may run on other machines.
+
+    The load task reads the key lists the submit task wrote; with Celery or Kubernetes it may run on another
+    worker, where a temp folder does not exist. An explicit local path elsewhere (an NFS mount) is the
+    deployment's own choice and is accepted.
+    """
+    name = (executor or conf.get("core", "executor", fallback="LocalExecutor") or "LocalExecutor").split(",")[
+        0
+    ]
+    name = name.split(":")[-1].strip().rsplit(".", 1)[-1]
+    path = local_path(uri)
+    if name in LOCAL_EXECUTORS or path is None:
+        return
+    temp = Path(tempfile.gettempdir()).resolve()
+    if path.resolve() == temp or temp in path.resolve().parents:
+        raise GeminiBatchStagingError(
+            f"The staging folder {uri} is on this worker's local disk, but the executor is {name}: the load "
+            "task may run on another machine and would not find the key lists. Nothing was submitted. Fix: "
+            "set staging_path= on the submit operator, or [gemini_batch] staging_path in airflow.cfg "
+            "(AIRFLOW__GEMINI_BATCH__STAGING_PATH), to storage every worker reaches (s3://..., gs://..., "
+            "a shared folder)."
+        )
 
 
 def default_staging_uri(identity_hash: str) -> str:

@@ -1,0 +1,84 @@
+"""Staging across workers: the deployment-wide default, the refusal of a machine-local folder on a
+distributed executor (before any paid call), and the load's error when a key list is not where it looked."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+
+from airflow_gemini_batch.exceptions import GeminiBatchStagingError
+from airflow_gemini_batch.results.reconcile import iter_key_lines
+from airflow_gemini_batch.submit.staging import (
+    check_reachable_by_other_workers,
+    default_staging_uri,
+    staging_uri,
+)
+from tests.conftest import inline_requests  # noqa: F401  (conftest sets the Airflow home first)
+
+
+def test_the_operator_setting_wins_then_the_deployment_default_then_the_temp_folder(monkeypatch):
+    monkeypatch.delenv("AIRFLOW__GEMINI_BATCH__STAGING_PATH", raising=False)
+    assert staging_uri("s3://b/p", "abc") == "s3://b/p"
+    assert staging_uri(None, "abc") == default_staging_uri("abc")
+    monkeypatch.setenv("AIRFLOW__GEMINI_BATCH__STAGING_PATH", "gs://shared/staging/")
+    assert staging_uri(None, "abc") == "gs://shared/staging/abc"  # one folder per task instance
+    assert staging_uri("file:///mnt/nfs/x", "abc") == "file:///mnt/nfs/x"
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [
+        "CeleryExecutor",
+        "KubernetesExecutor",
+        "airflow.providers.celery.executors.celery_executor.CeleryExecutor",
+    ],
+)
+def test_a_temp_folder_is_refused_on_a_distributed_executor(executor):
+    with pytest.raises(GeminiBatchStagingError, match=r"Nothing was submitted.*staging_path") as err:
+        check_reachable_by_other_workers(default_staging_uri("abc"), executor)
+    assert "AIRFLOW__GEMINI_BATCH__STAGING_PATH" in str(err.value)
+
+
+def test_what_every_worker_reaches_is_accepted(tmp_path):
+    check_reachable_by_other_workers(default_staging_uri("abc"), "LocalExecutor")
+    check_reachable_by_other_workers("s3://bucket/prefix", "CeleryExecutor")
+    check_reachable_by_other_workers("/mnt/nfs/gemini", "CeleryExecutor")  # a deliberate shared mount
+
+
+def test_the_configured_executor_is_used_when_the_task_names_none(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor,LocalExecutor")
+    with pytest.raises(GeminiBatchStagingError):
+        check_reachable_by_other_workers(f"{tempfile.gettempdir()}/gemini-batch/x", None)
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    check_reachable_by_other_workers(f"{tempfile.gettempdir()}/gemini-batch/x", None)
+
+
+def test_a_missing_key_list_says_where_it_looked_and_why(tmp_path):
+    missing = str(tmp_path / "keys-00000.jsonl")
+    with pytest.raises(GeminiBatchStagingError) as err:
+        list(iter_key_lines(missing))
+    text = str(err.value)
+    assert missing in text and "local disk" in text and "staging_path" in text and "clear the submit" in text
+
+
+def test_a_celery_task_with_the_default_staging_is_refused_before_any_call(
+    sqlite_warehouse, gemini_conn, emulator
+):
+    """The submit operator's own run, with ``executor="CeleryExecutor"`` on the task: refused, and the
+    emulator saw no upload and no create."""
+    from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
+    from tests.operators.test_submit import _context
+
+    table = sqlite_warehouse.table("staging_refused")
+    sqlite_warehouse.create_prompts_table(table, 5)
+    op = GeminiBatchSubmitOperator(
+        task_id="submit", sql=f"SELECT id, name FROM {table}", source_conn_id=sqlite_warehouse.conn_id,
+        prompt_template="Describe {name}", executor="CeleryExecutor",
+    )  # fmt: skip
+    ctx = _context()
+    ctx["task"] = op
+    with pytest.raises(GeminiBatchStagingError, match="CeleryExecutor"):
+        op.execute(ctx)  # type: ignore[arg-type]
+    calls = emulator.control.calls()
+    assert calls.get("files.upload_start", 0) == 0 and calls.get("batches.create", 0) == 0
