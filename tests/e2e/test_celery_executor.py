@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,8 +84,7 @@ def celery(
             executor="CeleryExecutor",
             sql_alchemy_conn=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{metadata_db}",
             extra_env={
-                # See celery_compat/sitecustomize.py: the locked celery provider does not import otherwise.
-                "PYTHONPATH": f"{Path(__file__).parent / 'celery_compat'}{os.pathsep}{REPO}",
+                "PYTHONPATH": str(REPO),
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{metadata_db}",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
