@@ -1,5 +1,8 @@
 """``GeminiBatchAdapter``: common-ai's ``BatchAdapter`` over our :class:`GeminiBatchHook`.
 
+It is one module, past the usual size, because common-ai's ``BatchAdapter`` contract (submit, re-attach,
+status, results, cancel) is one class and reads best whole.
+
 common-ai's ``LLMBatchOperator`` owns the flow (identity key, fingerprint, two-phase state file, polling,
 manifest); this adapter only speaks Gemini Batch Mode for it. Invariants:
 

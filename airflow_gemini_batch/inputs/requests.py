@@ -1,5 +1,8 @@
 """Rows → request lines: one ``{"key": ..., "request": GenerateContentRequest}`` JSONL line per valid row.
 
+It is one module, past the usual size, because the three ways to build a request (prompt column, template,
+callable) share the pre-encoded job-wide fragments and the per-row validation.
+
 Invariants:
 
 * Row values are data. A prompt template is parsed once into literal text and column slots; values are copied

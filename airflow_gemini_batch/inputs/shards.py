@@ -1,5 +1,8 @@
 """Request lines → JSONL shard files under the limits, one batch job per shard; plus duplicate-key detection.
 
+It is one module, past the usual size, because the cut between shards, the key lists written beside
+them and the duplicate-key check all run in the same streaming loop and share its invariants.
+
 Invariants:
 
 * Every shard is under ``max_bytes`` (file size), ``max_requests`` (lines) and, when set, ``max_tokens``

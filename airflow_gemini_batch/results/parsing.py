@@ -1,5 +1,8 @@
 """Result-line parsing and outcome classification: one batch result line → one typed :class:`ResultRow`.
 
+It is one module, past the usual size, because every shape a result line can take (text, parts, thoughts,
+schema output, embeddings, errors, blocked prompts) is classified in one place, so no outcome is decided twice.
+
 Invariants:
 
 * Every input key ends in exactly one of four outcomes (:mod:`airflow_gemini_batch.results.rows`), so the

@@ -1,5 +1,8 @@
 """Idempotent submission: at most one paid batch job per shard per task instance, whatever fails and whenever.
 
+It is one module, past the usual size, because the rules that keep a paid create at most once per shard
+(record, look up, retry or settle) only make sense read together.
+
 Invariants (the identity, display names and records are :mod:`airflow_gemini_batch.submit.ledger`'s):
 
 * A shard with a recorded job name re-attaches to it; a shard with an intent but no job name (or a task
