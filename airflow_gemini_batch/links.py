@@ -16,14 +16,11 @@ from urllib.parse import urlencode, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
+from airflow_gemini_batch.plugins.urls import PAGE_PATH, URL_PREFIX, URL_ROUTE
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
-
-# Literal copies of the plugin's routing constants: importing the plugin module here would make every
-# worker that imports an operator load the plugin machinery.
-_URL_PREFIX = "/gemini-batch"
-_URL_ROUTE = "gemini-batches"
 
 
 def airflow_base_url() -> str:
@@ -51,11 +48,11 @@ def page_url(
     base = airflow_base_url() if base_url is None else base_url.rstrip("/")
     # With Airflow under a sub-path, the iframe's own path starts with that sub-path too.
     sub_path = urlsplit(base).path.rstrip("/")
-    page = f"{sub_path}{_URL_PREFIX}/ui/"
+    page = f"{sub_path}{URL_PREFIX}{PAGE_PATH}"
     if job_id:
-        return f"{base}/plugin/{_URL_ROUTE}{page}jobs/{job_id}"
+        return f"{base}/plugin/{URL_ROUTE}{page}jobs/{job_id}"
     query = urlencode({k: v for k, v in (("dag_id", dag_id), ("run_id", run_id), ("task_id", task_id)) if v})
-    return f"{base}/plugin/{_URL_ROUTE}{page}" + (f"?{query}" if query else "")
+    return f"{base}/plugin/{URL_ROUTE}{page}" + (f"?{query}" if query else "")
 
 
 class GeminiBatchJobLink(BaseOperatorLink):

@@ -28,7 +28,8 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from airflow_gemini_batch.emulator import routes_batches, routes_files
+import airflow_gemini_batch.emulator.routes_batches as routes_batches
+import airflow_gemini_batch.emulator.routes_files as routes_files
 from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.engine import JobEngine
 from airflow_gemini_batch.emulator.faults import Fault, Knobs

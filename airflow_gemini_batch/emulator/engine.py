@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.emulator import responder
+import airflow_gemini_batch.emulator.responder as responder
 from airflow_gemini_batch.emulator.common import new_id
 from airflow_gemini_batch.emulator.jobs import Job
 from airflow_gemini_batch.emulator.store import FileStore, paginate

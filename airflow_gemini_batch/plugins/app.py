@@ -33,8 +33,8 @@ from fastapi.responses import HTMLResponse
 from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
 from airflow_gemini_batch.plugins.live import LiveStates
 from airflow_gemini_batch.plugins.page import render_page
-from airflow_gemini_batch.plugins.plugin import URL_PREFIX
 from airflow_gemini_batch.plugins.records import JobRecord, load_job_records
+from airflow_gemini_batch.plugins.urls import URL_PREFIX
 from airflow_gemini_batch.results.parsing import OUTCOMES, TOKEN_FIELDS
 
 if TYPE_CHECKING:

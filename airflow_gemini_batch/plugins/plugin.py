@@ -13,12 +13,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-#: Where the api-server mounts the app. Must not start with /api/v2, /ui, /execution, /auth or /pluginsv2.
-URL_PREFIX = "/gemini-batch"
-#: The page's path inside the app (the app also serves ``/ui/jobs/<id>`` for the detail view).
-PAGE_PATH = "/ui/"
-#: Airflow mirrors the iframe's path into the browser URL as ``/plugin/<url_route><iframe path>``.
-URL_ROUTE = "gemini-batches"
+from airflow_gemini_batch.plugins.urls import PAGE_PATH, URL_PREFIX, URL_ROUTE
 
 
 class GeminiBatchPlugin(AirflowPlugin):
