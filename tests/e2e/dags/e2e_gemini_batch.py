@@ -1,6 +1,8 @@
 """The e2e tests' DAGs: the README's shape (submit → deferrable sensor → load) over a warehouse table.
 
 * ``e2e_gemini_batch_local`` (LocalExecutor): a SQLite warehouse, 3 shards of 1000 rows.
+* ``e2e_gemini_batch_downstream`` (LocalExecutor): scheduled on the Asset the local load publishes for its
+  destination table (``GEMINI_E2E_DESTINATION_ASSET``, set by the deployment: the warehouse is a temp file).
 * ``e2e_gemini_batch_celery`` (CeleryExecutor): a PostgreSQL warehouse, submit pinned to one worker's queue and
   load to the other's; the key lists go to a shared ``staging_path`` (both workers reach it), templated from the
   Airflow Variable ``gemini_e2e_staging`` so the file parses anywhere.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from airflow.sdk import dag
+from airflow.sdk import Asset, dag, task
 
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
@@ -25,6 +27,7 @@ PROMPT = "Describe {name}, a {category} product, in one sentence."
 SQL = "SELECT id, name, category FROM e2e_products ORDER BY id"
 QUEUE_A = os.environ.get("GEMINI_E2E_QUEUE_A", "e2e_a")
 QUEUE_B = os.environ.get("GEMINI_E2E_QUEUE_B", "e2e_b")
+DESTINATION_ASSET = os.environ.get("GEMINI_E2E_DESTINATION_ASSET")
 
 
 def _pipeline(warehouse: str, submit_kw: dict, wait_kw: dict, load_kw: dict) -> None:
@@ -82,6 +85,25 @@ def e2e_gemini_batch_celery():
         {"queue": QUEUE_B},
     )
 
+
+if DESTINATION_ASSET:
+
+    @dag(
+        dag_id="e2e_gemini_batch_downstream",
+        schedule=[Asset(uri=DESTINATION_ASSET, name=DESTINATION_ASSET)],
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["e2e"],
+    )
+    def e2e_gemini_batch_downstream():
+        @task
+        def report(**context):
+            events = context["triggering_asset_events"]
+            return [event.extra for evs in events.values() for event in evs]
+
+        report()
+
+    e2e_gemini_batch_downstream()
 
 e2e_gemini_batch_local()
 e2e_gemini_batch_celery()
