@@ -27,6 +27,7 @@ from google.genai import types
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name, normalize_state
 from airflow_gemini_batch.hooks.raw_operation import get_operation
 from airflow_gemini_batch.hooks.transport_errors import TRANSIENT_HTTP_CODES, describe_error, is_transient
+from airflow_gemini_batch.hooks.upload_chunks import ReusedBufferReader
 from airflow_gemini_batch.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -103,10 +104,16 @@ class GeminiBatchHook(BaseHook):
     # ---- files ---------------------------------------------------------------------------------------------
 
     def upload_jsonl(self, path: str | Path, display_name: str, mime_type: str = "jsonl") -> str:
-        """Upload a JSONL file (the SDK streams it in 8 MiB chunks); return the file name ``files/<id>``."""
-        uploaded = self.get_conn().files.upload(
-            file=str(path), config=types.UploadFileConfig(display_name=display_name, mime_type=mime_type)
-        )
+        """Upload a JSONL file through the SDK's resumable upload; return the file name ``files/<id>``.
+
+        The SDK sends the file in 8 MiB chunks; it reads them from a
+        :class:`~airflow_gemini_batch.hooks.upload_chunks.ReusedBufferReader`, so the worker holds one chunk
+        buffer whatever the file size (given the path, google-genai 2.x keeps every sent chunk until a garbage
+        collection).
+        """
+        config = types.UploadFileConfig(display_name=display_name, mime_type=mime_type)
+        with open(path, "rb") as raw:
+            uploaded = self.get_conn().files.upload(file=ReusedBufferReader(raw), config=config)
         if not uploaded.name:
             raise RuntimeError(f"Upload of {path} returned no file name")
         return uploaded.name
