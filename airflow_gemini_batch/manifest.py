@@ -29,6 +29,8 @@ class ShardInfo(TypedDict, total=False):
     bytes: int
     estimated_tokens: int
     keys_path: str  # ObjectStoragePath URI: one JSON-encoded key per line, in shard order
+    recovery: int  # the shard's resubmissions after a FAILED/EXPIRED/CANCELLED job (absent: 0)
+    previous_jobs: list[str]  # the jobs of its earlier generations, oldest first (absent: none)
 
 
 class Manifest(TypedDict, total=False):

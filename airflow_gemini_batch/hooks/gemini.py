@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,28 @@ from airflow_gemini_batch.hooks.upload_chunks import ReusedBufferReader
 from airflow_gemini_batch.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from airflow.sdk import Connection
     from google.genai.client import AsyncClient
+
+#: How far back an orphan lookup reads ``batches.list``: the service expires every job 48 h after its
+#: creation, so an older job has ended and no create of a live run can be that old.
+LIST_WINDOW_SECONDS = 48 * 3600.0
+
+
+def within_window(jobs: Iterable[JobStatus], window_seconds: float | None) -> Iterator[JobStatus]:
+    """``jobs`` (newest first) up to the first one created more than ``window_seconds`` ago; a job without a
+    create time is kept. Stopping there is what spares reading the account's whole job history."""
+    if window_seconds is None:
+        yield from jobs
+        return
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=window_seconds)
+    for job in jobs:
+        created = datetime.fromisoformat(job.create_time) if job.create_time else None
+        if created is not None and created.replace(tzinfo=created.tzinfo or timezone.utc) < cutoff:
+            return
+        yield job
 
 
 class GeminiBatchHook(BaseHook):
@@ -202,20 +221,30 @@ class GeminiBatchHook(BaseHook):
         """Async twin of :meth:`get_job`, on a caller-owned async client (one client per trigger run)."""
         return JobStatus.from_operation(await get_operation(client, name))
 
-    def list_jobs(self, page_size: int = 100) -> Iterator[JobStatus]:
-        """All jobs visible to the key, newest first as the service returns them (paged by the SDK)."""
-        for job in self.get_conn().batches.list(config=types.ListBatchJobsConfig(page_size=page_size)):
-            yield JobStatus(
+    def list_jobs(self, page_size: int = 100, window_seconds: float | None = None) -> Iterator[JobStatus]:
+        """Jobs visible to the key, newest first as the service returns them (paged by the SDK).
+
+        :param window_seconds: stop at the first job created longer ago than that (no further page is read).
+        """
+        pages = self.get_conn().batches.list(config=types.ListBatchJobsConfig(page_size=page_size))
+        jobs = (
+            JobStatus(
                 name=job.name or "",
                 state=normalize_state(job.state.value if job.state else None),
                 display_name=job.display_name,
                 model=job.model,
                 create_time=job.create_time.isoformat() if job.create_time else None,
             )
+            for job in pages
+        )
+        yield from within_window(jobs, window_seconds)
 
-    def find_job_by_display_name(self, display_name: str, page_size: int = 100) -> JobStatus | None:
-        """The newest job whose display name matches exactly (how an orphaned create is found)."""
-        return next((j for j in self.list_jobs(page_size) if j.display_name == display_name), None)
+    def find_job_by_display_name(
+        self, display_name: str, page_size: int = 100, window_seconds: float | None = LIST_WINDOW_SECONDS
+    ) -> JobStatus | None:
+        """The newest job created in the last 48 h whose display name matches exactly (an orphaned create)."""
+        jobs = self.list_jobs(page_size, window_seconds)
+        return next((j for j in jobs if j.display_name == display_name), None)
 
     def cancel_job(self, name: str) -> None:
         self.get_conn().batches.cancel(name=check_job_name(name))

@@ -33,10 +33,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param sql: a SELECT on ``source_conn_id`` (give one of sql, requests, input_path); streamed. (templated)
     :param source_conn_id: any common-sql connection (sqlite, postgres, bigquery, ...). (templated)
     :param parameters: query parameters. (templated)
-    :param requests: a small list: prompt strings (key = position), row dicts, or ``{"key", "request"}``
-        dicts. (templated; may be an XCom)
-    :param input_path: an existing JSONL file of ``{"key", "request"}`` lines; local path or ObjectStoragePath
-        URI. (templated)
+    :param requests: a list: prompts (key = position), row dicts or ``{"key", "request"}`` dicts. (templated)
+    :param input_path: an existing JSONL file of ``{"key", "request"}`` lines (local path or URI). (templated)
     :param task: ``"generate"`` (GenerateContent) or ``"embed"`` (embeddings batch).
     :param model: default ``gemini-2.5-flash``, or ``gemini-embedding-001`` for ``task="embed"``. (templated)
     :param key_column: the column whose value keys each request and its answer. (templated)
@@ -66,11 +64,12 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         ``<tempdir>/gemini-batch/<identity>`` — multi-worker deployments need shared storage here. (templated)
     :param fetch_batch_size: rows per fetch; bounds memory.
     :param on_changed_input: if a retry's input differs from its recorded jobs': ``"fail"`` or ``"resubmit"``.
-    :param force_resubmit: submit new jobs even if this task instance already submitted (a deliberate new
-        run; every try with it set submits again, so turn it off afterwards).
+    :param force_resubmit: new jobs for every shard even if already submitted (each try with it pays again).
+    :param on_failed_job: on a retry / clear, a shard whose job ended FAILED, EXPIRED or CANCELLED is sent
+        alone again (``"resubmit"``) or re-attached, so the wait fails as before (``"fail"``).
     :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors.
-    :param create_retry_base_seconds: base of the exponential backoff (with full jitter); after an ambiguous
-        error (5xx, lost connection) the job is looked up no sooner than five bases later (10 s by default).
+    :param create_retry_base_seconds: exponential backoff base (full jitter); after an ambiguous error (5xx,
+        lost connection) the job is looked up no sooner than five bases later (10 s by default).
     :param cancel_on_kill: on kill, cancel the jobs this execution created (while waiting: those waited for).
     :param gemini_conn_id: the ``gemini_batch`` connection. (templated)
     :param wait_for_completion: also wait for the jobs in this task (same semantics as
@@ -125,6 +124,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         fetch_batch_size: int = SubmitSettings.fetch_batch_size,
         on_changed_input: str = "fail",
         force_resubmit: bool = False,
+        on_failed_job: str = SubmitSettings.on_failed_job,
         create_retry_attempts: int = 6,
         create_retry_base_seconds: float = 2.0,
         cancel_on_kill: bool = True,

@@ -87,6 +87,8 @@ class JobRecord:
     tokens: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None
     task_ids: list[str] = field(default_factory=list)
+    #: The jobs of this shard's earlier generations (ended FAILED / EXPIRED / CANCELLED), oldest first.
+    previous_jobs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +190,7 @@ def load_job_records(
                 request_count=int(shard.get("request_count") or 0),
                 submitted_at=_iso(m.timestamp),
                 task_ids=[m.task_id],
+                previous_jobs=[str(j) for j in shard.get("previous_jobs") or []],
             )
             _attach_wait(rec, waits.get((m.dag_id, m.run_id, name)))
             _attach_results(rec, results.get((m.dag_id, m.run_id, name)))

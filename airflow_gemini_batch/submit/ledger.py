@@ -6,8 +6,8 @@ Invariants:
   ``map_index`` — never the try number. That is the entire point: a retry, a clear or a rerun after a worker
   crash is the same identity, so it finds the jobs the earlier try created instead of paying for them twice.
 * Every shard has a deterministic display name, ``agb-<sha256(identity)[:12]>-<fingerprint[:8]>-<index>``
-  (``-g<n>`` before the index after ``force_resubmit``); 31 characters (34-43 after a forced run), well under
-  the 128 allowed. It is
+  (``-g<n>`` before the index after ``force_resubmit``; ``-r<n>`` for a shard's n-th recovery after its job
+  ended FAILED, EXPIRED or CANCELLED); 31 characters (up to ~55 with both), well under the 128 allowed. It is
   how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
 * Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
   (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,9 +71,24 @@ class RunIdentity:
         return hashlib.sha256(self.text.encode()).hexdigest()[:12]
 
 
-def display_name(identity_hash: str, fingerprint: str, index: int, generation: int = 0) -> str:
+def display_name(
+    identity_hash: str, fingerprint: str, index: int, generation: int = 0, recovery: int = 0
+) -> str:
+    """The shard's display name; ``recovery`` counts the shard's own resubmissions after a failed job."""
     gen = f"-g{generation}" if generation else ""
-    return f"{DISPLAY_NAME_PREFIX}-{identity_hash}-{fingerprint[:8]}{gen}-{index:05d}"
+    rec = f"-r{recovery}" if recovery else ""
+    return f"{DISPLAY_NAME_PREFIX}-{identity_hash}-{fingerprint[:8]}{gen}{rec}-{index:05d}"
+
+
+_RECOVERY = re.compile(r"^(?P<head>.+?)(?:-r(?P<recovery>\d+))?(?P<index>-\d{5})$")
+
+
+def split_recovery(name: str) -> tuple[str, int]:
+    """``agb-…-r2-00003`` → (``agb-…-00003``, 2): the shard's first display name and its recovery number."""
+    m = _RECOVERY.match(name)
+    if m is None:
+        return name, 0
+    return m["head"] + m["index"], int(m["recovery"] or 0)
 
 
 class SubmissionLedger:
@@ -184,4 +200,8 @@ class SubmissionLedger:
 
     def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
         rec["job_name"] = job_name
+        self._set(SHARD_KEY.format(index=index), rec)
+
+    def record_recovery(self, index: int, rec: dict[str, Any]) -> None:
+        """The shard's next generation (no file, intent or job yet), before anything is uploaded for it."""
         self._set(SHARD_KEY.format(index=index), rec)

@@ -14,7 +14,8 @@ the settings, every stage and the order between them read best in one place. The
   refused for a changed input must not overwrite the key lists that the recorded jobs' results are
   reconciled against.
 * Jobs are created or re-attached only after the header is recorded (at most one paid job per shard
-  generation, :mod:`airflow_gemini_batch.submit.submission`).
+  generation, :mod:`airflow_gemini_batch.submit.submission`); a shard whose job ended FAILED, EXPIRED or
+  CANCELLED is resubmitted alone (``on_failed_job``), and the manifest names its new job.
 * The manifest carries names, counts and locations only; never row data, never the API key.
 """
 
@@ -44,7 +45,13 @@ from airflow_gemini_batch.inputs.validation import InvalidRows
 from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
 from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
-from airflow_gemini_batch.submit.submission import CreateRetry, PlanSubmission, inline_requests, submit_plan
+from airflow_gemini_batch.submit.submission import (
+    ON_FAILED_JOB,
+    CreateRetry,
+    PlanSubmission,
+    inline_requests,
+    submit_plan,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -99,6 +106,7 @@ class SubmitSettings:
     fetch_batch_size: int = DEFAULT_BATCH_SIZE
     on_changed_input: str = "fail"
     force_resubmit: bool = False
+    on_failed_job: str = "resubmit"
     create_retry_attempts: int = 6
     create_retry_base_seconds: float = 2.0
 
@@ -128,6 +136,8 @@ class SubmitSettings:
             raise ValueError(f"on_invalid_row must be 'fail' or 'skip', got {self.on_invalid_row!r}.")
         if self.on_changed_input not in ("fail", "resubmit"):
             raise ValueError(f"on_changed_input must be 'fail' or 'resubmit', got {self.on_changed_input!r}.")
+        if self.on_failed_job not in ON_FAILED_JOB:
+            raise ValueError(f"on_failed_job must be 'resubmit' or 'fail', got {self.on_failed_job!r}.")
         if not 0 <= self.inline_threshold_bytes <= MAX_INLINE_BYTES:
             raise ValueError(f"inline_threshold_bytes must be between 0 and {MAX_INLINE_BYTES} (20 MB).")
         if self.task not in ("generate", "embed"):
@@ -308,6 +318,7 @@ class SubmitRun:
             retry=CreateRetry(s.create_retry_attempts, s.create_retry_base_seconds),
             scan=scan,
             on_created=self.created_jobs.append,
+            on_failed_job=s.on_failed_job,
         )
         shards = submitted.shards
         self.log.info(

@@ -5,8 +5,15 @@ It is one module, past the usual size, because the rules that keep a paid create
 
 Invariants (the identity, display names and records are :mod:`airflow_gemini_batch.submit.ledger`'s):
 
-* A shard with a recorded job name re-attaches to it; a shard with an intent but no job name (or a task
-  instance without records) is looked up by its display name before anything is created for it.
+* A shard with a recorded job name re-attaches to it — unless that job ended FAILED, EXPIRED or CANCELLED
+  and ``on_failed_job="resubmit"``: then that shard alone gets its next generation (``-r<n>``, recorded before
+  its upload and create like every create; the other shards re-attach). A job that may still succeed, or has
+  (PENDING, RUNNING, SUCCEEDED, anything unknown), is never replaced: invariant 3, paid at most once per
+  generation, never again for a shard already answered.
+* A shard with an intent but no job name (or a task instance without records) is looked up by its display
+  name before anything is created for it; a shard whose durable record shows no intent is not looked up (no
+  create was attempted). The lookup reads only the last 48 h of ``batches.list`` (the service expires every
+  job 48 h after its creation, and lists newest first).
 * Uploads are retried on transient errors (a repeated upload costs nothing; the SDK gives up on the first
   failed chunk). ``create`` is never blindly retried: 429 RESOURCE_EXHAUSTED and a connection never made are
   certain rejections and are retried with backoff; a 5xx or a connection lost after it was made is ambiguous
@@ -30,10 +37,12 @@ import orjson
 from google.genai import errors as genai_errors
 
 from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
+from airflow_gemini_batch.hooks.gemini import LIST_WINDOW_SECONDS
+from airflow_gemini_batch.hooks.job_status import CANCELLED, EXPIRED, FAILED
 from airflow_gemini_batch.hooks.transport_errors import describe_error, is_transient, request_not_sent
 from airflow_gemini_batch.manifest import ShardInfo
 from airflow_gemini_batch.retry import RetryPolicy
-from airflow_gemini_batch.submit.ledger import display_name
+from airflow_gemini_batch.submit.ledger import display_name, split_recovery
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,16 +58,19 @@ log = logging.getLogger(__name__)
 
 
 def find_existing_jobs(hook: GeminiBatchHook, display_names: set[str]) -> dict[str, JobStatus]:
-    """One pass over ``batches.list`` → the newest job for each of ``display_names`` that exists.
+    """One pass over the last 48 h of ``batches.list`` → per display name, the newest job of that shard.
 
     Run when the task instance has no records at all: the first try (normally finds nothing), a context
     without a task state store, or records lost with their DAG run (``dag.test()`` re-creates the run, which
-    deletes its task state). One paged scan for all shards instead of one per shard.
+    deletes its task state). One paged scan for all shards instead of one per shard, stopped at the first job
+    older than the service's 48 h expiry (:data:`~airflow_gemini_batch.hooks.gemini.LIST_WINDOW_SECONDS`).
+    A shard's recovered generations (``-r<n>``) count as that shard: the newest one is the shard's job.
     """
     found: dict[str, JobStatus] = {}
-    for job in hook.list_jobs():
-        if job.display_name in display_names and job.display_name not in found:
-            found[job.display_name] = job
+    for job in hook.list_jobs(window_seconds=LIST_WINDOW_SECONDS):
+        base = split_recovery(job.display_name or "")[0]
+        if base in display_names and base not in found:
+            found[base] = job
             if len(found) == len(display_names):
                 break
     return found
@@ -193,13 +205,68 @@ def upload_with_retry(hook: GeminiBatchHook, path: Any, display_name: str, retry
         ) from e
 
 
+#: Job states after which a shard gets its next generation (invariant 3): the job can no longer answer.
+RECOVERABLE_STATES = frozenset({FAILED, EXPIRED, CANCELLED})
+ON_FAILED_JOB = ("resubmit", "fail")
+
+
 @dataclass
 class ShardSubmission:
-    """The outcome for one shard: its job, its uploaded file, and whether this execution created the job."""
+    """The outcome for one shard: its job, its uploaded file, whether this execution created the job, its
+    recovery generation and the jobs of its earlier generations (oldest first)."""
 
     job_name: str
     file_name: str | None
     created_now: bool
+    display_name: str
+    recovery: int = 0
+    previous_jobs: list[str] | None = None
+
+
+def _attached(rec: dict[str, Any]) -> ShardSubmission:
+    return ShardSubmission(
+        rec["job_name"],
+        rec.get("file_name"),
+        created_now=False,
+        display_name=rec["display_name"],
+        recovery=int(rec.get("recovery", 0)),
+        previous_jobs=list(rec.get("previous_jobs", [])),
+    )
+
+
+def _next_generation(
+    ledger: SubmissionLedger, index: int, rec: dict[str, Any], first_name: str, state: str
+) -> dict[str, Any]:
+    """Record the shard's next generation (new display name, no file, no intent) before anything is sent."""
+    recovery = int(rec.get("recovery", 0)) + 1
+    head, tail = first_name[:-6], first_name[-6:]  # the index ``-00003`` stays last
+    nxt = {
+        "fingerprint": rec["fingerprint"],
+        "generation": rec["generation"],
+        "display_name": f"{head}-r{recovery}{tail}",
+        "recovery": recovery,
+        "previous_jobs": [*rec.get("previous_jobs", []), rec["job_name"]],
+    }
+    log.warning(
+        "Shard %d: job %s ended %s; submitting the shard alone again as %s (on_failed_job='resubmit')",
+        index,
+        rec["job_name"],
+        state,
+        nxt["display_name"],
+    )
+    ledger.record_recovery(index, nxt)
+    return nxt
+
+
+def _ended_state(hook: GeminiBatchHook, job_name: str) -> str:
+    """The recorded job's state; a job the service no longer knows (404) is left to the wait to report."""
+    try:
+        return hook.get_job(job_name).state
+    except genai_errors.ClientError as e:
+        if e.code == 404:
+            log.warning("Recorded job %s is not found (404); re-attaching, the wait will report it", job_name)
+            return "NOT_FOUND"
+        raise
 
 
 def submit_shard(
@@ -217,49 +284,64 @@ def submit_shard(
     retry: CreateRetry,
     on_created: Any = None,
     known_jobs: dict[str, JobStatus] | None = None,
+    on_failed_job: str = "resubmit",
 ) -> ShardSubmission:
-    """Re-attach to the shard's recorded job, or find its orphan, or upload (once) and create it (once).
+    """Re-attach to the shard's recorded job, or find its orphan, or upload (once) and create it (once); a
+    recorded job that ended FAILED, EXPIRED or CANCELLED is followed by the shard's next generation when
+    ``on_failed_job="resubmit"`` (re-uploaded from the local shard file, which the run has just rebuilt).
 
-    :param known_jobs: display name → job from one ``find_existing_jobs`` scan, when this task instance has no
-        records (first try, no state store, or records lost); None when the records are authoritative.
+    :param display_name: the shard's first display name (recovery 0); its generations add ``-r<n>``.
+    :param known_jobs: first display name → the shard's newest job from one ``find_existing_jobs`` scan, when
+        this task instance has no records (first try, no state store, or records lost); None when the records
+        are authoritative.
     """
-    base = {"fingerprint": fingerprint, "generation": generation, "display_name": display_name}
+    base = {"fingerprint": fingerprint, "generation": generation}
     rec = ledger.shard(index)
-    if any(rec.get(k) != v for k, v in base.items()):
+    same_shard = split_recovery(rec.get("display_name", ""))[0] == display_name
+    if not same_shard or any(rec.get(k) != v for k, v in base.items()):
         rec = {}  # a record of another input or generation: not ours to re-attach to
-    if rec.get("job_name"):
-        log.info("Shard %d: re-attaching to recorded job %s (%s)", index, rec["job_name"], display_name)
-        return ShardSubmission(rec["job_name"], rec.get("file_name"), created_now=False)
-    if known_jobs is not None or rec.get("intent") or not ledger.durable:
-        if known_jobs is not None and not rec.get("intent"):
-            found = known_jobs.get(display_name)
-        else:
-            found = hook.find_job_by_display_name(display_name)
+    rec = {**base, "display_name": display_name, **rec}
+    state: str | None = None
+    if not rec.get("job_name") and (known_jobs is not None or rec.get("intent") or not ledger.durable):
+        if rec.get("intent"):  # the intent names the generation whose create may have happened
+            found = hook.find_job_by_display_name(rec["display_name"])
+        else:  # no records: the shard's newest generation, whichever it is
+            known = known_jobs if known_jobs is not None else find_existing_jobs(hook, {display_name})
+            found = known.get(display_name)
         if found is not None:
             log.warning(
                 "Shard %d: found job %s by display name %s (created, but its name was never recorded); "
                 "re-attaching instead of creating another",
                 index,
                 found.name,
-                display_name,
+                found.display_name,
             )
-            rec = {**base, **rec}
+            recovery = split_recovery(found.display_name or display_name)[1]
+            if recovery != int(rec.get("recovery", 0)):
+                rec = {**base, "display_name": found.display_name, "recovery": recovery}
             ledger.record_job(index, rec, found.name)
-            return ShardSubmission(found.name, rec.get("file_name"), created_now=False)
-    rec = {**base, **rec}
+            state = found.state
+    if rec.get("job_name"):
+        if on_failed_job == "resubmit" and state is None:
+            state = _ended_state(hook, rec["job_name"])
+        if state not in RECOVERABLE_STATES or on_failed_job != "resubmit":
+            log.info("Shard %d: re-attaching to job %s (%s)", index, rec["job_name"], rec["display_name"])
+            return _attached(rec)
+        rec = _next_generation(ledger, index, rec, display_name, state)
+    name = rec["display_name"]
     file_name = None
     if inline_requests is None:
         file_name = rec.get("file_name")
         if file_name:
             log.info("Shard %d: reusing uploaded file %s", index, file_name)
         else:
-            file_name = upload_with_retry(hook, shard_path, display_name, retry)
+            file_name = upload_with_retry(hook, shard_path, name, retry)
             ledger.record_upload(index, rec, file_name)
             log.info("Shard %d: uploaded %s as %s", index, shard_path, file_name)
     ledger.record_intent(index, rec)
     job = create_once(
         hook,
-        display_name=display_name,
+        display_name=name,
         model=model,
         embeddings=embeddings,
         file_name=file_name,
@@ -269,8 +351,15 @@ def submit_shard(
     if on_created is not None:
         on_created(job.name)
     ledger.record_job(index, rec, job.name)
-    log.info("Shard %d: created job %s (%s)", index, job.name, display_name)
-    return ShardSubmission(job.name, file_name, created_now=True)
+    log.info("Shard %d: created job %s (%s)", index, job.name, name)
+    return ShardSubmission(
+        job.name,
+        file_name,
+        created_now=True,
+        display_name=name,
+        recovery=int(rec.get("recovery", 0)),
+        previous_jobs=list(rec.get("previous_jobs", [])),
+    )
 
 
 @dataclass
@@ -296,6 +385,7 @@ def submit_plan(
     retry: CreateRetry,
     scan: bool,
     on_created: Any = None,
+    on_failed_job: str = "resubmit",
 ) -> PlanSubmission:
     """Submit every shard of ``plan`` in order (:func:`submit_shard`): one job each, created or re-attached.
 
@@ -323,23 +413,26 @@ def submit_plan(
             retry=retry,
             on_created=on_created,
             known_jobs=known,
+            on_failed_job=on_failed_job,
         )
         if result.created_now:
             created += 1
             uploaded_bytes += 0 if inline is not None else shard.bytes
-        shards.append(
-            ShardInfo(
-                index=shard.index,
-                display_name=name,
-                job_name=result.job_name,
-                file_name=result.file_name,
-                inline=inline is not None,
-                request_count=shard.request_count,
-                bytes=shard.bytes,
-                estimated_tokens=shard.estimated_tokens,
-                keys_path=keys_uri,
-            )
+        info = ShardInfo(
+            index=shard.index,
+            display_name=result.display_name,
+            job_name=result.job_name,
+            file_name=result.file_name,
+            inline=inline is not None,
+            request_count=shard.request_count,
+            bytes=shard.bytes,
+            estimated_tokens=shard.estimated_tokens,
+            keys_path=keys_uri,
         )
+        if result.recovery:
+            info["recovery"] = result.recovery
+            info["previous_jobs"] = result.previous_jobs or []
+        shards.append(info)
     return PlanSubmission(shards, created, uploaded_bytes)
 
 

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchChangedInputError
-from airflow_gemini_batch.submit.ledger import HEADER_KEY, RunIdentity, SubmissionLedger, display_name
+from airflow_gemini_batch.submit.ledger import (
+    HEADER_KEY,
+    RunIdentity,
+    SubmissionLedger,
+    display_name,
+    split_recovery,
+)
 from tests.task_state import DictStateStore
 
 IDENTITY = RunIdentity("dag", "submit", "manual__2026-01-01", -1)
@@ -19,6 +25,13 @@ def test_display_name_deterministic():
     assert name == f"agb-{IDENTITY.hash}-ffffffff-00003" and len(name) <= 128
     assert display_name(IDENTITY.hash, "f" * 64, 3, generation=2).endswith("-g2-00003")
     assert RunIdentity("dag", "submit", "manual__2026-01-01", 0).hash != IDENTITY.hash
+
+
+def test_recovered_generations_name_the_same_shard():
+    first = display_name(IDENTITY.hash, "f" * 64, 3, generation=2)
+    recovered = display_name(IDENTITY.hash, "f" * 64, 3, generation=2, recovery=4)
+    assert recovered == first.replace("-00003", "-r4-00003") and len(recovered) <= 128
+    assert split_recovery(recovered) == (first, 4) and split_recovery(first) == (first, 0)
 
 
 def test_identity_names_the_run_by_its_logical_date():

@@ -58,6 +58,11 @@ def test_operator_validates_once_and_keeps_each_argument_as_an_attribute() -> No
         GeminiBatchSubmitOperator(task_id="t", requests=["a"], input_path="rows.jsonl")
     with pytest.raises(ValueError, match="on_invalid_row"):
         GeminiBatchSubmitOperator(task_id="t", requests=["a"], on_invalid_row="ignore")
+    with pytest.raises(ValueError, match="on_failed_job"):
+        GeminiBatchSubmitOperator(task_id="t", requests=["a"], on_failed_job="retry")
+    assert (
+        GeminiBatchSubmitOperator(task_id="t", requests=["a"], on_failed_job="fail").on_failed_job == "fail"
+    )
 
 
 def test_build_reads_validates_and_shards_without_any_api_call(tmp_path) -> None:

@@ -209,3 +209,62 @@ def test_an_upload_rejected_for_good_is_not_retried(hook, emulator, shard_file):
         upload_with_retry(hook, shard_file, "agb-test-00000", FAST)
     assert "attempts" not in str(e.value) and "400" in str(e.value)
     assert emulator.control.calls()["files.upload_chunk"] == 1
+
+
+def _recorded(store, index=0):
+    return json.loads(store.data[f"gemini_batch_submit.shard.{index}"])
+
+
+@pytest.mark.parametrize("final_state", ["FAILED", "EXPIRED", "CANCELLED"])
+def test_a_job_that_ended_badly_is_followed_by_the_shards_next_generation(
+    hook, emulator, shard_file, final_state
+):
+    store = DictStateStore()
+    if final_state == "CANCELLED":
+        emulator.control.hold_state("PENDING", count=1)
+    else:
+        emulator.control.set_job_behaviour(final_state=final_state, count=1)
+    first = _submit(hook, SubmissionLedger(store), shard_file)
+    if final_state == "CANCELLED":
+        hook.cancel_job(first.job_name)
+    again = _submit(hook, SubmissionLedger(store), shard_file)
+    assert again.created_now and again.job_name != first.job_name
+    assert (again.recovery, again.previous_jobs) == (1, [first.job_name])
+    assert again.display_name == first.display_name.replace("-00000", "-r1-00000")
+    assert _recorded(store)["job_name"] == again.job_name and _recorded(store)["recovery"] == 1
+    assert emulator.control.calls()["files.upload_start"] == 2  # uploaded again: the first file may be gone
+    third = _submit(hook, SubmissionLedger(store), shard_file)
+    assert (third.job_name, third.created_now) == (again.job_name, False)
+    assert len(emulator.control.jobs()) == 2
+
+
+def test_a_crash_during_the_next_generations_create_finds_it_by_its_own_name(
+    hook, emulator, shard_file, monkeypatch
+):
+    store = DictStateStore()
+    emulator.control.set_job_behaviour(final_state="EXPIRED", count=1)
+    first = _submit(hook, SubmissionLedger(store), shard_file)
+    ledger = SubmissionLedger(store)
+    real = ledger.record_job
+
+    def crash(index, rec, job_name):
+        if rec.get("recovery"):
+            raise SystemExit("worker killed right after the next generation's create")
+        real(index, rec, job_name)
+
+    monkeypatch.setattr(ledger, "record_job", crash)
+    with pytest.raises(SystemExit):
+        _submit(hook, ledger, shard_file)
+    rerun = _submit(hook, SubmissionLedger(store), shard_file)
+    assert not rerun.created_now and rerun.previous_jobs == [first.job_name] and rerun.recovery == 1
+    assert len(emulator.control.jobs()) == 2 and emulator.control.calls()["batches.create"] == 2
+
+
+def test_without_a_store_the_newest_generation_is_found(hook, emulator, shard_file):
+    emulator.control.set_job_behaviour(final_state="EXPIRED", count=1)
+    first = _submit(hook, SubmissionLedger(None), shard_file)
+    again = _submit(hook, SubmissionLedger(None), shard_file)
+    assert again.created_now and again.recovery == 1
+    third = _submit(hook, SubmissionLedger(None), shard_file)
+    assert (third.job_name, third.created_now, third.recovery) == (again.job_name, False, 1)
+    assert len(emulator.control.jobs()) == 2 and first.job_name != again.job_name
