@@ -63,7 +63,7 @@ browser:
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/mypy
 
 bench: setup

@@ -57,7 +57,10 @@ def test_serialize_round_trip_without_secret(gemini_conn: str) -> None:
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
     # Exactly the named parameters of __init__ (unknown kwargs are accepted but never written back).
-    assert set(kwargs) == set(inspect.signature(GeminiBatchJobTrigger.__init__).parameters) - {"self", "kwargs"}
+    assert set(kwargs) == set(inspect.signature(GeminiBatchJobTrigger.__init__).parameters) - {
+        "self",
+        "kwargs",
+    }
     dumped = json.dumps(kwargs)  # JSON-only kwargs
     assert api_key not in dumped
     assert "password" not in dumped
