@@ -164,7 +164,7 @@ def main() -> None:
                         kept = results.setdefault(case, result)
                         kept["peak_mb"] = max(kept["peak_mb"], result["peak_mb"])
                         kept["seconds"] = min(kept["seconds"], result["seconds"])
-                print(format_row("floor (8 MiB chunks, SDK httpx)", results["floor"]), flush=True)
+                print(format_row("floor (8 MiB chunks, SDK transport)", results["floor"]), flush=True)
                 for case, name in (
                     ("sdk_path", "SDK given the path (before)"),
                     ("ours", "ours (upload_jsonl)"),
