@@ -325,7 +325,9 @@ def submit_shard(
         if on_failed_job == "resubmit" and state is None:
             state = _ended_state(hook, rec["job_name"])
         if state not in RECOVERABLE_STATES or on_failed_job != "resubmit":
-            log.info("Shard %d: re-attaching to job %s (%s)", index, rec["job_name"], rec["display_name"])
+            log.info(
+                "Shard %d: re-attaching to recorded job %s (%s)", index, rec["job_name"], rec["display_name"]
+            )
             return _attached(rec)
         rec = _next_generation(ledger, index, rec, display_name, state)
     name = rec["display_name"]
