@@ -21,7 +21,7 @@ The parser is passed in and its general path called through it, so this module d
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import orjson
 
@@ -37,9 +37,24 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
 
-    from airflow_gemini_batch.results.parsing import ResultParser
     from airflow_gemini_batch.results.reconcile import KeyReconciler
     from airflow_gemini_batch.results.rows import ShardReport
+
+
+class GeneralParser(Protocol):
+    """The general path this module hands odd lines to (``results.parsing.ResultParser``), named by what
+    it does rather than imported, so the parser may import this module without a circle."""
+
+    embed: bool
+    parse_json: bool
+
+    @property
+    def answer_row(self) -> Callable[..., ResultRow]: ...
+
+    def object_row(
+        self, obj: Any, line_no: int, keys: KeyReconciler, report: ShardReport, by_position: bool
+    ) -> ResultRow | None: ...
+
 
 _new = tuple.__new__
 _KEY = itemgetter(0)
@@ -97,7 +112,7 @@ else:  # pragma: no cover
 
 
 def _raw_line_row(
-    raw: bytes, line_no: int, parser: ResultParser, keys: KeyReconciler, report: ShardReport
+    raw: bytes, line_no: int, parser: GeneralParser, keys: KeyReconciler, report: ShardReport
 ) -> ResultRow | None:
     """The general path for one responses-file line: orjson, then :meth:`ResultParser.object_row`."""
     try:
@@ -123,7 +138,7 @@ def _iter_line_blocks(path: Path | str) -> Iterator[list[bytes]]:
 
 
 def file_row_blocks(
-    path: Path | str, parser: ResultParser, keys: KeyReconciler, report: ShardReport
+    path: Path | str, parser: GeneralParser, keys: KeyReconciler, report: ShardReport
 ) -> Iterator[list[ResultRow]]:
     """The hot loop of a load: decode, check, reconcile, classify; the rows of each block read, as a list.
 
@@ -142,7 +157,7 @@ def file_row_blocks(
 def _parse_blocks(
     blocks: Iterable[list[bytes]],
     decode: Callable[[bytes], Any],
-    parser: ResultParser,
+    parser: GeneralParser,
     keys: KeyReconciler,
     report: ShardReport,
 ) -> Iterator[list[ResultRow]]:
@@ -202,7 +217,7 @@ def _parse_blocks(
 
 
 def _general_blocks(
-    blocks: Iterable[list[bytes]], parser: ResultParser, keys: KeyReconciler, report: ShardReport
+    blocks: Iterable[list[bytes]], parser: GeneralParser, keys: KeyReconciler, report: ShardReport
 ) -> Iterator[list[ResultRow]]:
     """Every line through the general path (embeddings; or msgspec unavailable)."""
     line_no = 0
