@@ -34,6 +34,7 @@ from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.engine import JobEngine
 from airflow_gemini_batch.emulator.faults import Fault, Knobs
 from airflow_gemini_batch.emulator.persist import StateFile
+from airflow_gemini_batch.emulator.quota import QuotaLimits
 from airflow_gemini_batch.emulator.routes_control import control_router
 from airflow_gemini_batch.emulator.store import FileStore, advance_seq
 
@@ -89,11 +90,18 @@ class Emulator:
         pending_seconds: float = 0.0,
         running_seconds: float = 0.0,
         persist: bool = False,
+        max_concurrent_jobs: int = 0,
+        max_enqueued_tokens: int = 0,
     ) -> None:
         self.data_dir = data_dir
         self.files = FileStore(data_dir)
         self.engine = JobEngine(self.files)
-        self.knobs = Knobs(pending_seconds=pending_seconds, running_seconds=running_seconds)
+        self.knobs = Knobs(
+            pending_seconds=pending_seconds,
+            running_seconds=running_seconds,
+            max_concurrent_jobs=max_concurrent_jobs,
+            max_enqueued_tokens=max_enqueued_tokens,
+        )
         self.state: StateFile | None = None
         if persist:
             self.state = StateFile(
@@ -119,6 +127,12 @@ class Emulator:
         if self.state is not None:
             self.state.close()
         self.engine.shutdown()
+
+    def quota_limits(self) -> QuotaLimits:
+        """The batch quotas now in force (config ``max_concurrent_jobs`` / ``max_enqueued_tokens``; 0: off)."""
+        return QuotaLimits(
+            int(self.knobs.get("max_concurrent_jobs")), int(self.knobs.get("max_enqueued_tokens"))
+        )
 
     @staticmethod
     def version_of(request: Request) -> str:
@@ -185,15 +199,26 @@ def create_app(
     pending_seconds: float = 0.0,
     running_seconds: float = 0.0,
     persist: bool | None = None,
+    max_concurrent_jobs: int = 0,
+    max_enqueued_tokens: int = 0,
 ) -> FastAPI:
     """The emulator ASGI app; ``app.state.emulator`` holds its state (see ``Emulator``).
 
     :param persist: keep file and job metadata across restarts in ``data_dir`` (default: on exactly when a
         ``data_dir`` is given; a throwaway temp dir has nothing to come back to).
+    :param max_concurrent_jobs: non-terminal jobs at once before a create gets 429 (0: unlimited).
+    :param max_enqueued_tokens: estimated tokens of one model's non-terminal jobs before 429 (0: unlimited).
     """
     root = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emulator-"))
     keep = data_dir is not None if persist is None else persist
-    emu = Emulator(root, pending_seconds=pending_seconds, running_seconds=running_seconds, persist=keep)
+    emu = Emulator(
+        root,
+        pending_seconds=pending_seconds,
+        running_seconds=running_seconds,
+        persist=keep,
+        max_concurrent_jobs=max_concurrent_jobs,
+        max_enqueued_tokens=max_enqueued_tokens,
+    )
     app = FastAPI(title="Gemini Batch API emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = emu
     app.include_router(control_router(emu))

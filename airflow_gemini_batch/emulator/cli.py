@@ -41,6 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pending-seconds", type=float, default=0.0, help="time a new job stays PENDING")
     parser.add_argument("--running-seconds", type=float, default=0.0, help="time a job stays RUNNING")
+    parser.add_argument(
+        "--max-concurrent-jobs",
+        type=int,
+        default=0,
+        help="non-terminal jobs at once before a create gets 429 RESOURCE_EXHAUSTED (the service: 100; 0 = off)",
+    )
+    parser.add_argument(
+        "--max-enqueued-tokens",
+        type=int,
+        default=0,
+        help="estimated tokens (request bytes / 4) of one model's unfinished jobs before 429 (0 = off)",
+    )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser.parse_args(argv)
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         pending_seconds=args.pending_seconds,
         running_seconds=args.running_seconds,
         persist=args.data_dir is not None,
+        max_concurrent_jobs=args.max_concurrent_jobs,
+        max_enqueued_tokens=args.max_enqueued_tokens,
     )
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]

@@ -28,7 +28,8 @@ class EmulatorControl:
 
     def configure(self, **kw: float) -> dict[str, float]:
         """Any of pending_seconds, running_seconds, output_delay_seconds, reply_delay_seconds,
-        list_lag_seconds (``batches.list`` leaves out jobs younger than that)."""
+        list_lag_seconds (``batches.list`` leaves out jobs younger than that), max_concurrent_jobs,
+        max_enqueued_tokens (the quotas; 0 = unlimited)."""
         return self._call("POST", "config", kw)
 
     def config(self) -> dict[str, float]:
@@ -94,6 +95,17 @@ class EmulatorControl:
     def jobs(self) -> list[dict[str, Any]]:
         """Every job since the last reset: state, behaviour, ``hold`` (or None) and ``reads`` among others."""
         return self._call("GET", "jobs")["jobs"]
+
+    def set_quota(
+        self, max_concurrent_jobs: int | None = None, max_enqueued_tokens: int | None = None
+    ) -> dict[str, float]:
+        """Enforce the batch quotas on create (429 RESOURCE_EXHAUSTED past them); 0 turns one off."""
+        body = {"max_concurrent_jobs": max_concurrent_jobs, "max_enqueued_tokens": max_enqueued_tokens}
+        return self._call("POST", "config", {k: v for k, v in body.items() if v is not None})
+
+    def quota(self) -> dict[str, Any]:
+        """Limits, jobs not finished now, high-water marks since the reset, and rejected creates."""
+        return self._call("GET", "quota")
 
     def calls(self) -> dict[str, int]:
         return self._call("GET", "calls")

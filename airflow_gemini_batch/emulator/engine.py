@@ -36,6 +36,7 @@ import orjson
 import airflow_gemini_batch.emulator.responder as responder
 from airflow_gemini_batch.emulator.common import new_id
 from airflow_gemini_batch.emulator.jobs import Job
+from airflow_gemini_batch.emulator.quota import QuotaBook, QuotaLimits
 from airflow_gemini_batch.emulator.store import FileStore, paginate
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class JobEngine:
         self._jobs: dict[str, Job] = {}
         self.on_change: Callable[[], None] = lambda: None
         self._workers: list[threading.Thread] = []
+        self.quota = QuotaBook()
 
     # ---- creation ----
 
@@ -147,6 +149,16 @@ class JobEngine:
         self.on_change()
         self._schedule(job)
         return job
+
+    def check_quota(self, model: str, tokens: int, limits: QuotaLimits) -> None:
+        """429 RESOURCE_EXHAUSTED when a new job does not fit the quotas beside the jobs not finished (see
+        ``quota``); called, with no await before the ``add``, ahead of anything a create consumes."""
+        with self._lock:
+            self.quota.check_and_note(list(self._jobs.values()), model, tokens, limits, time.time())
+
+    def quota_view(self, limits: QuotaLimits) -> dict[str, Any]:
+        with self._lock:
+            return self.quota.view(list(self._jobs.values()), limits, time.time())
 
     def _schedule(self, job: Job) -> None:
         if job.needs_worker and math.isfinite(job.start_time):  # held in PENDING: release schedules it
@@ -281,6 +293,7 @@ class JobEngine:
         with self._lock:
             jobs = list(self._jobs.values())
             self._jobs.clear()
+            self.quota = QuotaBook()
         for job in jobs:
             job.stop.set()
 

@@ -13,6 +13,8 @@ Invariants:
   on the wire, unlike ``report_state``) until it has
   been read ``reads`` times in that state, or until released; so a test that needs a job in a state gets it
   by counting reads, never by a wall-clock margin that a busy machine overruns.
+* ``max_concurrent_jobs`` / ``max_enqueued_tokens`` (config keys, ``0`` = unlimited) are the quotas
+  ``quota`` enforces on create.
 * ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
 """
 
@@ -46,6 +48,8 @@ CONFIG_KEYS = (
     "output_delay_seconds",
     "reply_delay_seconds",
     "list_lag_seconds",
+    "max_concurrent_jobs",
+    "max_enqueued_tokens",
 )
 
 

@@ -80,6 +80,8 @@ class Job:
     hold_reads: int | None = None
     #: ``batches.get`` reads of this job so far.
     reads: int = 0
+    #: The input's estimated tokens (request bytes / 4), what the enqueued-token quota counts (``quota``).
+    estimated_tokens: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -203,6 +205,7 @@ class Job:
             "model": self.model,
             "state": f"BATCH_STATE_{state}",
             "request_count": self.request_count,
+            "estimated_tokens": self.estimated_tokens,
             "kind": self.kind,
             "input": self.input_kind,
             "input_file": self.input_file,

@@ -6,6 +6,8 @@ Invariants (wire-protocol reference §0 and §4):
 * Creation is not idempotent: every accepted POST makes a new job (a faulted POST makes none).
 * Input may be ``inputConfig.fileName`` / ``file_name`` (either casing, either spelling of ``inputConfig``) or
   inline ``inputConfig.requests.requests[]``; the referenced file must exist (else 400 INVALID_ARGUMENT).
+* A create over the batch quotas (``quota``: concurrent jobs, enqueued tokens) is 429 RESOURCE_EXHAUSTED
+  and makes no job.
 * Lists are newest first and never return an empty page with a ``nextPageToken``.
 """
 
@@ -14,11 +16,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 
 from airflow_gemini_batch.emulator.common import ApiError, json_response, pick
 from airflow_gemini_batch.emulator.engine import JobEngine, count_lines
 from airflow_gemini_batch.emulator.jobs import Job
+from airflow_gemini_batch.emulator.quota import estimate_tokens
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -53,15 +57,20 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
         if record is None:
             raise ApiError(400, f"Input file {file_name} not found.")
         request_count = await run_in_threadpool(count_lines, record.path)
+        tokens = estimate_tokens(record.size)
     else:
         assert inline is not None
         request_count = len(inline)
+        tokens = estimate_tokens(len(orjson.dumps(inline)))
     display_name = str(pick(batch, "displayName", "display_name") or "")
+    model = params["model"]
+    # Why here, with no await before the add: a rejected create must use up no hold or behaviour rule.
+    emu.engine.check_quota(model, tokens, emu.quota_limits())
     hold = emu.knobs.hold_for(display_name)
     job = Job(
         id=JobEngine.new_job_id(),
         display_name=display_name,
-        model=params["model"],
+        model=model,
         kind=params["kind"],
         input_kind="file" if file_name is not None else "inline",
         input_file=file_name,
@@ -73,6 +82,7 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
         behaviour=emu.knobs.behaviour_for(display_name),
         hold_state=None if hold is None else hold.state,
         hold_reads=None if hold is None else hold.reads,
+        estimated_tokens=tokens,
     )
     emu.engine.add(job)
     return json_response(job.operation(time.time()))

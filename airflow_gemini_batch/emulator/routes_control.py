@@ -7,7 +7,10 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   state in the data dir, if any); config back to defaults.
 * ``GET|POST /_emulator/config`` - read / set ``pending_seconds``, ``running_seconds``,
   ``output_delay_seconds``, ``reply_delay_seconds``, ``list_lag_seconds`` (``batches.list`` leaves out jobs
-  younger than that: an eventually consistent list).
+  younger than that: an eventually consistent list), ``max_concurrent_jobs`` and ``max_enqueued_tokens`` (the
+  batch quotas, 0 = unlimited: a create past them is 429 RESOURCE_EXHAUSTED, see ``quota``).
+* ``GET /_emulator/quota`` - the limits, the jobs not finished and their tokens per model now, the high-water
+  marks since the last reset (``high_water_jobs``, ``high_water_tokens``) and ``rejected_creates``.
 * ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?, "after"=false}``;
   with ``after`` the call takes effect and the error replaces its reply (a create whose confirmation is lost).
 * ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
@@ -108,6 +111,10 @@ def control_router(emu: Emulator) -> APIRouter:
     async def jobs() -> Response:
         now = time.time()
         return json_response({"jobs": [job.control_view(now) for job in emu.engine.all_jobs()]})
+
+    @router.get("/quota")
+    async def quota() -> Response:
+        return json_response(emu.engine.quota_view(emu.quota_limits()))
 
     @router.get("/calls")
     async def calls() -> Response:
