@@ -29,7 +29,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import airflow_gemini_batch.emulator.routes_batches as routes_batches
+import airflow_gemini_batch.emulator.routes_caches as routes_caches
 import airflow_gemini_batch.emulator.routes_files as routes_files
+from airflow_gemini_batch.emulator.caches import CacheStore
 from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.engine import JobEngine
 from airflow_gemini_batch.emulator.faults import Fault, Knobs
@@ -74,13 +76,18 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
     ("GET", re.compile(rf"^{_V}/batches/{_ID}$"), "batches.get", routes_batches.get, {}),
     ("POST", re.compile(rf"^{_V}/batches/{_ID}:cancel$"), "batches.cancel", routes_batches.cancel, {}),
     ("DELETE", re.compile(rf"^{_V}/batches/{_ID}$"), "batches.delete", routes_batches.delete, {}),
+    ("POST", re.compile(rf"^{_V}/cachedContents$"), "caches.create", routes_caches.create, {}),
+    ("GET", re.compile(rf"^{_V}/cachedContents$"), "caches.list", routes_caches.list_caches, {}),
+    ("GET", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.get", routes_caches.get, {}),
+    ("PATCH", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.update", routes_caches.update, {}),
+    ("DELETE", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.delete", routes_caches.delete, {}),
 ]
 
 
 class Emulator:
     """All mutable emulator state; one instance per app.
 
-    With ``persist`` the metadata of files and jobs is saved in ``<data_dir>/state.json`` on every change and
+    With ``persist`` the metadata of files, jobs and cached contents is saved in ``<data_dir>/state.json`` on every change and
     loaded here, so a new process on the same data dir carries on where the last one stopped (see ``persist``).
     """
 
@@ -95,7 +102,8 @@ class Emulator:
     ) -> None:
         self.data_dir = data_dir
         self.files = FileStore(data_dir)
-        self.engine = JobEngine(self.files)
+        self.caches = CacheStore()
+        self.engine = JobEngine(self.files, self.caches)
         self.knobs = Knobs(
             pending_seconds=pending_seconds,
             running_seconds=running_seconds,
@@ -105,19 +113,26 @@ class Emulator:
         self.state: StateFile | None = None
         if persist:
             self.state = StateFile(
-                data_dir, lambda: {"files": self.files.snapshot(), "jobs": self.engine.snapshot()}
+                data_dir,
+                lambda: {
+                    "files": self.files.snapshot(),
+                    "jobs": self.engine.snapshot(),
+                    "caches": self.caches.snapshot(),
+                },
             )
             loaded = self.state.load()
             top = self.files.restore(loaded["files"])
             # Why seqs first: restored workers may finish (and create output files) at once.
+            top = max(top, self.caches.restore(loaded["caches"]))
             advance_seq(max([top, *(int(job.get("seq") or 0) for job in loaded["jobs"])]))
             self.engine.restore(loaded["jobs"])
-            self.files.on_change = self.engine.on_change = self.state.save
+            self.files.on_change = self.engine.on_change = self.caches.on_change = self.state.save
             self.state.save()
 
     def reset(self) -> None:
         self.engine.reset()
         self.files.reset()
+        self.caches.reset()
         self.knobs.reset()
         if self.state is not None:
             self.state.clear()

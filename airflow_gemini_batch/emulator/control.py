@@ -107,6 +107,14 @@ class EmulatorControl:
         """Limits, jobs not finished now, high-water marks since the reset, and rejected creates."""
         return self._call("GET", "quota")
 
+    def caches(self) -> list[dict[str, Any]]:
+        """Every cached content since the last reset: its resource plus ``live``, ``deleted`` and ``hits``."""
+        return self._call("GET", "caches")["caches"]
+
+    def job_requests(self, job_name: str) -> list[dict[str, Any]]:
+        """The request lines (``{"key", "request"}``, or inline requests) a job was created with, as stored."""
+        return self._call("GET", f"jobs/{job_name.removeprefix('batches/')}/requests")["requests"]
+
     def calls(self) -> dict[str, int]:
         return self._call("GET", "calls")
 

@@ -21,6 +21,10 @@ Invariants:
   processing when the process stopped gets a fresh worker, which redoes it from the first line on the
   job's original timeline (its ``start_time`` is in the past, so pacing catches up at once).
 * ``shutdown`` stops the workers but keeps every job (process exit); ``reset`` forgets them.
+* A request naming a ``cachedContent`` is answered only while that cache is live, for the job's model, and
+  when the request sets no ``systemInstruction`` / ``tools`` / ``toolConfig`` of its own (the service's
+  rules); its ``usageMetadata`` then reports the cache's tokens as ``cachedContentTokenCount`` (included in
+  ``promptTokenCount``, as on the service). Otherwise the line is an error, like the service's.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 import airflow_gemini_batch.emulator.responder as responder
-from airflow_gemini_batch.emulator.common import new_id
+from airflow_gemini_batch.emulator.common import ApiError, new_id, pick
 from airflow_gemini_batch.emulator.jobs import Job
 from airflow_gemini_batch.emulator.quota import QuotaBook, QuotaLimits
 from airflow_gemini_batch.emulator.store import FileStore, paginate
@@ -44,12 +48,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from airflow_gemini_batch.emulator.caches import CacheStore
+
 log = logging.getLogger(__name__)
 UNKNOWN_KEY = "__emulator_unknown_key__"
 INJECTED_ERROR = {
     "code": 500,
     "message": "Internal error while processing this request (injected by fail_keys).",
 }
+_NOT_WITH_CACHE = (
+    ("systemInstruction", "system_instruction"),
+    ("tools", "tools"),
+    ("toolConfig", "tool_config"),
+)
 
 
 def count_lines(path: Path) -> int:
@@ -133,8 +144,9 @@ class OutputWriter:
 
 
 class JobEngine:
-    def __init__(self, files: FileStore) -> None:
+    def __init__(self, files: FileStore, caches: CacheStore | None = None) -> None:
         self.files = files
+        self.caches = caches
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self.on_change: Callable[[], None] = lambda: None
@@ -317,6 +329,16 @@ class JobEngine:
             if not job.stop.is_set():
                 log.exception("emulator job %s failed while processing", job.name)
 
+    def stored_requests(self, job: Job) -> builtins.list[Any]:
+        """The job's input as stored: each file line parsed (``{"key", "request"}``), or the inline items."""
+        if job.inline_requests is not None:
+            return list(job.inline_requests)
+        record = self.files.find(str(job.input_file).removeprefix("files/"))
+        if record is None:
+            return []
+        with record.path.open("rb") as fh:
+            return [orjson.loads(line) for line in fh if line.strip()]
+
     def _requests(self, job: Job) -> Iterator[tuple[Any, dict[str, Any] | None, str | None, Any]]:
         """``(key, request, parse_error, metadata)``."""
         if job.inline_requests is not None:
@@ -350,7 +372,7 @@ class JobEngine:
                 elif key is not None and str(key) in fail_keys:
                     kind, body = "error", dict(INJECTED_ERROR)
                 else:
-                    kind, body = responder.answer(request, job.model, job.kind)
+                    kind, body = self._answer(request, job)
                 item: dict[str, Any] = {kind: body}
                 if inline:
                     if metadata is not None:
@@ -387,6 +409,30 @@ class JobEngine:
         with self._lock:
             job.finished_at = time.time()
         self.on_change()
+
+    def _answer(self, request: dict[str, Any], job: Job) -> tuple[str, dict[str, Any]]:
+        """One request's answer, resolving its ``cachedContent`` (see the module docstring)."""
+        name = pick(request, "cachedContent", "cached_content")
+        if name is None or self.caches is None or job.kind != "generate":
+            return responder.answer(request, job.model, job.kind)
+        if any(pick(request, *spellings) for spellings in _NOT_WITH_CACHE):
+            message = (
+                "CachedContent can not be used with GenerateContent request setting system_instruction, "
+                "tools or tool_config. Proposed fix: move those values to CachedContent from GenerateContent "
+                "request."
+            )
+            return "error", {"code": 400, "message": message}
+        try:
+            cache = self.caches.resolve(str(name), job.model, time.time())
+        except ApiError as exc:
+            return "error", {"code": exc.code, "message": exc.message}
+        kind, body = responder.answer(request, job.model, job.kind)
+        usage = body.get("usageMetadata") if kind == "response" else None
+        if usage is not None:
+            usage["promptTokenCount"] += cache.token_count
+            usage["totalTokenCount"] += cache.token_count
+            usage["cachedContentTokenCount"] = cache.token_count
+        return kind, body
 
     @staticmethod
     def _pace(job: Job, fraction: float) -> None:

@@ -37,6 +37,11 @@ ENDPOINTS: tuple[str, ...] = (
     "batches.list",
     "batches.cancel",
     "batches.delete",
+    "caches.create",
+    "caches.get",
+    "caches.list",
+    "caches.update",
+    "caches.delete",
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
 #: SUCCEEDED: done, but the output is not visible yet (the real service may report SUCCEEDED first).

@@ -1,4 +1,4 @@
-"""Persistence of the emulator's metadata (files and batch jobs) in ``<data_dir>/state.json``.
+"""Persistence of the emulator's metadata (files, batch jobs and cached contents) in ``<data_dir>/state.json``.
 
 Why: ``make demo`` starts a fresh emulator process on the same data dir each time, and the provider re-attaches
 to an earlier run's jobs by display name through ``batches.list`` instead of paying twice. Against the real
@@ -6,9 +6,9 @@ service those jobs still exist, so against the emulator they must survive a rest
 
 Invariants:
 
-* The state file is a full snapshot (``{"version": 1, "files": [...], "jobs": [...]}``), rewritten after
-  every metadata change (upload finalized, output generated, job created / finished / cancelled / deleted,
-  file deleted, reset) - never after per-line progress, which is recomputed on restart.
+* The state file is a full snapshot (``{"version": 1, "files": [...], "jobs": [...], "caches": [...]}``),
+  rewritten after every metadata change (upload finalized, output generated, job created / finished /
+  cancelled / deleted, file deleted, cache created / updated / deleted, reset) - never after per-line progress, which is recomputed on restart.
 * Writes are atomic: a temp file in the same directory, then ``os.replace``; a crash (even ``kill -9``) leaves
   either the old or the new snapshot, never a torn one. Snapshots are taken and written under one lock, so
   the newest write always holds the newest state.
@@ -56,8 +56,9 @@ class StateFile:
         self._closed = False
 
     def load(self) -> dict[str, Any]:
-        """The last snapshot (``files`` and ``jobs`` lists), empty when there is none or it is unreadable."""
-        empty: dict[str, Any] = {"files": [], "jobs": []}
+        """The last snapshot (``files``, ``jobs`` and ``caches`` lists), empty when there is none or it is
+        unreadable (a snapshot from before caches has none)."""
+        empty: dict[str, Any] = {"files": [], "jobs": [], "caches": []}
         if not self.path.exists():
             return empty
         try:
@@ -78,7 +79,11 @@ class StateFile:
                 log.warning(
                     "emulator job %s dropped: its stored parts are unreadable (%s)", job.get("id"), exc
                 )
-        return {"files": list(state.get("files") or []), "jobs": jobs}
+        return {
+            "files": list(state.get("files") or []),
+            "jobs": jobs,
+            "caches": list(state.get("caches") or []),
+        }
 
     def save(self) -> None:
         """Snapshot the current state and replace the state file with it atomically."""

@@ -26,6 +26,10 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   forget the hold rules); returns ``{"released": [names]}``. An unknown name is a 400.
 * ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged; ``hold`` (state
   and reads left, or null) and ``reads`` (``batches.get`` reads so far) say what a held job is waiting for.
+* ``GET /_emulator/caches`` - every cached content since the last reset (``live``, ``deleted``, ``hits``:
+  requests answered with it).
+* ``GET /_emulator/jobs/<id>/requests`` - the request lines a job was given (its input file or inline
+  requests), as stored: what a test asserts every line carried.
 * ``GET /_emulator/calls`` - call counts per endpoint name.
 * ``GET /_emulator/health`` - liveness.
 """
@@ -115,6 +119,18 @@ def control_router(emu: Emulator) -> APIRouter:
     @router.get("/quota")
     async def quota() -> Response:
         return json_response(emu.engine.quota_view(emu.quota_limits()))
+
+    @router.get("/caches")
+    async def caches() -> Response:
+        now = time.time()
+        return json_response({"caches": [cache.control_view(now) for cache in emu.caches.all_caches()]})
+
+    @router.get("/jobs/{job_id}/requests")
+    async def job_requests(job_id: str) -> Response:
+        job = next((j for j in emu.engine.all_jobs() if j.id == job_id), None)
+        if job is None:
+            return error_response(404, f"no job batches/{job_id}")
+        return json_response({"requests": emu.engine.stored_requests(job)})
 
     @router.get("/calls")
     async def calls() -> Response:
