@@ -30,9 +30,17 @@ if TYPE_CHECKING:
 class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     """Submit rows as Gemini Batch Mode jobs (half price, answers within 24 h) and return a small manifest.
 
-    :param sql: a SELECT on ``source_conn_id`` (give one of sql, requests, input_path); streamed. (templated)
-    :param source_conn_id: any common-sql connection (sqlite, postgres, bigquery, ...). (templated)
-    :param parameters: query parameters. (templated)
+    :param sql: a SELECT on ``source_conn_id`` (give one of sql, source_table, requests, input_path); streamed.
+        On a ``google_cloud_platform`` connection it runs as a BigQuery job into a temporary table that is
+        read with the Storage Read API. (templated)
+    :param source_conn_id: any common-sql connection (sqlite, postgres, ...) or a ``google_cloud_platform``
+        one (BigQuery). (templated)
+    :param parameters: query parameters (for BigQuery: a dict for ``@name``, a list for ``?``). (templated)
+    :param source_table: a BigQuery table (``dataset.table`` or ``project.dataset.table``) read directly
+        with the Storage Read API, on the ``google_cloud_platform`` connection ``source_conn_id``. (templated)
+    :param source_columns: with ``source_table``: the columns to read (default all).
+    :param bigquery_temp_dataset: the dataset (created when missing) for a BigQuery ``sql``'s result table,
+        deleted after the read (default ``gemini_batch_tmp``). (templated)
     :param requests: a list: prompts (key = position), row dicts or ``{"key", "request"}`` dicts. (templated)
     :param input_path: an existing JSONL file of ``{"key", "request"}`` lines (local path or URI). (templated)
     :param task: ``"generate"`` (GenerateContent) or ``"embed"`` (embeddings batch).
@@ -83,7 +91,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
 
     operator_extra_links = (GeminiBatchJobLink(),)
     template_fields: Sequence[str] = (
-        "sql", "source_conn_id", "parameters", "requests", "input_path", "staging_path", "model",
+        "sql", "source_conn_id", "parameters", "source_table", "bigquery_temp_dataset", "requests", "input_path", "staging_path", "model",
         "key_column", "prompt_column", "prompt_template", "system_instruction", "generation_config",
         "cached_content", "gemini_conn_id",
     )  # fmt: skip
@@ -97,6 +105,9 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         sql: str | None = None,
         source_conn_id: str | None = None,
         parameters: Any = None,
+        source_table: str | None = None,
+        source_columns: Sequence[str] | None = None,
+        bigquery_temp_dataset: str | None = None,
         requests: Any = None,
         input_path: str | None = None,
         task: str = "generate",

@@ -25,6 +25,8 @@ import logging
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
+from airflow_gemini_batch.inputs.bigquery import BigQueryRowSource
 from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
 from airflow_gemini_batch.inputs.shards import (
     DEFAULT_MAX_BYTES_PER_JOB,
@@ -54,7 +56,7 @@ from airflow_gemini_batch.submit.submission import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from airflow.sdk import Context
     from airflow.sdk.types import Logger
@@ -79,6 +81,9 @@ class SubmitSettings:
     sql: str | None = None
     source_conn_id: str | None = None
     parameters: Any = None
+    source_table: str | None = None
+    source_columns: Sequence[str] | None = None
+    bigquery_temp_dataset: str | None = None
     requests: Any = None
     input_path: str | None = None
     task: str = "generate"
@@ -125,13 +130,24 @@ class SubmitSettings:
         """Check the arguments that need no rows (:class:`ValueError`) and fill the task's default model."""
         inputs = [
             n
-            for n, v in (("sql", self.sql), ("requests", self.requests), ("input_path", self.input_path))
+            for n, v in (
+                ("sql", self.sql),
+                ("source_table", self.source_table),
+                ("requests", self.requests),
+                ("input_path", self.input_path),
+            )
             if v
         ]
         if len(inputs) != 1:
-            raise ValueError(f"Give exactly one of sql, requests, input_path (got {inputs or 'none'}).")
+            raise ValueError(
+                f"Give exactly one of sql, source_table, requests, input_path (got {inputs or 'none'})."
+            )
         if self.sql and not self.source_conn_id:
-            raise ValueError("sql needs source_conn_id (a common-sql connection).")
+            raise ValueError("sql needs source_conn_id (a common-sql or google_cloud_platform connection).")
+        if self.source_table and not self.source_conn_id:
+            raise ValueError("source_table needs source_conn_id (a google_cloud_platform connection).")
+        if self.source_columns and not self.source_table:
+            raise ValueError("source_columns selects columns of source_table; a query selects its own.")
         if self.on_invalid_row not in ("fail", "skip"):
             raise ValueError(f"on_invalid_row must be 'fail' or 'skip', got {self.on_invalid_row!r}.")
         if self.on_changed_input not in ("fail", "resubmit"):
@@ -223,6 +239,16 @@ class SubmitRun:
 
     def source(self) -> RowSource:
         s = self.settings
+        if s.source_table or (s.sql and is_bigquery_connection(s.source_conn_id)):
+            return BigQueryRowSource(
+                s.source_conn_id,  # type: ignore[arg-type]
+                sql=s.sql,
+                table=s.source_table,
+                columns=s.source_columns,
+                parameters=s.parameters,
+                temp_dataset=s.bigquery_temp_dataset,
+                batch_size=s.fetch_batch_size,
+            )
         if s.sql:
             return SqlRowSource(s.source_conn_id, s.sql, s.parameters, s.fetch_batch_size)  # type: ignore[arg-type]
         if s.input_path:

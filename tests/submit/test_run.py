@@ -54,7 +54,7 @@ def test_operator_validates_once_and_keeps_each_argument_as_an_attribute() -> No
     assert all(hasattr(op, name) for name in op.template_fields)
     op.requests = ["rendered"]  # what template rendering does before execute
     assert SubmitSettings.of(op).requests == ["rendered"]
-    with pytest.raises(ValueError, match="exactly one of sql, requests, input_path"):
+    with pytest.raises(ValueError, match="exactly one of sql, source_table, requests, input_path"):
         GeminiBatchSubmitOperator(task_id="t", requests=["a"], input_path="rows.jsonl")
     with pytest.raises(ValueError, match="on_invalid_row"):
         GeminiBatchSubmitOperator(task_id="t", requests=["a"], on_invalid_row="ignore")
