@@ -148,12 +148,13 @@ def _final_tuples(rows: int, db: str) -> list[tuple]:
     from airflow_gemini_batch.results.reconcile import KeyReconciler
 
     files = generate(rows)
-    # What both table sinks bind for loaded_at: ISO 8601 text (PostgreSQL parses it into TIMESTAMPTZ).
+    # What both table sinks bind for loaded_at: ISO 8601 text (PostgreSQL parses it into TIMESTAMPTZ); then
+    # the load's attempts (1).
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     rows_iter = iter_file_rows(
         files["responses"], ResultParser(), KeyReconciler(files["keys"]), ShardReport("b")
     )
-    return [(*r[:N_STORED], loaded_at) for r in rows_iter]
+    return [(*r[:N_STORED], loaded_at, 1) for r in rows_iter]
 
 
 def floor(rows: int, db: str, table: str) -> Any:
@@ -188,7 +189,7 @@ def floor(rows: int, db: str, table: str) -> Any:
 
 def narrow_floor(rows: int, db: str, table: str) -> Any:
     """SQLite only: a bare ``executemany`` of the tuples as our sink narrows them (all-NULL columns left out,
-    the constant job name and ``loaded_at`` as literals), in one statement for the whole load."""
+    the constant job name, ``loaded_at`` and ``attempts`` as literals), in one statement for the whole load."""
     import sqlite3
 
     from airflow_gemini_batch.sinks.schema import TableLayout
@@ -196,7 +197,7 @@ def narrow_floor(rows: int, db: str, table: str) -> Any:
     tuples = _final_tuples(rows, db)
     layout = TableLayout(table, "sqlite", key_column_type="INTEGER")
     names = [c for c, _ in layout.columns()]
-    constant = {14, 15}  # job name, loaded_at: the same in every tuple here
+    constant = {14, 15, 16}  # job name, loaded_at, attempts: the same in every tuple here
     kept = [i for i in range(len(names)) if i not in constant and any(t[i] is not None for t in tuples)]
     narrowed = [tuple(t[i] for i in kept) for t in tuples]
     columns = ", ".join(f'"{names[i]}"' for i in [*kept, *sorted(constant)])

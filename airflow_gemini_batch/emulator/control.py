@@ -55,7 +55,9 @@ class EmulatorControl:
     def set_job_behaviour(self, match: str = "*", **kw: Any) -> dict[str, Any]:
         """Shape jobs created from now on whose display name contains ``match`` (``"*"``: all).
 
-        kw: ``final_state``, ``stay_pending``, ``corrupt_output``, ``fail_keys``, ``count`` (jobs this rule
+        kw: ``final_state``, ``stay_pending``, ``corrupt_output``, ``fail_keys`` and ``fail_fraction`` (rows
+        answered with an error of ``fail_status``, default 500; the fraction picks keys by hash,
+        ``faults.fails_by_fraction``), ``count`` (jobs this rule
         applies to; None = all), ``report_state`` (any string: sent verbatim as ``metadata.state``) with
         ``report_state_reads`` (how many ``batches.get`` reads of each job report it, default 3, None = all;
         ``batches.list`` shows it meanwhile too). Only ``metadata.state`` is changed; ``done``, output and
@@ -117,6 +119,10 @@ class EmulatorControl:
 
     def calls(self) -> dict[str, int]:
         return self._call("GET", "calls")
+
+    def request_counts(self) -> dict[str, int]:
+        """How many times each key's request was processed over all jobs since the last reset (keys as text)."""
+        return self._call("GET", "requests")
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "health")

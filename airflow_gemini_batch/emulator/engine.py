@@ -33,12 +33,14 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 import airflow_gemini_batch.emulator.responder as responder
 from airflow_gemini_batch.emulator.common import ApiError, new_id, pick
+from airflow_gemini_batch.emulator.faults import fails_by_fraction, row_failure
 from airflow_gemini_batch.emulator.jobs import Job
 from airflow_gemini_batch.emulator.quota import QuotaBook, QuotaLimits
 from airflow_gemini_batch.emulator.store import FileStore, paginate
@@ -52,10 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 UNKNOWN_KEY = "__emulator_unknown_key__"
-INJECTED_ERROR = {
-    "code": 500,
-    "message": "Internal error while processing this request (injected by fail_keys).",
-}
 _NOT_WITH_CACHE = (
     ("systemInstruction", "system_instruction"),
     ("tools", "tools"),
@@ -152,6 +150,9 @@ class JobEngine:
         self.on_change: Callable[[], None] = lambda: None
         self._workers: list[threading.Thread] = []
         self.quota = QuotaBook()
+        #: How many times each key's request was processed, over all jobs since the last reset (a test's
+        #: proof that an answered row was never sent again). Keys as text.
+        self.requests_by_key: Counter[str] = Counter()
 
     # ---- creation ----
 
@@ -306,6 +307,7 @@ class JobEngine:
             jobs = list(self._jobs.values())
             self._jobs.clear()
             self.quota = QuotaBook()
+            self.requests_by_key.clear()
         for job in jobs:
             job.stop.set()
 
@@ -362,6 +364,7 @@ class JobEngine:
         fh = None if inline else tmp_path.open("wb")
         writer = OutputWriter(job.behaviour.corrupt_output, fh)
         fail_keys = set(job.behaviour.fail_keys)
+        fail_fraction, failure = job.behaviour.fail_fraction, row_failure(job.behaviour.fail_status)
         total = max(job.request_count, 1)
         try:
             for index, (key, request, parse_error, metadata) in enumerate(self._requests(job)):
@@ -369,8 +372,8 @@ class JobEngine:
                     return
                 if parse_error is not None or request is None:
                     kind, body = "error", {"code": 400, "message": parse_error or "Missing request."}
-                elif key is not None and str(key) in fail_keys:
-                    kind, body = "error", dict(INJECTED_ERROR)
+                elif key is not None and (str(key) in fail_keys or fails_by_fraction(key, fail_fraction)):
+                    kind, body = "error", dict(failure)
                 else:
                     kind, body = self._answer(request, job)
                 item: dict[str, Any] = {kind: body}
@@ -381,6 +384,8 @@ class JobEngine:
                     item = {"key": key, **item}
                 writer.add(item)
                 with self._lock:
+                    if key is not None:
+                        self.requests_by_key[str(key)] += 1
                     job.processed += 1
                     if kind == "response":
                         job.succeeded += 1

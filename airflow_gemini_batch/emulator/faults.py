@@ -15,11 +15,16 @@ Invariants:
   by counting reads, never by a wall-clock margin that a busy machine overruns.
 * ``max_concurrent_jobs`` / ``max_enqueued_tokens`` (config keys, ``0`` = unlimited) are the quotas
   ``quota`` enforces on create.
+* Row failures (``fail_keys``, ``fail_fraction``) answer those requests with an error line of
+  ``fail_status`` (default 500 INTERNAL; 503 UNAVAILABLE, 429, 400 INVALID_ARGUMENT ...). The fraction picks
+  keys by a hash of the key (:func:`fails_by_fraction`), so a test knows which keys fail and a resent key
+  fails again unless the rule is used up (``count``) or scoped to the first round's display names (``match``).
 * ``reset()`` restores the constructor defaults (the CLI flags), not zero, so a demo server keeps its pacing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +63,31 @@ CONFIG_KEYS = (
 )
 
 
+#: The google.rpc status name of each HTTP code a row failure may carry.
+ROW_FAILURE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def fails_by_fraction(key: object, fraction: float) -> bool:
+    """Whether ``fail_fraction`` picks this key: sha256 of its text, so the same keys in every process."""
+    if fraction <= 0:
+        return False
+    bucket = int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:4], "big") % 10_000
+    return bucket < round(fraction * 10_000)
+
+
+def row_failure(status: int) -> dict[str, object]:
+    """The error of an injected row failure as the service writes it in a responses line: a google.rpc
+    Status (``code``, ``message``; the status name only in the message, as it has no field of its own)."""
+    name = ROW_FAILURE_STATUS.get(status, "UNKNOWN")
+    return {"code": status, "message": f"{name}: injected row failure (emulator)"}
+
+
 @dataclass
 class Fault:
     endpoint: str
@@ -77,6 +107,10 @@ class JobBehaviour:
     stay_pending: bool = False
     corrupt_output: str | None = None
     fail_keys: list[str] = field(default_factory=list)
+    #: Share of the job's keys (picked by :func:`fails_by_fraction`) that fail like ``fail_keys``.
+    fail_fraction: float = 0.0
+    #: HTTP code of those rows' errors (``ROW_FAILURE_STATUS`` names it).
+    fail_status: int = 500
     count: int | None = None
     # Raw ``metadata.state`` for the first ``report_state_reads`` batches.get reads (None = every read).
     report_state: str | None = None
@@ -92,6 +126,8 @@ class JobBehaviour:
             "stay_pending": self.stay_pending,
             "corrupt_output": self.corrupt_output,
             "fail_keys": list(self.fail_keys),
+            "fail_fraction": self.fail_fraction,
+            "fail_status": self.fail_status,
             "count": self.count,
             "report_state": self.report_state,
             "report_state_reads": self.report_state_reads,
@@ -216,6 +252,8 @@ class Knobs:
             "stay_pending",
             "corrupt_output",
             "fail_keys",
+            "fail_fraction",
+            "fail_status",
             "count",
             "report_state",
             "report_state_reads",
@@ -229,12 +267,20 @@ class Knobs:
         reads = body.get("report_state_reads", 3)
         if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int) or reads < 0):
             raise ValidationError("report_state_reads must be an integer >= 0, or null for every read")
+        fraction = body.get("fail_fraction") or 0.0
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValidationError("fail_fraction must be a number within [0, 1]")
+        fail_status = body.get("fail_status") or 500
+        if isinstance(fail_status, bool) or not isinstance(fail_status, int) or not 400 <= fail_status <= 599:
+            raise ValidationError("fail_status must be an HTTP error code (400-599)")
         behaviour = JobBehaviour(
             match=str(body.get("match") or "*"),
             final_state=str(body.get("final_state") or "SUCCEEDED").upper().removeprefix("BATCH_STATE_"),
             stay_pending=bool(body.get("stay_pending", False)),
             corrupt_output=body.get("corrupt_output"),
             fail_keys=[str(k) for k in body.get("fail_keys") or []],
+            fail_fraction=float(fraction),
+            fail_status=fail_status,
             count=None if body.get("count") is None else int(body["count"]),
             report_state=report_state,
             report_state_reads=reads,

@@ -14,7 +14,7 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
 * ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?, "after"=false}``;
   with ``after`` the call takes effect and the error replaces its reply (a create whose confirmation is lost).
 * ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
-  "fail_keys", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
+  "fail_keys", "fail_fraction", "fail_status", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
   as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``
   reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
 * ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?}``: jobs created from now
@@ -31,6 +31,7 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
 * ``GET /_emulator/jobs/<id>/requests`` - the request lines a job was given (its input file or inline
   requests), as stored: what a test asserts every line carried.
 * ``GET /_emulator/calls`` - call counts per endpoint name.
+* ``GET /_emulator/requests`` - how many times each key's request was processed, over all jobs.
 * ``GET /_emulator/health`` - liveness.
 """
 
@@ -135,6 +136,10 @@ def control_router(emu: Emulator) -> APIRouter:
     @router.get("/calls")
     async def calls() -> Response:
         return json_response(emu.knobs.calls())
+
+    @router.get("/requests")
+    async def requests_by_key() -> Response:
+        return json_response(dict(emu.engine.requests_by_key))
 
     @router.get("/health")
     async def health() -> Response:

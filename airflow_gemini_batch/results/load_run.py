@@ -130,6 +130,8 @@ class LoadRun:
     :param settings: validated settings (:meth:`LoadSettings.validated`).
     :param log: where progress goes (the operator's task log).
     :param gemini_conn_id: the connection to read jobs with; default: the manifest's.
+    :param attempts: how many times these rows' requests have been sent (the ``attempts`` column): 1, or the
+        row-retry round of :class:`~airflow_gemini_batch.operators.batch.GeminiBatchOperator`.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class LoadRun:
         settings: LoadSettings,
         log: Logger | logging.Logger | None = None,
         gemini_conn_id: str | None = None,
+        attempts: int = 1,
     ) -> None:
         self.manifest = checked_manifest(manifest)
+        self.attempts = attempts
         self.settings = settings
         self.log = log or logging.getLogger(__name__)
         self.gemini_conn_id = (
@@ -188,6 +192,7 @@ class LoadRun:
                 s.output_format,
                 s.output_columns,
                 integer_keys=s.key_column_type.upper() in INTEGER_KEY_TYPES,
+                attempts=self.attempts,
             )
         assert s.destination_table is not None and s.destination_conn_id is not None
         split_table(s.destination_table)
@@ -199,6 +204,7 @@ class LoadRun:
             output_columns=s.output_columns,
             errors_table=s.errors_table,
             create_table=s.create_table,
+            attempts=self.attempts,
         )
 
     def parser(self) -> ResultParser:

@@ -42,6 +42,7 @@ def table_sink(
     errors_table: str | None = None,
     create_table: bool = True,
     hook: SqlHook | None = None,
+    attempts: int = 1,
 ) -> TableSink:
     """The table sink for a common-sql connection: COPY-based on PostgreSQL, executemany elsewhere.
 
@@ -59,4 +60,4 @@ def table_sink(
         errors_table=errors_table,
     )
     cls = PostgresTableSink if dialect == POSTGRES else TableSink
-    return cls(hook, layout, create_table=create_table)
+    return cls(hook, layout, create_table=create_table, attempts=attempts)

@@ -6,6 +6,7 @@ Invariants:
   ``ParquetWriter``, so neither format holds more than a chunk in memory.
 * A rerun overwrites the files (the folder's equivalent of an upsert): one file set per destination folder,
   one row per input key, never appended twice.
+* Every row carries the load's ``attempts`` (1, or the row-retry round that loaded it), like ``loaded_at``.
 * ``errors.jsonl`` next to the results lists the non-succeeded rows, so failed keys are findable without
   scanning the results.
 """
@@ -35,6 +36,7 @@ class ObjectStorageSink:
     :param output_format: ``jsonl`` or ``parquet`` (needs pyarrow).
     :param output_columns: structured-output fields copied to top-level fields / columns.
     :param integer_keys: write keys as int64 in Parquet (otherwise strings).
+    :param attempts: the ``attempts`` value of every row of this load.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ObjectStorageSink:
         output_format: str = "jsonl",
         output_columns: dict[str, str] | None = None,
         integer_keys: bool = False,
+        attempts: int = 1,
     ) -> None:
         if output_format not in FORMATS:
             raise ValueError(f"output_format must be one of {FORMATS}, not {output_format!r}")
@@ -50,6 +53,7 @@ class ObjectStorageSink:
         self.output_format = output_format
         self.output_columns = list(output_columns or {})
         self.integer_keys = integer_keys
+        self.attempts = int(attempts)
         self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         self.rows_written = 0
         self.results_path = self.folder / f"results.{output_format}"
@@ -74,11 +78,14 @@ class ObjectStorageSink:
             "key": pa.int64() if self.integer_keys else pa.string(),
             "embedding": pa.list_(pa.float64()),
             "loaded_at": pa.string(),
+            "attempts": pa.int64(),
         }
         for name in ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens"):
             types[name] = pa.int64()
         types["error_code"] = pa.int64()
-        fields = [pa.field(name, types.get(name, pa.string())) for name in (*STORED_FIELDS, "loaded_at")]
+        fields = [
+            pa.field(name, types.get(name, pa.string())) for name in (*STORED_FIELDS, "loaded_at", "attempts")
+        ]
         # Output columns as JSON text in Parquet: their types are SQL names, and a mixed-type field must not
         # fail a load halfway.
         fields += [pa.field(name, pa.string()) for name in self.output_columns]
@@ -99,9 +106,9 @@ class ObjectStorageSink:
             self._write_parquet(rows)
         else:
             out = self._out
-            names = (*STORED_FIELDS, "loaded_at", *self.output_columns)
+            names = (*STORED_FIELDS, "loaded_at", "attempts", *self.output_columns)
             for row in rows:
-                values = [*row[: len(STORED_FIELDS)], self.loaded_at, *self._extras(row)]
+                values = [*row[: len(STORED_FIELDS)], self.loaded_at, self.attempts, *self._extras(row)]
                 out.write(dumps(dict(zip(names, values, strict=True))) + b"\n")
         self.rows_written += len(rows)
 
@@ -116,6 +123,7 @@ class ObjectStorageSink:
         if not self.integer_keys:
             columns["key"] = [k if isinstance(k, str) else orjson.dumps(k).decode() for k in columns["key"]]
         columns["loaded_at"] = [self.loaded_at] * len(rows)
+        columns["attempts"] = [self.attempts] * len(rows)
         if self.output_columns:
             extras = [self._extras(row) for row in rows]
             for j, name in enumerate(self.output_columns):

@@ -10,6 +10,7 @@ Invariants (on top of :mod:`airflow_gemini_batch.sinks.table`):
   connection runs one COPY at a time). Into an existing table they are copied into a temporary staging table
   and merged with ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE``, one chunk per transaction (the
   staging table is ``ON COMMIT DELETE ROWS``, so it never grows beyond a chunk).
+* An existing table without the ``attempts`` column gets it before the staging table copies its shape.
 * Embeddings are ``DOUBLE PRECISION[]``; structured output is ``JSONB``; ``loaded_at`` is ``TIMESTAMPTZ``, sent
   as ISO 8601 text with its UTC offset (so the session time zone cannot shift it).
 """
@@ -75,6 +76,8 @@ class PostgresTableSink(TableSink):
         with closing(self._conn.cursor()) as cur:
             self._direct_main = self._create(cur, layout.qualified, layout.create_sql())
             self._direct_errors = self._create(cur, layout.errors_qualified, layout.create_sql(errors=True))
+            if not self._direct_main:
+                self._ensure_attempts_column(cur)
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
             self._clear_errors = cur.fetchone() is not None
             for direct, stage, target in (
@@ -100,6 +103,7 @@ class PostgresTableSink(TableSink):
         # ISO text, not a datetime: COPY sends text anyway and the server parses it the same way, but the
         # client no longer renders a datetime per row (a large share of write_row's time).
         self._loaded_at = self._loaded_at_value()
+        self._tail = self._row_tail()
 
     def _create(self, cur: Any, qualified: str, create_sql: str) -> bool:
         """Create the table if missing; True when it did not exist before (so it is empty and ours)."""
@@ -214,7 +218,7 @@ class PostgresTableSink(TableSink):
     def _tuples(self, rows: list[ResultRow]) -> tuple[Iterable[tuple], list[tuple], list[Any]]:
         # Unlike SQLite, embeddings stay lists (psycopg adapts them to float8[]); JSON fields stay JSON text.
         # Without output columns the rows are converted by C-level maps, lazily as COPY writes them.
-        tail = (self._loaded_at,)
+        tail = self._tail
         columns = list(self.layout.output_columns)
         if columns:
             main: Iterable[tuple] = [r[:N_STORED] + tail + self._extras(r.value, columns) for r in rows]

@@ -29,8 +29,14 @@ error_code         INTEGER                 INTEGER                    INT64
 error_message      TEXT                    TEXT                       STRING
 job_name           TEXT                    TEXT                       STRING
 loaded_at          TEXT (ISO 8601 UTC)     TIMESTAMPTZ                TIMESTAMP
+attempts           INTEGER                 INTEGER                    INT64
 <output_columns>   as given (whitelisted)  as given (whitelisted)     as given
 =================  ======================  =========================  ==========================
+
+``attempts`` is how many times the row's request was sent: 1, or the row-retry round that loaded it
+(``GeminiBatchOperator``'s ``max_row_retries``). A table made before the column existed gets it on the next
+load (``ALTER TABLE ... ADD COLUMN``, a nullable column: old rows read NULL); with ``create_table=False`` the
+table is left as it is and the column is not written (:attr:`TableLayout.attempts_column`).
 
 The errors table ``<table>_errors`` mirrors the non-succeeded rows: key, outcome, error_code, error_message,
 job_name, loaded_at (same types), upserted on the key as well; a key that later succeeds is deleted from it.
@@ -93,6 +99,7 @@ RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("job_name", "TEXT", "TEXT"),
 )
 LOADED_AT = ("loaded_at", "TEXT", "TIMESTAMPTZ")
+ATTEMPTS = ("attempts", "INTEGER", "INTEGER")
 ERROR_COLUMNS = ("outcome", "error_code", "error_message", "job_name")
 INTEGER_TYPES = frozenset({"INTEGER", "BIGINT", "SMALLINT", "INT", "INT64"})
 
@@ -146,12 +153,14 @@ class TableLayout:
     key_column_type: str = "TEXT"
     output_columns: Mapping[str, str] = field(default_factory=dict)
     errors_table: str | None = None
+    #: Whether the main table has (or gets) the ``attempts`` column; the sink decides at ``open()``.
+    attempts_column: bool = True
 
     def __post_init__(self) -> None:
         self.schema, self.name = split_table(self.table)
         check_identifier(self.key_column, "key column")
         self.key_column_type = check_type(self.key_column_type, self.dialect, "key_column_type")
-        reserved = {c for c, _, _ in RESULT_COLUMNS} | {LOADED_AT[0], self.key_column}
+        reserved = {c for c, _, _ in RESULT_COLUMNS} | {LOADED_AT[0], ATTEMPTS[0], self.key_column}
         checked: dict[str, str] = {}
         for column, type_name in (self.output_columns or {}).items():
             check_identifier(column, "output column")
@@ -180,8 +189,14 @@ class TableLayout:
         cols = [(self.key_column, self.key_column_type + " PRIMARY KEY")]
         cols += [(name, pg_type if pg else lite_type) for name, lite_type, pg_type in RESULT_COLUMNS]
         cols.append((LOADED_AT[0], LOADED_AT[2] if pg else LOADED_AT[1]))
+        if self.attempts_column:
+            cols.append((ATTEMPTS[0], ATTEMPTS[2] if pg else ATTEMPTS[1]))
         cols += list(self.output_columns.items())
         return cols
+
+    def add_attempts_sql(self) -> str:
+        """Give a table made before the ``attempts`` column existed that column (nullable: old rows read NULL)."""
+        return f"ALTER TABLE {self.qualified} ADD COLUMN {quote(ATTEMPTS[0])} {ATTEMPTS[1]}"
 
     def error_columns(self) -> list[tuple[str, str]]:
         types = dict(self.columns())

@@ -17,6 +17,9 @@ Invariants:
   columns without a default are left out (checked at ``open()``), and only values of a plain shape (job
   names, timestamps) become literals. ``bench/load_results.py`` times this against a floor that binds every
   value (figures: the README's Performance section).
+* Every row of a load carries the load's ``attempts`` (how many times its request was sent, see
+  :mod:`~airflow_gemini_batch.sinks.schema`), a constant of the load like ``loaded_at``. An existing table
+  without the column gets it at ``open()`` (``create_table=True``) or is written without it.
 * Non-succeeded rows are mirrored into the errors table; a key that succeeds on a later load is removed from
   it, so the errors table always lists exactly the keys that currently need attention.
 
@@ -96,6 +99,7 @@ class TableSink:
     :param create_table: create the tables if missing (``CREATE TABLE IF NOT EXISTS``).
     :param commit_every: rows after which a commit is due.
     :param commit_seconds: seconds after which a commit is due (checked after each chunk).
+    :param attempts: the ``attempts`` value of every row of this load (1, or the row-retry round).
     """
 
     def __init__(
@@ -106,8 +110,10 @@ class TableSink:
         create_table: bool = True,
         commit_every: int = 1_000_000,
         commit_seconds: float = 10.0,
+        attempts: int = 1,
     ) -> None:
         self.hook = hook
+        self.attempts = int(attempts)
         self.layout = layout
         self.create_table = create_table
         self.commit_every = commit_every
@@ -130,6 +136,7 @@ class TableSink:
             if self.create_table:
                 cur.execute(layout.create_sql())
                 cur.execute(layout.create_sql(errors=True))
+            self._ensure_attempts_column(cur)
             # Deleting succeeded keys from an empty errors table is pure cost (a first load): skip it.
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
             self._clear_errors = cur.fetchone() is not None
@@ -138,11 +145,32 @@ class TableSink:
         self._errors_sql = layout.upsert_sql(ph, errors=True)
         self._delete_sql = f"DELETE FROM {layout.errors_qualified} WHERE {quote(layout.key_column)} = {ph}"
         self._loaded_at = self._loaded_at_value()
+        self._tail = self._row_tail()
         plain = isinstance(self._loaded_at, str) and _PLAIN_LITERAL.fullmatch(self._loaded_at)
         self._omittable = (
             self._columns_without_default() if layout.dialect == SQLITE and plain else frozenset()
         )
         self._narrow_sql: dict[tuple[tuple[int, ...], str | None], str] = {}
+
+    def _ensure_attempts_column(self, cur: Any) -> None:
+        """A table made before the ``attempts`` column existed: add it (``create_table``), else leave the
+        table as it is and write no ``attempts`` (the user manages that table's schema)."""
+        layout = self.layout
+        cur.execute(f"SELECT * FROM {layout.qualified} WHERE 1 = 0")
+        existing = {d[0] for d in cur.description or ()}
+        cur.fetchall()
+        if "attempts" in existing or not existing:
+            return
+        if self.create_table:
+            log.info("Adding the attempts column to %s (made before it existed)", layout.table)
+            cur.execute(layout.add_attempts_sql())
+        else:
+            log.warning("%s has no attempts column and create_table=False: loading without it", layout.table)
+            layout.attempts_column = False
+
+    def _row_tail(self) -> tuple[Any, ...]:
+        """The load's constants after the stored fields of every row: ``loaded_at`` (and ``attempts``)."""
+        return (self._loaded_at, self.attempts) if self.layout.attempts_column else (self._loaded_at,)
 
     def _columns_without_default(self) -> frozenset[int]:
         """Positions of the sparse columns a chunk's INSERT may leave out: those whose default is NULL.
@@ -219,7 +247,7 @@ class TableSink:
         This runs once per row, so the common chunk (no embeddings, no output columns) is converted by C-level
         ``map``s - no Python step per row - and lazily, as executemany binds them.
         """
-        tail = (self._loaded_at,)
+        tail = self._tail
         if self.layout.output_columns:
             main: Iterable[tuple] = [self._convert(r, tail) for r in rows]
         elif list(map(_EMBEDDING, rows)).count(None) == len(rows):
@@ -262,6 +290,9 @@ class TableSink:
             values.append(f"'{job_literal}'")
         columns.append(names[N_STORED])  # loaded_at
         values.append(f"'{self._loaded_at}'")
+        if layout.attempts_column:
+            columns.append(names[N_STORED + 1])
+            values.append(str(int(self.attempts)))  # an int: no quote can appear
         updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in names[1:])
         return (
             f"INSERT INTO {layout.qualified} ({', '.join(map(quote, columns))}) VALUES ({', '.join(values)}) "

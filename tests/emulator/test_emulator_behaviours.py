@@ -170,3 +170,35 @@ def test_corrupt_output_inline(emu: EmulatorServer, client: genai.Client, mode: 
         assert keys[:4] == KEYS and len(keys) == 5 and keys[4] not in KEYS
     else:
         assert keys == [KEYS[0], *KEYS]
+
+
+def test_fail_fraction_with_a_status_and_the_requests_per_key(
+    emu: EmulatorServer, client: genai.Client, tmp_path: Path
+) -> None:
+    from airflow_gemini_batch.emulator.faults import fails_by_fraction
+
+    keys = [f"k{i}" for i in range(200)]
+    doomed = {k for k in keys if fails_by_fraction(k, 0.05)}
+    assert 3 <= len(doomed) <= 20  # about 5 %, the same keys in every process
+    emu.control.set_job_behaviour(match="first", fail_fraction=0.05, fail_status=503, count=1)
+    done = _file_job(client, tmp_path, keys, "first round")
+    assert done.dest and done.dest.file_name
+    out = [json.loads(line) for line in client.files.download(file=done.dest.file_name).decode().splitlines()]
+    failed = {o["key"]: o["error"] for o in out if "error" in o}
+    assert set(failed) == doomed
+    assert {e["code"] for e in failed.values()} == {503}
+    assert all("UNAVAILABLE" in e["message"] for e in failed.values())
+    # The rule was for one job: the same keys sent again are answered; every key counted per processing.
+    again = _file_job(client, tmp_path, sorted(doomed), "first round again")
+    assert again.dest and again.dest.file_name
+    assert all(
+        "response" in json.loads(x) for x in client.files.download(file=again.dest.file_name).splitlines()
+    )
+    counts = emu.control.request_counts()
+    assert counts == {k: (2 if k in doomed else 1) for k in keys}
+
+
+def test_fail_fraction_and_status_are_validated(emu: EmulatorServer) -> None:
+    for bad in ({"fail_fraction": 1.5}, {"fail_fraction": "half"}, {"fail_status": 200}):
+        with pytest.raises(httpx.HTTPStatusError):
+            emu.control.set_job_behaviour(**bad)

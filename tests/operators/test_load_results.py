@@ -165,7 +165,7 @@ def test_outcomes_add_up_and_a_rerun_leaves_one_row_per_key(gemini_conn, emulato
         if key in (3, 7):
             assert outcome == "failed" and "PLEASE_FAIL" in error
         elif key == 25:
-            assert outcome == "failed" and "injected by fail_keys" in error
+            assert outcome == "failed" and "injected row failure" in error
         else:
             assert (outcome, text, error) == ("succeeded", expected_text(request), None)
     errors = warehouse.query(

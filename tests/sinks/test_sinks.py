@@ -275,3 +275,60 @@ def test_sqlite_columns_with_a_default_are_always_bound(sqlite_warehouse):
         (1, None, None),
         (2, None, None),
     ]
+
+
+def test_attempts_is_the_loads_constant_and_an_upsert_replaces_it(warehouse):
+    table = warehouse.table("attempts")
+    warehouse.table(f"{table}_errors")
+    load(table_sink(warehouse.conn_id, table, key_column_type="INTEGER"), [ok(1), bad(2), bad(3, MISSING)])
+    # A second round resends keys 2 and 3 only: their rows now say 2 attempts, key 1 keeps 1.
+    load(table_sink(warehouse.conn_id, table, key_column_type="INTEGER", attempts=2), [ok(2), bad(3)])
+    rows = warehouse.query(f'SELECT "key", outcome, attempts FROM {table} ORDER BY "key"')
+    assert rows == [(1, SUCCEEDED, 1), (2, SUCCEEDED, 2), (3, FAILED, 2)]
+
+
+def _legacy_table(warehouse, table: str) -> None:
+    """A destination made before the attempts column existed: the layout of that time, one row in it."""
+    legacy = TableLayout(table=table, dialect=warehouse_dialect(warehouse), key_column_type="INTEGER")
+    legacy.attempts_column = False
+    warehouse.execute(legacy.create_sql())
+    warehouse.execute(legacy.create_sql(errors=True))
+    warehouse.execute(f"INSERT INTO {table} (\"key\", outcome, text) VALUES (9, 'succeeded', 'old')")
+
+
+def warehouse_dialect(warehouse) -> str:
+    return "postgresql" if warehouse.kind == "postgres" else "sqlite"
+
+
+def test_a_table_made_before_attempts_gets_the_column(warehouse):
+    table = warehouse.table("legacy")
+    warehouse.table(f"{table}_errors")
+    _legacy_table(warehouse, table)
+    load(table_sink(warehouse.conn_id, table, key_column_type="INTEGER"), [ok(1), bad(2)])
+    rows = warehouse.query(f'SELECT "key", outcome, text, attempts FROM {table} ORDER BY "key"')
+    assert rows == [(1, SUCCEEDED, "t", 1), (2, FAILED, None, 1), (9, SUCCEEDED, "old", None)]
+
+
+def test_a_user_managed_table_without_attempts_keeps_loading(warehouse):
+    table = warehouse.table("managed")
+    warehouse.table(f"{table}_errors")
+    _legacy_table(warehouse, table)
+    sink = table_sink(warehouse.conn_id, table, key_column_type="INTEGER", create_table=False)
+    load(sink, [ok(1), bad(2)])
+    columns = [d for (d,) in warehouse.query(f"SELECT outcome FROM {table} ORDER BY outcome")]
+    assert sorted(columns) == [FAILED, SUCCEEDED, SUCCEEDED]
+    with pytest.raises(Exception, match="attempts"):
+        warehouse.query(f"SELECT attempts FROM {table}")
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_object_storage_rows_carry_attempts(tmp_path, output_format):
+    sink = ObjectStorageSink(str(tmp_path / "out"), output_format, attempts=3)
+    load(sink, [ok("a"), bad("b")])
+    if output_format == "jsonl":
+        lines = [orjson.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_bytes().splitlines()]
+    else:
+        import pyarrow.parquet as pq
+
+        lines = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert [(r["key"], r["attempts"]) for r in lines] == [("a", 3), ("b", 3)]
