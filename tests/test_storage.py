@@ -80,3 +80,36 @@ def test_object_storage_goes_through_object_storage_path(tmp_path):
         assert fh.read() == b"1\n2\n"
     assert str(object_path(folder)) == folder
     assert not Path(folder.removeprefix("memory://")).exists()  # nothing landed on the local disk
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_pending_file_replaces_its_target_only_when_published(tmp_path, where):
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airflow_gemini_batch.storage import PendingFile
+
+    attach(protocol="memory", fs=MemoryFileSystem())
+    folder = str(tmp_path) if where == "local" else f"memory://bucket-{uuid.uuid4().hex}/p"
+    make_dirs(folder)
+    target = f"{folder}/results.jsonl"
+    with open_binary(target, "wb") as fh:
+        fh.write(b"old\n")
+
+    discarded = PendingFile(target)
+    discarded.open().write(b"half")
+    assert discarded.temp_name.startswith(".results.jsonl.") and discarded.temp_name.endswith(".tmp")
+    assert is_file(discarded.temp_uri)  # written beside the target, under the hidden name
+    discarded.discard()
+    assert not is_file(discarded.temp_uri)
+    with open_binary(target) as fh:
+        assert fh.read() == b"old\n"
+
+    published = PendingFile(target)
+    published.open().write(b"new\n")
+    with open_binary(target) as fh:
+        assert fh.read() == b"old\n"  # not before publish
+    published.publish()
+    with open_binary(target) as fh:
+        assert fh.read() == b"new\n"
+    assert sorted(p.name for p in object_path(folder).iterdir()) == ["results.jsonl"]

@@ -40,12 +40,13 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
         upserted on the key, every outcome (filter on ``outcome``). (templated)
     :param errors_table: where non-succeeded keys are mirrored; default ``<destination_table>_errors``.
         (templated)
-    :param destination_path: a folder (ObjectStoragePath URI or local path) for ``results.jsonl`` /
-        ``results.parquet`` and ``errors.jsonl``. (templated)
+    :param destination_path: a folder (ObjectStoragePath URI, e.g. ``gs://<conn_id>@bucket/prefix``, or local
+        path) for ``results.jsonl`` / ``results.parquet`` and ``errors.jsonl``, replaced when the load
+        succeeds, left as they were when it fails. (templated)
     :param output_format: ``jsonl`` or ``parquet`` for ``destination_path``.
     :param key_column: name of the key column in the destination.
-    :param key_column_type: its SQL type (``INTEGER`` when the submitted keys are ints; keys keep their JSON
-        type from the key list).
+    :param key_column_type: its SQL type (``INTEGER`` when the submitted keys are ints: they travel as
+        strings and are stored as integers, also as int64 in Parquet and numbers in JSONL).
     :param output_columns: structured-output fields to copy into typed columns, e.g.
         ``{"sentiment": "TEXT", "score": "REAL"}`` (types from a per-dialect whitelist).
     :param create_table: create the tables when missing.

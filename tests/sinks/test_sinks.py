@@ -119,31 +119,6 @@ def test_schema_qualified_table_on_postgres(postgres_warehouse):
         postgres_warehouse.execute("DROP SCHEMA gemini_sink_test CASCADE")
 
 
-def test_object_storage_overwrites_on_rerun(tmp_path):
-    for _ in range(2):
-        load(ObjectStorageSink(str(tmp_path / "out"), "jsonl"), [ok("a"), bad("b")], [ok("c")])
-    lines = (tmp_path / "out" / "results.jsonl").read_bytes().splitlines()
-    assert [orjson.loads(line)["key"] for line in lines] == ["a", "b", "c"]
-    assert [
-        orjson.loads(line)["key"] for line in (tmp_path / "out" / "errors.jsonl").read_bytes().splitlines()
-    ] == ["b"]
-
-
-def test_parquet_row_groups_per_chunk(tmp_path):
-    import pyarrow.parquet as pq
-
-    sink = ObjectStorageSink(str(tmp_path), "parquet", {"label": "TEXT"}, integer_keys=True)
-    load(sink, [ok(1, value={"label": "x"}), ok(2)], [ResultRow(3, SUCCEEDED, embedding=[1.0, 2.0])])
-    parquet = pq.ParquetFile(tmp_path / "results.parquet")
-    assert parquet.metadata.num_row_groups == 2
-    rows = parquet.read().to_pylist()
-    assert [(r["key"], r["label"], r["embedding"]) for r in rows] == [
-        (1, "x", None),
-        (2, None, None),
-        (3, None, [1.0, 2.0]),
-    ]
-
-
 def test_streamed_copy_commits_buffers_errors_and_aborts_cleanly(postgres_warehouse, monkeypatch):
     """Into fresh tables the PostgreSQL sink keeps one COPY open across chunks: errors rows wait in a bounded
     buffer, commits end the COPY, and an abort fails the open COPY so none of its rows stay."""
