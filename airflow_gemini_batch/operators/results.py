@@ -34,10 +34,11 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
 
     :param manifest: the submit operator's manifest (usually its XComArg). (templated)
     :param gemini_conn_id: Gemini connection; default: the manifest's. (templated)
-    :param destination_conn_id: a common-sql connection (SQLite, PostgreSQL) for ``destination_table``.
-        (templated)
-    :param destination_table: ``table`` or ``schema.table``; created if missing; one row per input key,
-        upserted on the key, every outcome (filter on ``outcome``). (templated)
+    :param destination_conn_id: a common-sql connection (SQLite, PostgreSQL) or a ``google_cloud_platform``
+        one (BigQuery) for ``destination_table``. (templated)
+    :param destination_table: ``table`` or ``schema.table`` (BigQuery: ``dataset.table`` or
+        ``project.dataset.table``); created if missing; one row per input key, upserted on the key (BigQuery:
+        load jobs into a staging table, then one MERGE), every outcome (filter on ``outcome``). (templated)
     :param errors_table: where non-succeeded keys are mirrored; default ``<destination_table>_errors``.
         (templated)
     :param destination_path: a folder (ObjectStoragePath URI, e.g. ``gs://<conn_id>@bucket/prefix``, or local
@@ -50,6 +51,9 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
     :param output_columns: structured-output fields to copy into typed columns, e.g.
         ``{"sentiment": "TEXT", "score": "REAL"}`` (types from a per-dialect whitelist).
     :param create_table: create the tables when missing.
+    :param time_partitioning: BigQuery only: the destination's ``timePartitioning`` when this task creates it
+        (API form, e.g. ``{"type": "DAY", "field": "loaded_at"}``).
+    :param cluster_fields: BigQuery only: the destination's clustering columns when this task creates it.
     :param max_failed_fraction: the largest share of non-succeeded keys that still passes (default 0: any
         failure fails the task, after loading).
     :param prices: price overrides ``{model: {"input": ..., "output": ..., ...}}`` (USD per 1M tokens).
@@ -86,6 +90,8 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
         key_column_type: str = "TEXT",
         output_columns: dict[str, str] | None = None,
         create_table: bool = True,
+        time_partitioning: dict[str, Any] | None = None,
+        cluster_fields: list[str] | None = None,
         max_failed_fraction: float = 0.0,
         prices: dict[str, dict[str, float]] | None = None,
         chunk_size: int = 5_000,

@@ -47,7 +47,7 @@ from airflow_gemini_batch.results.parsing import (
 )
 from airflow_gemini_batch.results.reconcile import KeyReconciler
 from airflow_gemini_batch.results.rows import EXAMPLES, SUCCEEDED, ShardReport
-from airflow_gemini_batch.sinks import ObjectStorageSink, split_table, table_sink
+from airflow_gemini_batch.sinks import ObjectStorageSink, table_sink
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -74,6 +74,8 @@ class LoadSettings:
     key_column_type: str = "TEXT"
     output_columns: dict[str, str] | None = None
     create_table: bool = True
+    time_partitioning: dict[str, Any] | None = None
+    cluster_fields: list[str] | None = None
     max_failed_fraction: float = 0.0
     prices: dict[str, dict[str, float]] | None = None
     chunk_size: int = 5_000
@@ -96,7 +98,7 @@ class LoadSettings:
             raise GeminiBatchInputError("Give exactly one of destination_table and destination_path.")
         if self.destination_table is not None and not self.destination_conn_id:
             raise GeminiBatchInputError(
-                "destination_table needs destination_conn_id (a common-sql connection)."
+                "destination_table needs destination_conn_id (a common-sql or google_cloud_platform connection)."
             )
         if not 0.0 <= float(self.max_failed_fraction) <= 1.0:
             raise GeminiBatchInputError(
@@ -195,7 +197,6 @@ class LoadRun:
                 attempts=self.attempts,
             )
         assert s.destination_table is not None and s.destination_conn_id is not None
-        split_table(s.destination_table)
         return table_sink(
             s.destination_conn_id,
             s.destination_table,
@@ -205,6 +206,8 @@ class LoadRun:
             errors_table=s.errors_table,
             create_table=s.create_table,
             attempts=self.attempts,
+            time_partitioning=s.time_partitioning,
+            cluster_fields=s.cluster_fields,
         )
 
     def parser(self) -> ResultParser:

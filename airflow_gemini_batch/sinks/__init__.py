@@ -2,13 +2,17 @@
 
 Every sink implements :class:`~airflow_gemini_batch.sinks.sink.Sink` (``open()``, ``write(rows)`` per chunk,
 ``close()`` / ``abort()``, ``describe()``), so a new warehouse is a new module here and nothing else changes;
-:func:`table_sink` picks the right table sink for a common-sql connection.
+:func:`table_sink` picks the right table sink for a connection: BigQuery for a ``google_cloud_platform`` one,
+otherwise by the common-sql hook's dialect.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.hooks.bigquery import BigQueryClients, is_bigquery_connection
+from airflow_gemini_batch.sinks.bigquery import BigQueryTableSink
 from airflow_gemini_batch.sinks.objectstore import ObjectStorageSink
 from airflow_gemini_batch.sinks.postgres import PostgresTableSink
 from airflow_gemini_batch.sinks.schema import POSTGRES, TableLayout, check_identifier, split_table
@@ -16,9 +20,11 @@ from airflow_gemini_batch.sinks.sink import Sink, SqlHook
 from airflow_gemini_batch.sinks.table import TableSink, dialect_of, get_db_hook
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 __all__ = [
+    "BigQueryTableSink",
     "ObjectStorageSink",
     "PostgresTableSink",
     "Sink",
@@ -43,11 +49,32 @@ def table_sink(
     create_table: bool = True,
     hook: SqlHook | None = None,
     attempts: int = 1,
-) -> TableSink:
-    """The table sink for a common-sql connection: COPY-based on PostgreSQL, executemany elsewhere.
+    time_partitioning: Mapping[str, Any] | None = None,
+    cluster_fields: Sequence[str] | None = None,
+) -> TableSink | BigQueryTableSink:
+    """The table sink for a connection: load jobs + MERGE on BigQuery (a ``google_cloud_platform``
+    connection), COPY-based on PostgreSQL, executemany elsewhere.
 
     Identifiers and types are validated here, before any connection is opened.
     """
+    if hook is None and is_bigquery_connection(conn_id):
+        return BigQueryTableSink(
+            BigQueryClients(conn_id),
+            table,
+            key_column=key_column,
+            key_column_type=key_column_type,
+            output_columns=output_columns,
+            errors_table=errors_table,
+            create_table=create_table,
+            time_partitioning=time_partitioning,
+            cluster_fields=cluster_fields,
+            attempts=attempts,
+        )
+    if time_partitioning or cluster_fields:
+        raise GeminiBatchInputError(
+            "time_partitioning and cluster_fields are BigQuery table options; the destination connection "
+            f"{conn_id!r} is not a google_cloud_platform one."
+        )
     split_table(table)  # refuse SQL in the name before even resolving the connection
     hook = hook or get_db_hook(conn_id)
     dialect = dialect_of(hook)
