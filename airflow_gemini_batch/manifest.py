@@ -31,6 +31,7 @@ class ShardInfo(TypedDict, total=False):
     keys_path: str  # ObjectStoragePath URI: one JSON-encoded key per line, in shard order
     recovery: int  # the shard's resubmissions after a FAILED/EXPIRED/CANCELLED job (absent: 0)
     previous_jobs: list[str]  # the jobs of its earlier generations, oldest first (absent: none)
+    previous_files: dict[str, str]  # earlier job → its uploaded file, deleted by the load (absent: none)
 
 
 class Manifest(TypedDict, total=False):
@@ -51,6 +52,7 @@ class Manifest(TypedDict, total=False):
     request_count: int  # valid rows submitted, all shards
     skipped_count: int  # invalid rows skipped with on_invalid_row="skip"
     skipped_keys_path: str | None
+    keep_uploaded_files: bool  # True: the load leaves the uploaded input files (absent: False)
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

@@ -81,6 +81,20 @@ def register_dag(airflow_db: Path) -> Any:
     return write_dag_to_db
 
 
+def uploaded_lines(emulator: Any, file_name: str) -> list[bytes]:
+    """The lines of a file uploaded to the emulator, as the service received them (the local shard file is
+    deleted once its job exists)."""
+    return (emulator.data_dir / "files" / file_name.removeprefix("files/")).read_bytes().splitlines()
+
+
+def uploaded_files(emulator: Any) -> list[str]:
+    """Names of the files uploaded to the emulator that still exist (responses files not counted)."""
+    from google import genai
+
+    client = genai.Client(api_key="any", http_options={"base_url": emulator.base_url})
+    return [f.name for f in client.files.list() if str(f.source).endswith("UPLOADED") and f.name]
+
+
 def xcom_of(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
     """The XCom value a task of a finished ``dag.test()`` run pushed under ``key``."""
     from airflow.models.xcom import XComModel

@@ -60,6 +60,7 @@ class JobStatus:
     failed_count: int = 0
     pending_count: int = 0
     responses_file: str | None = None
+    input_file: str | None = None  # the uploaded file the job reads (``metadata.inputConfig.fileName``)
     has_inline_responses: bool = False
     error: dict[str, Any] | None = field(default=None)
 
@@ -101,6 +102,8 @@ class JobStatus:
             failed_count=int(stats.get("failedRequestCount") or 0),
             pending_count=int(stats.get("pendingRequestCount") or 0),
             responses_file=output.get("responsesFile"),
+            input_file=(meta.get("inputConfig") or {}).get("fileName")
+            or (meta.get("inputConfig") or {}).get("file_name"),
             has_inline_responses=inline is not None,
             error={"code": error.get("code"), "message": error.get("message")} if error else None,
         )

@@ -75,6 +75,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param force_resubmit: new jobs for every shard even if already submitted (each try with it pays again).
     :param on_failed_job: on a retry / clear, a shard whose job ended FAILED, EXPIRED or CANCELLED is sent
         alone again (``"resubmit"``) or re-attached, so the wait fails as before (``"fail"``).
+    :param keep_uploaded_files: keep the uploaded input files after their jobs finished (default: the load
+        deletes them; Files API storage is 20 GB per project, and the service deletes them after 48 h).
     :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors.
     :param create_retry_base_seconds: exponential backoff base (full jitter); after an ambiguous error (5xx,
         lost connection) the job is looked up no sooner than five bases later (10 s by default).
@@ -136,6 +138,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         on_changed_input: str = "fail",
         force_resubmit: bool = False,
         on_failed_job: str = SubmitSettings.on_failed_job,
+        keep_uploaded_files: bool = False,
         create_retry_attempts: int = 6,
         create_retry_base_seconds: float = 2.0,
         cancel_on_kill: bool = True,

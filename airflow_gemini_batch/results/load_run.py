@@ -14,6 +14,9 @@ per-shard log lines and the summary it ends in, reads best in one place. The ord
 * Every key of every shard ends in exactly one outcome - ``succeeded``, ``failed``, ``invalid_output`` or
   ``missing`` - and ``succeeded + failed + invalid_output + missing`` equals the keys submitted. Keys of a job
   that did not succeed (FAILED / EXPIRED / CANCELLED) are all ``failed`` with ``job <STATE>`` in the error.
+* A finished job's uploaded input file (and its shard's earlier generations' files) is deleted right after
+  the read that shows it finished, unless the manifest says ``keep_uploaded_files``
+  (:mod:`airflow_gemini_batch.results.uploaded_files`); a file already gone is fine.
 * Results never go through XCom: they stream from the downloaded file to the sink in chunks, one responses
   file on disk at a time; the summary carries counts, tokens and cost (``kind = RESULTS_SUMMARY_KIND``), for
   the task and for each job (``jobs[i]["tokens"]`` / ``["cost"]``); the task's ``tokens`` are exactly the sum
@@ -47,6 +50,7 @@ from airflow_gemini_batch.results.parsing import (
 )
 from airflow_gemini_batch.results.reconcile import KeyReconciler
 from airflow_gemini_batch.results.rows import EXAMPLES, SUCCEEDED, ShardReport
+from airflow_gemini_batch.results.uploaded_files import delete_finished_shard_files
 from airflow_gemini_batch.sinks import ObjectStorageSink, table_sink
 
 if TYPE_CHECKING:
@@ -228,6 +232,7 @@ class LoadRun:
                 f"Gemini batch job {name} is {job.state}, not finished: wait for it (GeminiBatchJobSensor) "
                 "and retry this task; rows of jobs loaded before it are kept (upserts make the retry safe)."
             )
+        delete_finished_shard_files(self.hook, self.manifest, shard, job, self.log)  # finished: not needed
         report = ShardReport(job_name=name, state=job.state)
         keys = KeyReconciler(shard["keys_path"], work_dir=work_dir)
         path = Path(work_dir) / (name.replace("/", "_") + ".jsonl")

@@ -10,6 +10,12 @@ the settings, every stage and the order between them read best in one place. The
   talks to the Gemini API.
 * Whether to scan ``batches.list`` for orphans is decided *before* the ledger records this run's header:
   records left by an earlier try are authoritative, the header this try writes is not evidence of anything.
+  With a task state store, no records and no create marker in the staging folder prove that no job of this
+  identity was ever created (the marker is written before the first create and outlives a re-created DAG
+  run), so a first try makes no ``batches.list`` call at all.
+* Housekeeping: a shard's local file is deleted once its job exists, every shard file when the submit ends
+  (failed or not: a retry rebuilds them); uploaded input files are the load's to delete, once their jobs
+  are finished (:mod:`airflow_gemini_batch.results.uploaded_files`), unless ``keep_uploaded_files``.
 * Key lists (and the skipped-keys file) are published only after the ledger accepted the input: a retry
   refused for a changed input must not overwrite the key lists that the recorded jobs' results are
   reconciled against.
@@ -114,6 +120,7 @@ class SubmitSettings:
     on_failed_job: str = "resubmit"
     create_retry_attempts: int = 6
     create_retry_base_seconds: float = 2.0
+    keep_uploaded_files: bool = False
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -187,15 +194,35 @@ class SubmitRun:
         """Run every stage in order (see the module docstring for why this order) and return the manifest."""
         identity = RunIdentity.from_context(context)
         staging = self.staging(identity, executor=getattr(context.get("task"), "executor", None))
-        plan = self.build(staging)
-        if not plan.shards:
-            self.log.warning("The input has no valid rows: nothing to submit.")
-        ledger = SubmissionLedger(context.get("task_state_store"))
-        scan = not self.settings.force_resubmit and not ledger.has_records()
-        generation = self.begin(ledger, identity, plan, force_token=getattr(context["ti"], "max_tries", None))
-        keys_uris, skipped_uri = self.publish(staging, plan)
-        submitted = self.submit(ledger, identity, plan, generation, keys_uris, scan=scan)
+        try:
+            plan = self.build(staging)
+            if not plan.shards:
+                self.log.warning("The input has no valid rows: nothing to submit.")
+            ledger = SubmissionLedger(context.get("task_state_store"))
+            scan = self.needs_orphan_scan(ledger, staging)
+            generation = self.begin(
+                ledger, identity, plan, force_token=getattr(context["ti"], "max_tries", None)
+            )
+            keys_uris, skipped_uri = self.publish(staging, plan)
+            submitted = self.submit(ledger, identity, plan, generation, keys_uris, scan=scan, staging=staging)
+        finally:
+            staging.remove_local_files()  # a retry rebuilds its shards; uploaded ones are reused by name
         return self.manifest(identity, staging, plan, submitted, skipped_uri)
+
+    def needs_orphan_scan(self, ledger: SubmissionLedger, staging: Staging) -> bool:
+        """Whether a job of this task instance may exist unrecorded (one 48 h ``batches.list`` scan finds it).
+
+        Not after ``force_resubmit`` (new names), nor when earlier tries left records (they are authoritative),
+        nor when the durable records prove no create was ever attempted: a task state store without records
+        and a staging folder without the create marker (the marker survives a re-created DAG run, whose
+        task state is gone). Without a task state store nothing proves it, so the scan runs.
+        """
+        if self.settings.force_resubmit or ledger.has_records():
+            return False
+        if ledger.durable and not staging.creates_attempted():
+            self.log.info("No create was ever attempted for this task instance: no orphan scan")
+            return False
+        return True
 
     # ---- inputs: source, request spec, limits, shards (no API call) ---------------------------------------
 
@@ -328,9 +355,14 @@ class SubmitRun:
         keys_uris: list[str],
         *,
         scan: bool,
+        staging: Staging,
     ) -> PlanSubmission:
-        """Upload and create (or re-attach to) one job per shard; the first stage that calls the API."""
+        """Upload and create (or re-attach to) one job per shard; the first stage that calls the API. The
+        create marker is written first; each shard's local file is deleted as soon as its job exists."""
         s = self.settings
+        inline = self.inline_requests(plan)
+        if plan.shards:
+            staging.record_create_attempt()
         submitted = submit_plan(
             self.hook,
             ledger,
@@ -340,10 +372,11 @@ class SubmitRun:
             keys_uris=keys_uris,
             model=self.model,
             embeddings=s.task == "embed",
-            inline=self.inline_requests(plan),
+            inline=inline,
             retry=CreateRetry(s.create_retry_attempts, s.create_retry_base_seconds),
             scan=scan,
             on_created=self.created_jobs.append,
+            on_settled=staging.remove_shard,
             on_failed_job=s.on_failed_job,
         )
         shards = submitted.shards
@@ -383,6 +416,7 @@ class SubmitRun:
             request_count=plan.request_count,
             skipped_count=plan.skipped_count,
             skipped_keys_path=skipped_uri,
+            keep_uploaded_files=bool(self.settings.keep_uploaded_files),
         )
 
     def cancel_created_jobs(self) -> None:

@@ -13,6 +13,15 @@ Invariants:
   with several workers must pass a shared ``staging_path`` (``gs://conn@bucket/prefix``, an NFS folder, ...)
   or set ``[gemini_batch] staging_path``, the deployment-wide default, or the results task may run where the
   key lists are not. :func:`check_reachable_by_other_workers` refuses that case before any paid call.
+* Shard files live only as long as they are needed: a shard's file is deleted as soon as its job exists
+  (created or re-attached), and every shard file left is deleted when the submit ends, failed or not. A
+  retry rebuilds its shards from the input anyway (deterministically: same bytes, same fingerprint), and an
+  uploaded file it recorded is reused by name, so no try ever needs a file an earlier try wrote. With a
+  remote ``staging_path`` the local copies of the key lists go too, once published.
+* The create marker (``creates-<identity hash>``) is written to the staging folder before this task
+  instance's first ``create`` and never removed. It outlives the DAG run (the task state store does not: a
+  re-created run starts with none), so "no records and no marker" proves no job of this identity was ever
+  created here, and the orphan scan of ``batches.list`` is skipped.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ from pathlib import Path
 from airflow.sdk import conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchStagingError
-from airflow_gemini_batch.storage import copy_file, file_uri, local_path
+from airflow_gemini_batch.storage import copy_file, file_uri, is_file, local_path, make_dirs, open_binary
 
 SHARD_FILE = "shard-{index:05d}.jsonl"
 KEYS_FILE = "keys-{index:05d}.jsonl"
 SKIPPED_KEYS_FILE = "skipped_keys.jsonl"
+CREATE_MARKER_FILE = "creates-{identity_hash}"
 
 
 #: Executors that run every task on the scheduler's own machine, so a machine-local folder is shared.
@@ -92,6 +102,7 @@ class Staging:
             local if local is not None else Path(tempfile.gettempdir()) / "gemini-batch" / identity_hash
         )
         self.local_dir.mkdir(parents=True, exist_ok=True)
+        self.identity_hash = identity_hash
 
     def shard_path(self, index: int) -> Path:
         return self.local_dir / SHARD_FILE.format(index=index)
@@ -117,6 +128,39 @@ class Staging:
                 path.unlink()
         for path in self.local_dir.glob("dedupe-*"):
             shutil.rmtree(path, ignore_errors=True)
+
+    @property
+    def create_marker_uri(self) -> str:
+        return f"{self.uri}/{CREATE_MARKER_FILE.format(identity_hash=self.identity_hash)}"
+
+    def creates_attempted(self) -> bool:
+        """Whether a submit of this identity ever got as far as a ``create`` with this staging folder."""
+        return is_file(self.create_marker_uri)
+
+    def record_create_attempt(self) -> None:
+        """Write the create marker (before the first ``create``; an error here stops the submit before it)."""
+        if not is_file(self.create_marker_uri):
+            make_dirs(self.uri)
+            with open_binary(self.create_marker_uri, "wb") as f:
+                f.write(b"a create of this task instance's jobs was attempted\n")
+
+    def remove_shard(self, index: int) -> None:
+        """Delete one shard file: its job exists, so no try will upload it again."""
+        self.shard_path(index).unlink(missing_ok=True)
+
+    def remove_local_files(self) -> None:
+        """Delete every shard file (and, with a remote staging folder, the local copies already published):
+        what stays under the local folder is only what the load reads there (local staging's key lists)."""
+        patterns = ["shard-*.jsonl", "*.tmp"]
+        if self.remote:
+            patterns += ["keys-*.jsonl", SKIPPED_KEYS_FILE]
+        for pattern in patterns:
+            for path in self.local_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+        for path in self.local_dir.glob("dedupe-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        if self.remote and not any(self.local_dir.iterdir()):
+            self.local_dir.rmdir()
 
     def publish(self, local: Path, uri: str) -> str:
         """Copy a finished local file to the (remote) staging folder; local staging needs no copy."""

@@ -45,6 +45,7 @@ from airflow_gemini_batch.retry import RetryPolicy
 from airflow_gemini_batch.submit.ledger import display_name, split_recovery
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import tenacity
@@ -221,6 +222,7 @@ class ShardSubmission:
     display_name: str
     recovery: int = 0
     previous_jobs: list[str] | None = None
+    previous_files: dict[str, str] | None = None  # earlier job → its uploaded file
 
 
 def _attached(rec: dict[str, Any]) -> ShardSubmission:
@@ -231,7 +233,12 @@ def _attached(rec: dict[str, Any]) -> ShardSubmission:
         display_name=rec["display_name"],
         recovery=int(rec.get("recovery", 0)),
         previous_jobs=list(rec.get("previous_jobs", [])),
+        previous_files=dict(rec.get("previous_files", {})),
     )
+
+
+def _file_of(rec: dict[str, Any]) -> dict[str, str]:
+    return {rec["job_name"]: rec["file_name"]} if rec.get("file_name") else {}
 
 
 def _next_generation(
@@ -246,6 +253,8 @@ def _next_generation(
         "display_name": f"{head}-r{recovery}{tail}",
         "recovery": recovery,
         "previous_jobs": [*rec.get("previous_jobs", []), rec["job_name"]],
+        # The load deletes these once their jobs are finished (kept for now: another path may reuse one).
+        "previous_files": {**rec.get("previous_files", {}), **_file_of(rec)},
     }
     log.warning(
         "Shard %d: job %s ended %s; submitting the shard alone again as %s (on_failed_job='resubmit')",
@@ -361,6 +370,7 @@ def submit_shard(
         display_name=name,
         recovery=int(rec.get("recovery", 0)),
         previous_jobs=list(rec.get("previous_jobs", [])),
+        previous_files=dict(rec.get("previous_files", {})),
     )
 
 
@@ -388,11 +398,13 @@ def submit_plan(
     scan: bool,
     on_created: Any = None,
     on_failed_job: str = "resubmit",
+    on_settled: Callable[[int], None] | None = None,
 ) -> PlanSubmission:
     """Submit every shard of ``plan`` in order (:func:`submit_shard`): one job each, created or re-attached.
 
     :param scan: no records to trust (first try, no store, records lost): one ``batches.list`` scan first.
     :param inline: the single shard's requests when it goes inline instead of as an uploaded file.
+    :param on_settled: called with a shard's index once it has its job (its local file is no longer needed).
     """
     names = [display_name(identity_hash, plan.fingerprint, s.index, generation) for s in plan.shards]
     known = find_existing_jobs(hook, set(names)) if scan and names else None
@@ -417,6 +429,8 @@ def submit_plan(
             known_jobs=known,
             on_failed_job=on_failed_job,
         )
+        if on_settled is not None:
+            on_settled(shard.index)
         if result.created_now:
             created += 1
             uploaded_bytes += 0 if inline is not None else shard.bytes
@@ -434,6 +448,8 @@ def submit_plan(
         if result.recovery:
             info["recovery"] = result.recovery
             info["previous_jobs"] = result.previous_jobs or []
+            if result.previous_files:
+                info["previous_files"] = result.previous_files
         shards.append(info)
     return PlanSubmission(shards, created, uploaded_bytes)
 

@@ -22,6 +22,7 @@ from airflow_gemini_batch.exceptions import (
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, job_names
 from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
 from airflow_gemini_batch.submit.ledger import SubmissionLedger
+from tests.conftest import uploaded_lines, xcom_of
 from tests.task_state import DictStateStore
 
 N_ROWS = 10_500
@@ -108,10 +109,9 @@ def test_row_text_with_braces_stays_literal(sqlite_warehouse, gemini_conn, emula
         prompt_template="{name}|{category}|{{lit}}",
     )
     manifest = op.execute(_context(DictStateStore()))
-    shard_file = tmp_path / "staging" / "shard-00000.jsonl"
     texts = [
         orjson.loads(x)["request"]["contents"][0]["parts"][0]["text"]
-        for x in shard_file.read_bytes().splitlines()
+        for x in uploaded_lines(emulator, manifest["shards"][0]["file_name"])
     ]
     assert texts == ["{{ ds }}|{category}|{lit}", "{{{{x}}}}|{0.__class__.__mro__}|{lit}"]
     assert _jobs_by_name(emulator)[manifest["shards"][0]["job_name"]]["request_count"] == 2
@@ -321,7 +321,7 @@ def test_embeddings_submit(warehouse, gemini_conn, emulator, tmp_path):
         and job["request_count"] == 2000
         and job["model"].endswith("gemini-embedding-001")
     )
-    line = orjson.loads((tmp_path / "staging" / "shard-00000.jsonl").read_bytes().splitlines()[0])
+    line = orjson.loads(uploaded_lines(emulator, manifest["shards"][0]["file_name"])[0])
     assert set(line["request"]) == {"content", "taskType", "outputDimensionality"}
 
 
@@ -481,7 +481,7 @@ def test_dag_test_xcom_requests_are_not_rendered(register_dag, gemini_conn, emul
     register_dag(dag)
     run = dag.test()
     assert run.state == "success"
-    shard = (tmp_path / "staging" / "shard-00000.jsonl").read_bytes().splitlines()
+    shard = uploaded_lines(emulator, xcom_of(run, "submit")["shards"][0]["file_name"])
     texts = [orjson.loads(x)["request"]["contents"][0]["parts"][0]["text"] for x in shard]
     assert texts == ["{{ ds }} stays", "{{ conn.gemini_batch_default.password }} stays too"]
     assert [j["request_count"] for j in emulator.control.jobs()] == [2]

@@ -82,3 +82,43 @@ def test_a_celery_task_with_the_default_staging_is_refused_before_any_call(
         op.execute(ctx)  # type: ignore[arg-type]
     calls = emulator.control.calls()
     assert calls.get("files.upload_start", 0) == 0 and calls.get("batches.create", 0) == 0
+
+
+def test_shard_files_go_and_key_lists_stay_with_local_staging(tmp_path):
+    from airflow_gemini_batch.submit.staging import Staging
+
+    staging = Staging(str(tmp_path), "abc123")
+    for index in range(2):
+        staging.shard_path(index).write_bytes(b"{}\n")
+        staging.local_keys_path(index).write_bytes(b'"k"\n')
+    staging.remove_shard(0)
+    assert not staging.shard_path(0).exists() and staging.shard_path(1).exists()
+    staging.remove_local_files()
+    staging.remove_local_files()  # idempotent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys-00000.jsonl", "keys-00001.jsonl"]
+
+
+def test_with_remote_staging_the_local_folder_goes_and_the_create_marker_is_remote(tmp_path):
+    import uuid
+
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airflow_gemini_batch.storage import is_file
+    from airflow_gemini_batch.submit.staging import Staging
+
+    attach(protocol="memory", fs=MemoryFileSystem())  # stands in for a bucket: the gs:// / s3:// code path
+
+    remote = f"memory://staging-{uuid.uuid4().hex}/run"
+    staging = Staging(remote, f"h{uuid.uuid4().hex[:8]}")
+    staging.shard_path(0).write_bytes(b"{}\n")
+    staging.local_keys_path(0).write_bytes(b'"k"\n')
+    staging.publish(staging.local_keys_path(0), staging.keys_uri(0))
+    assert not staging.creates_attempted()
+    staging.record_create_attempt()
+    staging.record_create_attempt()  # written once; a second try finds it
+    assert staging.creates_attempted() and staging.create_marker_uri.startswith(remote)
+    staging.remove_local_files()
+    assert not staging.local_dir.exists()  # nothing of this run stays on the worker's disk
+    assert is_file(staging.keys_uri(0))  # the published key list stays where the load reads it
+    assert not Staging(remote, "another-task").creates_attempted()  # one marker per task instance
