@@ -31,7 +31,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
 from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
-from airflow_gemini_batch.plugins.live import LiveStates
+from airflow_gemini_batch.plugins.live import LiveStates, expiry_view, previous_generations
 from airflow_gemini_batch.plugins.page import render_page
 from airflow_gemini_batch.plugins.records import JobRecord, load_job_records
 from airflow_gemini_batch.plugins.urls import URL_PREFIX
@@ -182,9 +182,16 @@ def _can_edit(user: BaseUser, dag_id: str) -> bool:
 
 def _with_live(live: LiveStates, records: list[JobRecord], user: BaseUser) -> list[dict[str, Any]]:
     """Merge each record with its live read (or its recorded state when the API cannot be read)."""
-    states = live.lookup((r.gemini_conn_id, r.job_name) for r in records)
+    wanted = [(r.gemini_conn_id, name) for r in records for name in (r.job_name, *r.previous_jobs)]
+    states = live.lookup(wanted)
     editable = {d: _can_edit(user, d) for d in {r.dag_id for r in records}}
-    return [_job_view(r, states[r.job_name].to_dict(), editable[r.dag_id]) for r in records]
+    views = []
+    for r in records:
+        view = _job_view(r, states[r.job_name].to_dict(), editable[r.dag_id])
+        view["previous"] = previous_generations(r.previous_jobs, states)
+        view.update(expiry_view(view["create_time"], view["state"]))
+        views.append(view)
+    return views
 
 
 def _job_view(rec: JobRecord, live: dict[str, Any], can_edit: bool) -> dict[str, Any]:

@@ -11,6 +11,9 @@ Invariants:
   recorded one) and are read on a later refresh. Running jobs, then the longest unread, go first.
 * A broken connection costs one call per refresh, not one per job: after a connection-level failure the
   remaining jobs of that connection get the same error without calling.
+* A job the service will soon expire is flagged (:func:`expiry_view`): it expires every job 48 h after its
+  creation, pending or running, with no results; past :data:`EXPIRY_WARNING_HOURS` a job not finished is
+  shown as nearing that end, so someone can act (shard smaller, cancel and resubmit) while there is time.
 * Error texts never carry the API key: they are built from exception types, API codes and messages, and the
   connection's password is scrubbed from them anyway.
 """
@@ -22,6 +25,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
@@ -33,6 +37,11 @@ if TYPE_CHECKING:
     from airflow_gemini_batch.hooks.job_status import JobStatus
 
 log = logging.getLogger(__name__)
+
+#: The service expires a batch job this many hours after its creation, whatever its state.
+EXPIRY_HOURS = 48.0
+#: A job not finished this many hours after its creation is flagged as nearing its expiry.
+EXPIRY_WARNING_HOURS = 40.0
 
 _KEY_PATTERNS = (re.compile(r"AIza[0-9A-Za-z_\-]{20,}"), re.compile(r"(?i)(key=)[^&\s'\"]+"))
 
@@ -222,6 +231,53 @@ def _scrub(text: str, password: str | None) -> str:
     for pattern in _KEY_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
     return text
+
+
+def expiry_view(create_time: str | None, state: str, now: datetime | None = None) -> dict[str, Any]:
+    """``age_hours`` since the job's creation, and ``nearing_expiry`` when it is not finished past
+    :data:`EXPIRY_WARNING_HOURS` (with ``expires_in_hours`` left before the service's 48 h)."""
+    created = _parse_time(create_time)
+    if created is None:
+        return {"age_hours": None, "nearing_expiry": False, "expires_in_hours": None}
+    age = ((now or datetime.now(timezone.utc)) - created).total_seconds() / 3600.0
+    nearing = state not in TERMINAL_STATES and age >= EXPIRY_WARNING_HOURS
+    return {
+        "age_hours": round(age, 2),
+        "nearing_expiry": nearing,
+        "expires_in_hours": round(max(EXPIRY_HOURS - age, 0.0), 2) if nearing else None,
+    }
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def previous_generations(names: Iterable[str], states: dict[str, LiveState]) -> list[dict[str, Any]]:
+    """The jobs of a shard's earlier generations, oldest first, each with its live state (they ended
+    FAILED, EXPIRED or CANCELLED, so one read stays fresh for ``terminal_ttl``)."""
+    out = []
+    for name in names:
+        live = states.get(name) or LiveState(deferred=True)
+        status = live.status or {}
+        error = status.get("error")
+        out.append(
+            {
+                "job_name": name,
+                "job_id": name.rsplit("/", 1)[-1],
+                "state": status.get("state") or "UNKNOWN",
+                "create_time": status.get("create_time"),
+                "end_time": status.get("end_time"),
+                "error": error.get("message") if isinstance(error, dict) else error,
+                "live_error": live.error,
+            }
+        )
+    return out
 
 
 #: Per-call timeout for page reads unless the connection sets its own (``timeout_seconds``).

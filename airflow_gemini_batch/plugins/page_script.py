@@ -75,7 +75,23 @@ function stateCell(j) {
     h += `<div class="muted small">not read live this time (API call budget, or a slow refresh in progress); refresh shortly</div>`;
   }
   if (j.error) h += `<div class="warnbox">${esc(j.error)}</div>`;
+  if (j.nearing_expiry) {
+    h += `<div class="warnbox expiry" title="the service expires every job 48 h after its creation, with no results">` +
+      `nearing expiry: created ${Number(j.age_hours).toFixed(1)} h ago, expires in ` +
+      `${Number(j.expires_in_hours).toFixed(1)} h unless it finishes</div>`;
+  }
   return h;
+}
+// A shard resubmitted after its job ended FAILED / EXPIRED / CANCELLED: its earlier jobs, oldest first.
+function previousCell(j, long) {
+  const p = j.previous || [];
+  if (!p.length) return long ? `<span class="muted">none (first generation)</span>` : "";
+  const items = p.map((g, i) => `<div class="small previous" data-previous="${esc(g.job_id)}">` +
+    `generation ${i}: <span class="mono">${esc(g.job_id)}</span> ${badge(g.state)}` +
+    (long && g.error ? ` <span class="muted">${esc(g.error)}</span>` : "") +
+    (long && g.live_error ? ` <span class="muted">live state unavailable: ${esc(g.live_error)}</span>` : "") +
+    `</div>`).join("");
+  return (long ? "" : `<div class="small">resubmitted: generation ${p.length}, after</div>`) + items;
 }
 function progressCell(p) {
   const t = Math.max(p.total, 1), ok = (100 * p.succeeded) / t, bad = (100 * p.failed) / t;
@@ -189,7 +205,8 @@ async function loadList() {
       <div class="muted small mono">${esc(j.run_id)}</div></td>
     <td><a class="mono job" href="${esc(jobUrl(j))}" title="${esc(j.job_name)}">${esc(j.job_id)}</a>
       <div class="muted small">${esc(j.model || "")}${j.task ? " · " + esc(j.task) : ""}</div>
-      <div class="muted small">${j.shard_count > 1 ? `shard ${j.shard_index + 1} of ${j.shard_count}` : "single job"}</div></td>
+      <div class="muted small">${j.shard_count > 1 ? `shard ${j.shard_index + 1} of ${j.shard_count}` : "single job"}</div>
+      ${previousCell(j, false)}</td>
     <td>${stateCell(j)}</td><td>${progressCell(j.progress)}</td>
     <td class="small nowrap">${when(j.create_time)}<div class="muted">${j.end_time ? when(j.end_time) : "not ended"}</div></td>
     <td class="outcomes">${outcomesCell(j.outcomes, j.results_status)}</td><td class="small">${costCell(j, true)}</td>
@@ -215,6 +232,7 @@ async function loadDetail(id) {
     ["DAG / run / task", `${esc(j.dag_id)} / <span class="mono">${esc(j.run_id)}</span> / ${esc(j.task_ids.join(" → "))}`],
     ["Display name", esc(j.display_name || "—")], ["Model", esc(j.model || "—")], ["Task", esc(j.task || "—")],
     ["Shard", j.shard_count > 1 ? `${j.shard_index + 1} of ${j.shard_count}` : "single job"],
+    ["Earlier generations", previousCell(j, true)],
     ["Requests", num(j.progress.total)], ["Connection", `<span class="mono">${esc(j.gemini_conn_id)}</span>`],
     ["Created", when(j.create_time, true)], ["Ended", when(j.end_time, true)],
     ["Last update", when(j.update_time, true)],

@@ -53,6 +53,8 @@ def record_run(
     :param conn_id: run the operators on this connection id, defined for the run as a copy of the emulator
         connection; a test may then point it elsewhere or delete it, as an admin might.
     :param model: the model of the jobs (one without a known price has no cost).
+    :param logical_date: the run's logical date (the same one again re-creates the run, as a user's rerun).
+    :param state: the state the run must end in.
     """
 
     def run(
@@ -66,6 +68,8 @@ def record_run(
         pending: bool = False,
         conn_id: str | None = None,
         model: str = MODEL,
+        logical_date: datetime | None = None,
+        state: str = "success",
     ) -> Any:
         from airflow.sdk import DAG
 
@@ -113,8 +117,12 @@ def record_run(
         if pending:
             jobs = -(-n_requests // (max_requests_per_job or n_requests))
             emulator.control.hold_state("PENDING", count=jobs)
-        dag_run = dag.test()
-        assert dag_run.state == "success", f"DAG {dag_id} did not succeed: {dag_run.state}"
+        dag_run = (
+            dag.test()
+            if logical_date is None
+            else dag.test(logical_date=logical_date, run_after=logical_date)
+        )
+        assert dag_run.state == state, f"DAG {dag_id} ended {dag_run.state}, not {state}"
         return dag_run
 
     return run

@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +27,7 @@ from airflow_gemini_batch.manifest import (
 )
 from tests.conftest import xcom_of
 from tests.plugins.conftest import MODEL
+from tests.polling import wait_until
 
 LINK_XCOM_KEY = GeminiBatchJobLink().xcom_key  # "_link_GeminiBatchJobLink"
 PREFIX = "/gemini-batch"
@@ -290,6 +292,59 @@ def test_cancel_needs_edit_permission_and_csrf_header_then_really_cancels(
     assert r.json()["job"]["state"] == "CANCELLED" and r.json()["job"]["can_cancel"] is False
     (remote,) = emulator.control.jobs()
     assert remote["name"] == job["job_name"] and remote["state"] == "BATCH_STATE_CANCELLED"
+
+
+def test_a_resubmitted_shard_shows_its_current_job_and_its_earlier_one(
+    client: Any, live: Any, record_run: Any, emulator: Any
+) -> None:
+    """3 shards, shard 1's job EXPIRED; the same run again resubmits shard 1 alone. The page lists the three
+    current jobs; shard 1's row names its earlier job with that job's live state (EXPIRED)."""
+    emulator.control.set_job_behaviour(match="-00001", final_state="EXPIRED", count=1)
+    when = datetime(2026, 1, 7, tzinfo=timezone.utc)
+    first = record_run(
+        "ui_recovered", n_requests=6, max_requests_per_job=2, logical_date=when, state="failed"
+    )
+    expired = xcom_of(first, "submit", MANIFEST_XCOM_KEY)["shards"][1]["job_name"]
+    second = record_run("ui_recovered", n_requests=6, max_requests_per_job=2, logical_date=when)
+    data = jobs(client, dag_id="ui_recovered", run_id=second.run_id)
+    by_shard = {j["shard_index"]: j for j in data["jobs"]}
+    assert sorted(by_shard) == [0, 1, 2] and len(emulator.control.jobs()) == 4
+    assert [j["state"] for j in data["jobs"]] == ["SUCCEEDED"] * 3
+    (previous,) = by_shard[1]["previous"]
+    assert previous["job_name"] == expired and previous["state"] == "EXPIRED"
+    assert by_shard[1]["previous_jobs"] == [expired] and by_shard[1]["job_name"] != expired
+    assert by_shard[0]["previous"] == [] and by_shard[2]["previous"] == []
+    assert all(j["nearing_expiry"] is False for j in data["jobs"])
+    detail = client.get(f"{PREFIX}/api/jobs/{by_shard[1]['job_id']}", headers=token(*ADMIN)).json()["job"]
+    assert detail["previous"][0]["state"] == "EXPIRED"
+
+
+def test_a_job_not_finished_near_the_48_hour_expiry_is_flagged(
+    client: Any, live: Any, record_run: Any, emulator: Any
+) -> None:
+    """A PENDING job created 41 h ago is flagged, with the hours left; the same job finished is not. The
+    emulator cannot back-date a job, so the page's hook reads the real job and moves its creation back."""
+    from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+    from airflow_gemini_batch.plugins.app import get_app
+    from airflow_gemini_batch.plugins.live import LiveStates
+
+    class CreatedLongAgo(GeminiBatchHook):
+        def get_job(self, name: str) -> Any:
+            job = super().get_job(name)
+            job.create_time = (datetime.now(timezone.utc) - timedelta(hours=41)).isoformat()
+            return job
+
+    get_app().state.live = LiveStates(ttl=0.0, max_calls=20, hook_factory=CreatedLongAgo)
+    record_run("ui_expiring", wait=None, load=False, pending=True)
+    (job,) = jobs(client, dag_id="ui_expiring")["jobs"]
+    assert job["state"] == "PENDING" and job["nearing_expiry"] is True
+    assert 40.9 <= job["age_hours"] <= 41.5 and 6.5 <= job["expires_in_hours"] <= 7.1
+    emulator.control.release()
+    done = wait_until(
+        lambda: [j for j in jobs(client, dag_id="ui_expiring")["jobs"] if j["state"] == "SUCCEEDED"],
+        what="the job read as finished",
+    )[0]
+    assert done["nearing_expiry"] is False and done["age_hours"] >= 41
 
 
 def test_api_unreachable_shows_reason_and_recorded_state_without_secrets(
