@@ -9,10 +9,11 @@ BIN3 := $(VENV3)/bin
 GCP_VENV := .venv-gcp-emulators
 export UV_LINK_MODE := copy
 
-.PHONY: help setup setup-genai3 setup-gcp-emulators demo test test-genai3 lint bench emulator airflow browser lock clean
+.PHONY: help setup setup-genai3 setup-gcp-emulators demo demo-bigquery test test-genai3 lint bench emulator airflow browser lock clean
 
 help:
 	@echo "make demo      run the main job: a table -> Gemini batch -> table DAG, offline against the emulator"
+	@echo "make demo-bigquery  the same from a BigQuery table to a BigQuery table, against the GCP emulators"
 	@echo "make test      run the whole test suite (google-genai 2.x, then the SDK suite on 3.x)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks (ratios against floors measured in the same run)"
@@ -51,6 +52,10 @@ setup-gcp-emulators: $(GCP_VENV)/.installed
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# The BigQuery example DAG (dags/example_bigquery.py) against the Gemini, BigQuery and GCS emulators, offline.
+demo-bigquery: setup setup-gcp-emulators
+	$(BIN)/python scripts/demo_bigquery.py
 
 test: setup browser setup-gcp-emulators
 	$(BIN)/pytest
