@@ -34,6 +34,14 @@ class ShardInfo(TypedDict, total=False):
     previous_files: dict[str, str]  # earlier job → its uploaded file, deleted by the load (absent: none)
 
 
+class ContextCacheInfo(TypedDict, total=False):
+    name: str  # cachedContents/<id>, referenced by every request of the run
+    display_name: str  # deterministic: how a cache whose name was never recorded is found again
+    ttl_seconds: float  # what the wait renews it to while jobs run
+    expire_time: float | None  # epoch seconds, when the submit last set it
+    token_count: int | None
+
+
 class Manifest(TypedDict, total=False):
     kind: str  # MANIFEST_KIND
     version: int
@@ -53,6 +61,8 @@ class Manifest(TypedDict, total=False):
     skipped_count: int  # invalid rows skipped with on_invalid_row="skip"
     skipped_keys_path: str | None
     keep_uploaded_files: bool  # True: the load leaves the uploaded input files (absent: False)
+    #: present when the run made its own cache (shared_context): renewed by the wait, deleted after the load
+    context_cache: ContextCacheInfo
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

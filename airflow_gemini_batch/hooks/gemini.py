@@ -12,10 +12,15 @@ Invariants:
   downloads, which the SDK does not retry, use the provider's one policy (:mod:`airflow_gemini_batch.retry`).
   ``create`` is *not* retried here: a 5xx on create may have created a paid job, so the caller
   (:mod:`airflow_gemini_batch.submit.submission`) decides, after looking for the job by its display name.
+  Cache creates are not retried either, for the same reason
+  (:mod:`airflow_gemini_batch.submit.context_cache` looks the cache up by display name on the next try).
+* A cache that is already gone is not an error for ``delete_cache`` / ``adelete_cache``: deleting is cleanup,
+  and the service answers 403/404 for a cache that expired or was deleted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +32,12 @@ from google.genai import types
 
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name, normalize_state
 from airflow_gemini_batch.hooks.raw_operation import get_operation
-from airflow_gemini_batch.hooks.transport_errors import TRANSIENT_HTTP_CODES, describe_error, is_transient
+from airflow_gemini_batch.hooks.transport_errors import (
+    TRANSIENT_HTTP_CODES,
+    describe_error,
+    http_code,
+    is_transient,
+)
 from airflow_gemini_batch.hooks.upload_chunks import ReusedBufferReader
 from airflow_gemini_batch.retry import RetryPolicy
 
@@ -36,6 +46,32 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Connection
     from google.genai.client import AsyncClient
+
+#: What the service answers for a cached content that expired, was deleted or never existed.
+CACHE_GONE_CODES = (403, 404)
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    """A cached content as the hook reports it: names, size and expiry (epoch seconds), no contents."""
+
+    name: str
+    display_name: str | None
+    model: str | None
+    expire_time: float | None
+    token_count: int | None
+
+    @classmethod
+    def of(cls, cache: types.CachedContent) -> CacheStatus:
+        usage = cache.usage_metadata
+        return cls(
+            name=cache.name or "",
+            display_name=cache.display_name,
+            model=cache.model,
+            expire_time=cache.expire_time.timestamp() if cache.expire_time else None,
+            token_count=usage.total_token_count if usage else None,
+        )
+
 
 #: How far back an orphan lookup reads ``batches.list``: the service expires every job 48 h after its
 #: creation, so an older job has ended and no create of a live run can be that old.
@@ -255,6 +291,86 @@ class GeminiBatchHook(BaseHook):
 
     def delete_job(self, name: str) -> None:
         self.get_conn().batches.delete(name=check_job_name(name))
+
+    # ---- cached contents (context caching) -------------------------------------------------------------
+
+    def create_cache(
+        self,
+        *,
+        model: str,
+        display_name: str,
+        contents: list[dict[str, Any]],
+        ttl_seconds: float,
+        system_instruction: dict[str, Any] | None = None,
+        tools: list[Any] | None = None,
+    ) -> CacheStatus:
+        """Create one cached content. Not retried (a create is paid storage; see the module docstring)."""
+        no_retry = types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1))
+        config = types.CreateCachedContentConfig(
+            contents=contents,
+            system_instruction=system_instruction,
+            tools=tools,
+            ttl=f"{int(ttl_seconds)}s",
+            display_name=display_name,
+            http_options=no_retry,
+        )
+        return CacheStatus.of(self.get_conn().caches.create(model=model, config=config))
+
+    def get_cache(self, name: str) -> CacheStatus | None:
+        """The live cache called ``name``, or None when it expired, was deleted or never existed."""
+        try:
+            return CacheStatus.of(self.get_conn().caches.get(name=name))
+        except Exception as e:
+            if http_code(e) in CACHE_GONE_CODES:
+                return None
+            raise
+
+    def find_cache_by_display_name(self, display_name: str) -> CacheStatus | None:
+        """The newest live cache with this display name (a create whose name was never recorded)."""
+        pages = self.get_conn().caches.list(config=types.ListCachedContentsConfig(page_size=100))
+        return next((CacheStatus.of(c) for c in pages if c.display_name == display_name), None)
+
+    def extend_cache(self, name: str, ttl_seconds: float) -> CacheStatus | None:
+        """Set the cache to expire ``ttl_seconds`` from now; None when it is already gone."""
+        config = types.UpdateCachedContentConfig(ttl=f"{int(ttl_seconds)}s")
+        try:
+            return CacheStatus.of(self.get_conn().caches.update(name=name, config=config))
+        except Exception as e:
+            if http_code(e) in CACHE_GONE_CODES:
+                return None
+            raise
+
+    @staticmethod
+    async def aextend_cache(client: AsyncClient, name: str, ttl_seconds: float) -> CacheStatus | None:
+        """Async twin of :meth:`extend_cache`, on a caller-owned async client (the trigger's)."""
+        config = types.UpdateCachedContentConfig(ttl=f"{int(ttl_seconds)}s")
+        try:
+            return CacheStatus.of(await client.caches.update(name=name, config=config))
+        except Exception as e:
+            if http_code(e) in CACHE_GONE_CODES:
+                return None
+            raise
+
+    def delete_cache(self, name: str) -> bool:
+        """Delete the cache; False when it was already gone."""
+        try:
+            self.get_conn().caches.delete(name=name)
+        except Exception as e:
+            if http_code(e) in CACHE_GONE_CODES:
+                return False
+            raise
+        return True
+
+    @staticmethod
+    async def adelete_cache(client: AsyncClient, name: str) -> bool:
+        """Async twin of :meth:`delete_cache`."""
+        try:
+            await client.caches.delete(name=name)
+        except Exception as e:
+            if http_code(e) in CACHE_GONE_CODES:
+                return False
+            raise
+        return True
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call (list one job). The message never contains the key."""

@@ -14,6 +14,10 @@ Invariants:
   ``orjson.dumps`` of strings: no per-row dicts. The job-wide parts (system instruction, generation config,
   schema, tools, safety settings, cache) are encoded once.
 * Keys go on the wire as strings (``str(key)``); the key lists hold exactly the JSON of the wire key.
+* A cache made for this run (``shared_context``) exists only after the rows are validated, so its name cannot
+  be in the lines as they are built: with ``cache_slot`` the ``cachedContent`` field is a fixed-width slot
+  (:func:`cache_slot_field`: the field, then spaces, which JSON allows between tokens) holding a placeholder,
+  filled in place with the real name before upload. Same width, same bytes count, same fingerprint on every try.
 * The per-request limit (``DEFAULT_MAX_REQUEST_BYTES`` = 10 MiB of JSON line) is ours: well above a
   1M-token text prompt (~4 MB), far under the 2 GB file limit, and it keeps one bad row (a blob selected by
   mistake) from making a shard the service rejects.
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from airflow_gemini_batch.inputs.validation import InvalidRows
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+#: Bytes of a request line's ``"cachedContent":"<name>"`` slot, padding included (names are ~55 characters).
+CACHE_SLOT_WIDTH = 192
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -43,6 +49,14 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def cache_slot_field(name: str) -> bytes:
+    """``"cachedContent":"<name>"`` padded with spaces to :data:`CACHE_SLOT_WIDTH` bytes."""
+    field = b'"cachedContent":' + orjson.dumps(name)
+    if len(field) > CACHE_SLOT_WIDTH:
+        raise ValueError(f"The cached content name {name!r} is longer than a request line's slot for it.")
+    return field + b" " * (CACHE_SLOT_WIDTH - len(field))
 
 
 def response_schema_dict(schema: Any) -> dict[str, Any] | None:
@@ -76,6 +90,8 @@ class RequestSpec:
     tools: list[Any] | None = None
     safety_settings: list[dict[str, Any]] | None = None
     cached_content: str | None = None
+    #: ``cached_content`` is a placeholder, written as a fixed-width slot to be filled later (module docstring).
+    cache_slot: bool = False
     embedding_task_type: str | None = None
     output_dimensionality: int | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -195,6 +211,10 @@ class RequestEncoder:
         self.prebuilt = prebuilt
         self.limit = spec.max_request_bytes
         self._job_wide = spec.job_wide()
+        self._slot: tuple[bytes, bytes] | None = None
+        if spec.cache_slot and spec.cached_content:
+            bare = b'"cachedContent":' + orjson.dumps(spec.cached_content)
+            self._slot = (bare, cache_slot_field(spec.cached_content))
         self._embed = spec.task == "embed"
         key_column = "key" if prebuilt else spec.key_column
         self._ki = self._column(key_column, "key_column")
@@ -226,7 +246,10 @@ class RequestEncoder:
         return self.columns.index(name)
 
     def _wide_bytes(self) -> bytes:
-        return b"," + orjson.dumps(self._job_wide)[1:-1] if self._job_wide else b""
+        return self._with_slot(b"," + orjson.dumps(self._job_wide)[1:-1]) if self._job_wide else b""
+
+    def _with_slot(self, encoded: bytes) -> bytes:
+        return encoded.replace(self._slot[0], self._slot[1], 1) if self._slot else encoded
 
     def encode(self, rows: Sequence[tuple[Any, ...]]) -> tuple[list[bytes], list[bytes]]:
         """→ (request lines with newline, JSON-encoded keys), same length, in input order."""
@@ -317,7 +340,7 @@ class RequestEncoder:
                 continue
             key_json = b"%b" % orjson.dumps(key)  # copies: see the note on orjson results in encode()
             try:
-                line = orjson.dumps({"key": key, "request": request}) + b"\n"
+                line = self._with_slot(orjson.dumps({"key": key, "request": request})) + b"\n"
             except orjson.JSONEncodeError as e:
                 reason = "non_utf8" if "utf-8" in str(e).lower() else "bad_request"
                 self.invalid.add(reason, key, None if reason == "non_utf8" else f"not JSON-serializable: {e}")

@@ -57,7 +57,14 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         ``application/json`` and ``responseJsonSchema``; stored in the manifest for result classification.
     :param tools: tools for every request (e.g. ``[{"googleSearch": {}}]``).
     :param safety_settings: SafetySetting dicts for every request.
-    :param cached_content: a ``cachedContents/...`` name used by every request. (templated)
+    :param cached_content: an existing ``cachedContents/...`` name used by every request (yours: never
+        deleted). (templated)
+    :param shared_context: a long prefix shared by every request (text, a Content dict, or a list of them):
+        cached once for the run (with ``system_instruction`` and ``tools``), referenced by every request,
+        deleted after the load, on a kill and on a final failure. At least the model's minimum cacheable size
+        (2.5 Flash 1 024 tokens, 2.5 Pro 4 096), else refused before any call. (templated)
+    :param cache_ttl_seconds: the cache's TTL (default 6 h), renewed while the wait runs; the backstop when
+        nothing deletes it.
     :param embedding_task_type: embeddings ``taskType`` (e.g. ``RETRIEVAL_DOCUMENT``).
     :param output_dimensionality: embeddings ``outputDimensionality``.
     :param on_invalid_row: ``"fail"`` (default; nothing is submitted, the error names the keys) or ``"skip"``
@@ -95,7 +102,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     template_fields: Sequence[str] = (
         "sql", "source_conn_id", "parameters", "source_table", "bigquery_temp_dataset", "requests", "input_path", "staging_path", "model",
         "key_column", "prompt_column", "prompt_template", "system_instruction", "generation_config",
-        "cached_content", "gemini_conn_id",
+        "cached_content", "shared_context", "gemini_conn_id",
     )  # fmt: skip
     template_fields_renderers = {"sql": "sql", "requests": "json", "generation_config": "json"}
     template_ext: Sequence[str] = (".sql",)
@@ -124,6 +131,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         tools: list[Any] | None = None,
         safety_settings: list[dict[str, Any]] | None = None,
         cached_content: str | None = None,
+        shared_context: Any = None,
+        cache_ttl_seconds: float | None = None,
         embedding_task_type: str | None = None,
         output_dimensionality: int | None = None,
         on_invalid_row: str = "fail",
@@ -177,7 +186,15 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     def _job_waiter(self, manifest: Manifest, deadline: float | None = None) -> JobWaiter:
         self._manifest = manifest  # also after a deferral, for lineage
         policy = WaitPolicy(allow_partial=self.allow_partial)
-        self._waiter = JobWaiter(self.hook, job_names(manifest), policy, self.log, deadline)
+        cache = manifest.get("context_cache")
+        self._waiter = JobWaiter(
+            self.hook,
+            job_names(manifest),
+            policy,
+            self.log,
+            deadline,
+            context_cache=dict(cache) if cache else None,
+        )
         return self._waiter
 
     def _wait(self, context: Context, manifest: Manifest) -> None:
@@ -207,8 +224,11 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         return manifest
 
     def on_kill(self) -> None:
-        """Cancel the jobs this execution created (not jobs re-attached from earlier tries)."""
+        """Cancel the jobs this execution created (not jobs re-attached from earlier tries), and delete the
+        run's context cache when no job left running needs it."""
         if self.cancel_on_kill and self._waiter is not None:
             self._waiter.cancel_unfinished()
         elif self.cancel_on_kill and self._run is not None:
             self._run.cancel_created_jobs()
+        elif self._run is not None:
+            self._run.release_cache_on_kill(jobs_cancelled=False)

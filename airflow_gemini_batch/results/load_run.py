@@ -21,6 +21,9 @@ per-shard log lines and the summary it ends in, reads best in one place. The ord
   file on disk at a time; the summary carries counts, tokens and cost (``kind = RESULTS_SUMMARY_KIND``), for
   the task and for each job (``jobs[i]["tokens"]`` / ``["cost"]``); the task's ``tokens`` are exactly the sum
   of its jobs'.
+* The run's context cache (manifest ``context_cache``, made for ``shared_context``) is deleted when the load
+  ends, loaded or failed — every job is finished by then, so no request needs it any more — except when a job
+  was refused as not finished: it may still read the cache. A delete that fails is logged; the TTL ends it.
 * ``max_failed_fraction`` is checked **after** everything is written (and after the caller recorded the
   summary), so good rows are loaded and bad ones are queryable even when the task then fails.
 """
@@ -52,6 +55,7 @@ from airflow_gemini_batch.results.reconcile import KeyReconciler
 from airflow_gemini_batch.results.rows import EXAMPLES, SUCCEEDED, ShardReport
 from airflow_gemini_batch.results.uploaded_files import delete_finished_shard_files
 from airflow_gemini_batch.sinks import ObjectStorageSink, table_sink
+from airflow_gemini_batch.submit.context_cache import delete_cache
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -155,6 +159,8 @@ class LoadRun:
         self.gemini_conn_id = (
             gemini_conn_id or self.manifest.get("gemini_conn_id") or GeminiBatchHook.default_conn_name
         )
+        #: a job was found not finished: it may still need the run's context cache
+        self._unfinished = False
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
@@ -163,6 +169,12 @@ class LoadRun:
     def execute(self) -> dict[str, Any]:
         """Load every shard into the sink, in manifest order; return the summary (see the module docstring)."""
         sink = self.sink()  # validates identifiers and types before any API call
+        try:
+            return self._load(sink)
+        finally:
+            self.release_cache()
+
+    def _load(self, sink: Sink) -> dict[str, Any]:
         parser = self.parser()
         work_dir = tempfile.mkdtemp(prefix="gemini-results-", dir=self.settings.download_dir)
         totals = LoadTotals()
@@ -228,6 +240,7 @@ class LoadRun:
         name = shard["job_name"]
         job = self.hook.get_job(name)
         if not job.done:
+            self._unfinished = True
             raise GeminiBatchError(
                 f"Gemini batch job {name} is {job.state}, not finished: wait for it (GeminiBatchJobSensor) "
                 "and retry this task; rows of jobs loaded before it are kept (upserts make the retry safe)."
@@ -291,6 +304,12 @@ class LoadRun:
                 "%s: %d duplicate result line(s) ignored (first one loaded), e.g. %s",
                 report.job_name, report.duplicate_keys, report.duplicate_key_examples,
             )  # fmt: skip
+
+    def release_cache(self) -> None:
+        """Delete the run's context cache, unless a job was found still running (see the module docstring)."""
+        cache = self.manifest.get("context_cache") or {}
+        if cache.get("name") and not self._unfinished:
+            delete_cache(self.hook, cache["name"], "the load is over", self.log)
 
     # ---- summary and cost ---------------------------------------------------------------------------------
 

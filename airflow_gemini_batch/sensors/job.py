@@ -14,8 +14,8 @@ Invariants:
   (in poke and reschedule mode ``BaseSensorOperator.execute`` does that, deferred ``resume_execution`` does).
 * The success value (XCom ``return_value`` and key ``WAIT_SUMMARY_XCOM_KEY``) is a small summary: names,
   states and counts per job, never results.
-* ``on_kill`` (worker phase) cancels the jobs still running when ``cancel_on_kill``; the trigger does the same
-  while deferred.
+* ``on_kill`` (worker phase) cancels the jobs still running when ``cancel_on_kill``, and deletes the run's
+  context cache; the trigger does the same while deferred. Both renew that cache's TTL while jobs run.
 """
 
 from __future__ import annotations
@@ -136,7 +136,10 @@ class GeminiBatchJobSensor(BaseSensorOperator):
 
     def waiter(self, deadline: float | None = None) -> JobWaiter:
         if self._waiter is None or deadline is not None:
-            self._waiter = JobWaiter(self.hook, self.resolved_job_names(), self.policy, self.log, deadline)
+            cache = self.manifest.get("context_cache") if isinstance(self.manifest, dict) else None
+            self._waiter = JobWaiter(
+                self.hook, self.resolved_job_names(), self.policy, self.log, deadline, context_cache=cache
+            )
         return self._waiter
 
     def execute(self, context: Context) -> Any:

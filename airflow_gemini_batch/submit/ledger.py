@@ -11,7 +11,9 @@ Invariants:
   how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
 * Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
   (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
-  upload, the *intent* right before ``create``, the job name right after.
+  upload, the *intent* right before ``create``, the job name right after. The run's context cache
+  (``shared_context``) likewise: its display name and intent right before ``caches.create``, its name right
+  after (:mod:`airflow_gemini_batch.submit.context_cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HEADER_KEY = "gemini_batch_submit"
 SHARD_KEY = "gemini_batch_submit.shard.{index}"
+CACHE_KEY = "gemini_batch_submit.cache"
 DISPLAY_NAME_PREFIX = "agb"
 
 
@@ -201,6 +204,32 @@ class SubmissionLedger:
     def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
         rec["job_name"] = job_name
         self._set(SHARD_KEY.format(index=index), rec)
+
+    def cache(self) -> dict[str, Any]:
+        """The context cache record (``display_name``, ``intent``, ``name``), or {}."""
+        return (self.store.get(CACHE_KEY, None) or {}) if self.store is not None else {}
+
+    def record_cache_intent(self, display_name: str) -> None:
+        self._set(CACHE_KEY, {"display_name": display_name, "intent": True})
+
+    def record_cache(self, display_name: str, name: str) -> None:
+        self._set(CACHE_KEY, {"display_name": display_name, "intent": True, "name": name})
+
+    def forget_uploads(self, shard_count: int) -> list[int]:
+        """Drop the recorded uploads of shards that have no job yet (their files name a cache that is gone);
+        returns those shards."""
+        forgotten = []
+        for index in range(shard_count):
+            rec = self.shard(index)
+            if rec.get("file_name") and not rec.get("job_name"):
+                rec.pop("file_name")
+                self._set(SHARD_KEY.format(index=index), rec)
+                forgotten.append(index)
+        return forgotten
+
+    def has_jobs(self, shard_count: int) -> bool:
+        """Whether any shard records a job (or a create that may have made one)."""
+        return any(self.shard(i).get("job_name") or self.shard(i).get("intent") for i in range(shard_count))
 
     def record_recovery(self, index: int, rec: dict[str, Any]) -> None:
         """The shard's next generation (no file, intent or job yet), before anything is uploaded for it."""

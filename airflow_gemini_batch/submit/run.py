@@ -22,6 +22,10 @@ the settings, every stage and the order between them read best in one place. The
 * Jobs are created or re-attached only after the header is recorded (at most one paid job per shard
   generation, :mod:`airflow_gemini_batch.submit.submission`); a shard whose job ended FAILED, EXPIRED or
   CANCELLED is resubmitted alone (``on_failed_job``), and the manifest names its new job.
+* A context cache (``shared_context``) is checked for its size before anything else, and created (or
+  re-used) only after the ledger accepted the input, right before the shard files are filled with its name
+  and uploaded (:mod:`airflow_gemini_batch.submit.context_cache`). A failure that ends the task for good
+  deletes it when no job references it; a failure that will be retried keeps it for the retry.
 * The manifest carries names, counts and locations only; never row data, never the API key.
 """
 
@@ -30,6 +34,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
 from airflow_gemini_batch.inputs.bigquery import BigQueryRowSource
@@ -51,6 +57,14 @@ from airflow_gemini_batch.inputs.sources import (
 )
 from airflow_gemini_batch.inputs.validation import InvalidRows
 from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest
+from airflow_gemini_batch.submit.context_cache import (
+    RunCache,
+    SharedContext,
+    delete_cache,
+    ensure_cache,
+    fill_cache_slots,
+    placeholder_name,
+)
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
 from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
 from airflow_gemini_batch.submit.submission import (
@@ -104,6 +118,8 @@ class SubmitSettings:
     tools: list[Any] | None = None
     safety_settings: list[dict[str, Any]] | None = None
     cached_content: str | None = None
+    shared_context: Any = None
+    cache_ttl_seconds: float | None = None
     embedding_task_type: str | None = None
     output_dimensionality: int | None = None
     on_invalid_row: str = "fail"
@@ -165,6 +181,17 @@ class SubmitSettings:
             raise ValueError(f"inline_threshold_bytes must be between 0 and {MAX_INLINE_BYTES} (20 MB).")
         if self.task not in ("generate", "embed"):
             raise ValueError(f"task must be 'generate' or 'embed', got {self.task!r}.")
+        if self.shared_context and (self.task == "embed" or self.cached_content):
+            raise ValueError(
+                "shared_context makes a cache for this run: it works with task='generate' and without "
+                "cached_content (give one of shared_context and cached_content)."
+            )
+        if self.cached_content and (self.system_instruction or self.tools):
+            raise ValueError(
+                "cached_content cannot be combined with system_instruction or tools: the service refuses "
+                "requests that set them next to a cache. Put them in the cache, or use shared_context, "
+                "which caches them for you."
+            )
         self.model = self.model or default_model(self.task)
         return self
 
@@ -185,6 +212,11 @@ class SubmitRun:
         self.log = log or logging.getLogger(__name__)
         #: jobs this execution created (not re-attached ones): what ``on_kill`` may cancel.
         self.created_jobs: list[str] = []
+        #: the run's context cache, once ensured (``shared_context``)
+        self.cache: RunCache | None = None
+        self._cache_placeholder: str | None = None
+        self._ledger: SubmissionLedger | None = None
+        self._shard_count = 0
 
     @property
     def model(self) -> str:
@@ -193,18 +225,32 @@ class SubmitRun:
     def execute(self, context: Context) -> Manifest:
         """Run every stage in order (see the module docstring for why this order) and return the manifest."""
         identity = RunIdentity.from_context(context)
+        shared = self.shared_context()
+        if shared is not None:
+            shared.check_size()  # before anything is read, created or uploaded
+            self._cache_placeholder = placeholder_name(identity.hash, shared)
         staging = self.staging(identity, executor=getattr(context.get("task"), "executor", None))
         try:
             plan = self.build(staging)
             if not plan.shards:
                 self.log.warning("The input has no valid rows: nothing to submit.")
-            ledger = SubmissionLedger(context.get("task_state_store"))
+            ledger = self._ledger = SubmissionLedger(context.get("task_state_store"))
+            self._shard_count = len(plan.shards)
             scan = self.needs_orphan_scan(ledger, staging)
             generation = self.begin(
                 ledger, identity, plan, force_token=getattr(context["ti"], "max_tries", None)
             )
-            keys_uris, skipped_uri = self.publish(staging, plan)
-            submitted = self.submit(ledger, identity, plan, generation, keys_uris, scan=scan, staging=staging)
+            try:
+                if shared is not None and plan.shards:
+                    self.prepare_cache(ledger, identity, plan, shared)
+                keys_uris, skipped_uri = self.publish(staging, plan)
+                submitted = self.submit(
+                    ledger, identity, plan, generation, keys_uris, scan=scan, staging=staging
+                )
+            except BaseException as e:
+                if self.cache is not None and _final(e, context) and not ledger.has_jobs(len(plan.shards)):
+                    delete_cache(self.hook, self.cache.name, "the submit failed for good", self.log)
+                raise
         finally:
             staging.remove_local_files()  # a retry rebuilds its shards; uploaded ones are reused by name
         return self.manifest(identity, staging, plan, submitted, skipped_uri)
@@ -235,20 +281,35 @@ class SubmitRun:
         staging.clear_stale()
         return staging
 
+    def shared_context(self) -> SharedContext | None:
+        """What this run caches (``shared_context``, with the system instruction and tools), or None."""
+        s = self.settings
+        if not s.shared_context:
+            return None
+        return SharedContext.of(
+            s.shared_context,
+            model=self.model,
+            system_instruction=s.system_instruction,
+            tools=s.tools,
+            ttl_seconds=s.cache_ttl_seconds,
+        )
+
     def request_spec(self) -> RequestSpec:
         s = self.settings
+        cached = bool(s.shared_context)  # then the system instruction and tools live in the cache
         return RequestSpec(
             task=s.task,
             key_column=s.key_column,
             prompt_column=s.prompt_column,
             prompt_template=s.prompt_template,
             request_builder=s.request_builder,
-            system_instruction=s.system_instruction,
+            system_instruction=None if cached else s.system_instruction,
             generation_config=s.generation_config,
             response_schema=s.response_schema,
-            tools=s.tools,
+            tools=None if cached else s.tools,
             safety_settings=s.safety_settings,
-            cached_content=s.cached_content,
+            cached_content=self._cache_placeholder if cached else s.cached_content,
+            cache_slot=cached,
             embedding_task_type=s.embedding_task_type,
             output_dimensionality=s.output_dimensionality,
             # A request larger than a shard could never be placed; the shard budget caps the request limit.
@@ -327,6 +388,22 @@ class SubmitRun:
             force_token=force_token,
         )
 
+    def prepare_cache(
+        self, ledger: SubmissionLedger, identity: RunIdentity, plan: ShardPlan, shared: SharedContext
+    ) -> RunCache:
+        """Create (or re-use) the run's cache and write its name into every shard file, before any upload."""
+        cache = self.cache = ensure_cache(self.hook, ledger, shared, identity.hash)
+        if cache.replaced:
+            forgotten = ledger.forget_uploads(len(plan.shards))
+            if forgotten:
+                self.log.warning(
+                    "Uploading shard(s) %s again: their uploaded files name the old cache", forgotten
+                )
+        assert self._cache_placeholder is not None
+        filled = sum(fill_cache_slots(s.path, self._cache_placeholder, cache.name) for s in plan.shards)
+        self.log.info("Every request (%s) references context cache %s", f"{filled:,}", cache.name)
+        return cache
+
     def publish(self, staging: Staging, plan: ShardPlan) -> tuple[list[str], str | None]:
         """Key lists (and skipped keys) to ``staging_path``; only after :meth:`begin` accepted the input."""
         keys_uris = [staging.publish(s.keys_path, f"{staging.uri}/{s.keys_path.name}") for s in plan.shards]
@@ -398,7 +475,7 @@ class SubmitRun:
         submitted: PlanSubmission,
         skipped_uri: str | None,
     ) -> Manifest:
-        return Manifest(
+        manifest = Manifest(
             kind=MANIFEST_KIND,
             version=1,
             gemini_conn_id=self.hook.gemini_conn_id,
@@ -418,12 +495,48 @@ class SubmitRun:
             skipped_keys_path=skipped_uri,
             keep_uploaded_files=bool(self.settings.keep_uploaded_files),
         )
+        if self.cache is not None:
+            manifest["context_cache"] = self.cache.as_manifest()
+        return manifest
 
     def cancel_created_jobs(self) -> None:
-        """Cancel the jobs this execution created (on kill); re-attached jobs belong to earlier tries."""
+        """Cancel the jobs this execution created (on kill); re-attached jobs belong to earlier tries. Then
+        delete the run's cache if no job still needs it (none recorded besides the ones just cancelled)."""
         for name in self.created_jobs:
             try:
                 self.hook.cancel_job(name)
                 self.log.info("Cancelled job %s on kill", name)
             except Exception as e:
                 self.log.warning("Could not cancel job %s on kill: %s", name, type(e).__name__)
+        self.release_cache_on_kill(jobs_cancelled=True)
+
+    def release_cache_on_kill(self, jobs_cancelled: bool) -> None:
+        """On kill: delete the cache unless a job that keeps running may reference it (a recorded job not
+        cancelled just now, or a create whose job is not recorded)."""
+        if self.cache is None or self._ledger is None:
+            return
+        records = [self._ledger.shard(i) for i in range(self._shard_count)]
+        if any(r.get("intent") and not r.get("job_name") for r in records):
+            self.log.info("Keeping context cache %s: a job may have been created for it", self.cache.name)
+            return
+        running = {r["job_name"] for r in records if r.get("job_name")}
+        if jobs_cancelled:
+            running -= set(self.created_jobs)
+        if running:
+            self.log.info(
+                "Keeping context cache %s: job(s) %s still use it", self.cache.name, sorted(running)
+            )
+            return
+        delete_cache(self.hook, self.cache.name, "the task was killed", self.log)
+
+
+def _final(error: BaseException, context: Context) -> bool:
+    """Whether this failure ends the task for good (not retried): the cache then has no later try to serve."""
+    if isinstance(error, AirflowFailException) or not isinstance(error, Exception):
+        return True
+    ti, task = context.get("ti"), context.get("task")
+    retries = getattr(task, "retries", 0) or 0
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if try_number is None or max_tries is None:
+        return not retries
+    return not (retries and try_number <= max_tries)

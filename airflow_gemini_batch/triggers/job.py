@@ -16,8 +16,9 @@ Invariants:
   (one that added a kwarg) still inflates in the triggerer after an upgrade or a downgrade.
 * The verdict is :func:`airflow_gemini_batch.wait.verdict.evaluate`, the same function the sensor runs in poke mode
   and again on the event in ``execute_complete``.
-* The only side effect is ``on_kill`` (a user killed the deferred task): cancel the jobs still running, when
-  ``cancel_on_kill``. A triggerer restart or the deadline never cancels anything.
+* The only side effects are ``on_kill`` (a user killed the deferred task): cancel the jobs still running, when
+  ``cancel_on_kill``, then delete the run's context cache; and renewing that cache's TTL while jobs run
+  (when less than half of it is left). A triggerer restart or the deadline never cancels or deletes anything.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
 from airflow_gemini_batch.hooks.transport_errors import http_code, is_transient
 from airflow_gemini_batch.retry import RetryPolicy
+from airflow_gemini_batch.submit.context_cache import needs_renewal
 from airflow_gemini_batch.wait.events import build_event
 from airflow_gemini_batch.wait.tracker import WaitTracker
 from airflow_gemini_batch.wait.verdict import WaitPolicy
@@ -67,6 +69,10 @@ class GeminiBatchJobTrigger(BaseTrigger):
     :param max_concurrency: at most this many job reads in flight at once.
     :param retry_attempts: SDK-level attempts per read on transient codes before this trigger's own backoff
         takes over.
+    :param cache_name: the run's context cache (``cachedContents/<id>``), renewed while jobs run and deleted
+        on kill; None when the run has none of its own.
+    :param cache_ttl_seconds: what the cache's TTL is renewed to.
+    :param cache_expire_time: when the cache expires as last set (epoch seconds).
     :param kwargs: kwargs this version does not know (from a trigger row of another provider version):
         logged once, ignored.
     """
@@ -82,6 +88,9 @@ class GeminiBatchJobTrigger(BaseTrigger):
         output_grace_seconds: float = 600.0,
         max_concurrency: int = 32,
         retry_attempts: int = 5,
+        cache_name: str | None = None,
+        cache_ttl_seconds: float | None = None,
+        cache_expire_time: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -98,6 +107,9 @@ class GeminiBatchJobTrigger(BaseTrigger):
         self.output_grace_seconds = float(output_grace_seconds)
         self.max_concurrency = max_concurrency
         self.retry_attempts = retry_attempts
+        self.cache_name = cache_name
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.cache_expire_time = cache_expire_time
         self.backoff = RetryPolicy(
             base_seconds=self.poll_interval,
             max_seconds=self.poll_interval * MAX_BACKOFF_FACTOR,
@@ -118,6 +130,9 @@ class GeminiBatchJobTrigger(BaseTrigger):
                 "output_grace_seconds": self.output_grace_seconds,
                 "max_concurrency": self.max_concurrency,
                 "retry_attempts": self.retry_attempts,
+                "cache_name": self.cache_name,
+                "cache_ttl_seconds": self.cache_ttl_seconds,
+                "cache_expire_time": self.cache_expire_time,
             },
         )
 
@@ -204,6 +219,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
                         )
                     )
                     return
+                await self._keep_cache_alive(client, now)
                 failing_rounds = failing_rounds + 1 if transient else 0
                 await asyncio.sleep(self._next_delay(failing_rounds, now))
         finally:
@@ -213,6 +229,24 @@ class GeminiBatchJobTrigger(BaseTrigger):
         # Backoff while rounds fail, and never past the deadline: one last read happens at the deadline.
         delay = self.backoff.delay(failing_rounds) if failing_rounds else self.poll_interval
         return max(0.0, min(delay, self.deadline - now))
+
+    async def _keep_cache_alive(self, client: AsyncClient, now: float) -> None:
+        """Renew the run's cache while its jobs run; a failure is logged (the next round tries again)."""
+        if not self.cache_name or not self.cache_ttl_seconds:
+            return
+        if not needs_renewal(self.cache_expire_time, self.cache_ttl_seconds, now):
+            return
+        try:
+            status = await GeminiBatchHook.aextend_cache(client, self.cache_name, self.cache_ttl_seconds)
+        except Exception as e:
+            self.log.warning("Could not renew context cache %s: %s", self.cache_name, _short(e))
+            return
+        if status is None:
+            self.log.warning("Context cache %s is gone: requests not answered yet will fail", self.cache_name)
+            self.cache_name = None
+            return
+        self.cache_expire_time = status.expire_time
+        self.log.info("Renewed context cache %s for %ds", self.cache_name, self.cache_ttl_seconds)
 
     async def on_kill(self) -> None:
         """A user killed the deferred task: cancel the jobs not terminal yet (if ``cancel_on_kill``)."""
@@ -227,6 +261,12 @@ class GeminiBatchJobTrigger(BaseTrigger):
             await asyncio.gather(
                 *(self._cancel(client, sem, n) for n, s in self._statuses.items() if not s.done)
             )
+            if self.cache_name:
+                try:
+                    if await GeminiBatchHook.adelete_cache(client, self.cache_name):
+                        self.log.info("Deleted context cache %s (task killed).", self.cache_name)
+                except Exception as e:  # the TTL ends it
+                    self.log.warning("Could not delete context cache %s: %s", self.cache_name, _short(e))
         finally:
             await _close(client)
 

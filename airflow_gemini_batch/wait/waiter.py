@@ -16,6 +16,7 @@ from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchTrigger
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
 from airflow_gemini_batch.hooks.transport_errors import describe_error, http_code, is_transient
 from airflow_gemini_batch.manifest import WAIT_SUMMARY_XCOM_KEY
+from airflow_gemini_batch.submit.context_cache import delete_cache, needs_renewal
 from airflow_gemini_batch.triggers.job import NOT_READ, GeminiBatchJobTrigger
 from airflow_gemini_batch.wait.events import parse_event
 from airflow_gemini_batch.wait.progress import progress_line
@@ -40,6 +41,8 @@ class JobWaiter:
     :param policy: what counts as a successful wait.
     :param log: where progress goes (the operator's task log).
     :param deadline: absolute epoch seconds after which the wait fails with a timeout.
+    :param context_cache: the manifest's ``context_cache`` (the run's own cache): renewed while the jobs run,
+        deleted with them on kill.
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class JobWaiter:
         policy: WaitPolicy,
         log: logging.Logger | Logger,
         deadline: float | None = None,
+        context_cache: dict[str, Any] | None = None,
     ) -> None:
         self.hook = hook
+        self.cache = dict(context_cache) if context_cache and context_cache.get("name") else None
         self.policy = policy
         self.log = log
         self.deadline = deadline
@@ -78,7 +83,27 @@ class JobWaiter:
                         f"{f' with HTTP {code}' if code else ''}: {describe_error(e)[:300]}"
                     ) from e
                 self.log.warning("Transient error reading %s; will retry: %s", name, describe_error(e))
-        return self._tracker.assess(list(self.statuses.values()), time.time(), self.log)
+        decision = self._tracker.assess(list(self.statuses.values()), time.time(), self.log)
+        if not decision.done:
+            self.keep_cache_alive(time.time())
+        return decision
+
+    def keep_cache_alive(self, now: float) -> None:
+        """Renew the run's cache while its jobs run (when less than half its TTL is left)."""
+        cache = self.cache
+        if cache is None or not needs_renewal(cache.get("expire_time"), float(cache["ttl_seconds"]), now):
+            return
+        try:
+            status = self.hook.extend_cache(cache["name"], float(cache["ttl_seconds"]))
+        except Exception as e:
+            self.log.warning("Could not renew context cache %s: %s", cache["name"], describe_error(e))
+            return
+        if status is None:
+            self.log.warning("Context cache %s is gone: requests not answered yet will fail", cache["name"])
+            self.cache = None
+            return
+        cache["expire_time"] = status.expire_time
+        self.log.info("Renewed context cache %s for %ds", cache["name"], cache["ttl_seconds"])
 
     def wait(self, poll_interval: float) -> dict[str, Any]:
         """Block until the wait is decided (the non-deferrable path); return the summary or raise."""
@@ -102,6 +127,9 @@ class JobWaiter:
             cancel_on_kill=cancel_on_kill,
             allow_partial=self.policy.allow_partial,
             output_grace_seconds=self.policy.output_grace_seconds,
+            cache_name=self.cache["name"] if self.cache else None,
+            cache_ttl_seconds=float(self.cache["ttl_seconds"]) if self.cache else None,
+            cache_expire_time=self.cache.get("expire_time") if self.cache else None,
         )
 
     def conclude(self, event: Any) -> dict[str, Any]:
@@ -135,6 +163,8 @@ class JobWaiter:
                 self.log.info("Cancelled Gemini batch job %s (task killed).", name)
             except Exception as e:  # the kill must go through even if one cancel fails
                 self.log.warning("Could not cancel Gemini batch job %s: %s", name, describe_error(e))
+        if self.cache is not None:
+            delete_cache(self.hook, self.cache["name"], "the task was killed", self.log)
 
     def record_summary(self, context: Context, summary: dict[str, Any]) -> None:
         """Push the wait summary under its own XCom key (the UI page reads it) and log it."""

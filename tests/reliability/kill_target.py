@@ -3,7 +3,7 @@
 ``python -m tests.reliability.kill_target '<json args>'`` submits like a worker does. The store writes each
 record to disk before returning (as the real task state store commits it over the Execution API), so what
 survives the kill is exactly what a real worker would leave behind. ``slow_key`` widens the window between
-``create`` returning and the job name being saved, so the test can land its SIGKILL inside it.
+``create`` returning and the job (or cache) name being saved, so the test can land its SIGKILL inside it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class FileStateStore:
         return self._read().get(key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if key == self.slow_key and isinstance(value, dict) and value.get("job_name"):
-            time.sleep(60)  # the SIGKILL lands here: created, name not yet saved
+        if key == self.slow_key and isinstance(value, dict) and (value.get("job_name") or value.get("name")):
+            time.sleep(60)  # the SIGKILL lands here: created (a job, a cache), name not yet saved
         data = self._read()
         data[key] = value
         tmp = self.path.with_suffix(".tmp")
