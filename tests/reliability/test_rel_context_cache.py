@@ -49,7 +49,13 @@ DOCUMENT = "The catalogue's style guide: plain words, no superlatives, two sente
 INSTRUCTION = "You write product descriptions."
 #: the emulator's count: ~4 characters a token over the system instruction and the contents
 CACHE_TOKENS = math.ceil((len(INSTRUCTION) + 1 + len(DOCUMENT)) / 4)
-CACHED = {"shared_context": DOCUMENT, "system_instruction": INSTRUCTION, "max_requests_per_job": PER_SHARD}
+#: keep_uploaded_files: the emulator keeps the request lines it stored, for the assertions on every line
+CACHED = {
+    "shared_context": DOCUMENT,
+    "system_instruction": INSTRUCTION,
+    "max_requests_per_job": PER_SHARD,
+    "keep_uploaded_files": True,
+}
 
 
 def _dag(tables: tuple[Any, str, str], tmp_path: Path, name: str, **kw: Any) -> Any:
