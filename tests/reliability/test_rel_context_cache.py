@@ -263,3 +263,25 @@ async def _first_event(trigger: Any) -> dict[str, Any]:
     async for event in trigger.run():
         return event.payload
     raise AssertionError("the trigger fired nothing")
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_R71_killing_the_wait_cancels_the_jobs_and_deletes_the_cache(
+    tables, gemini_conn, emulator, tmp_path, deferrable
+):
+    """A kill while waiting: the sensor's ``on_kill`` (worker phase) or the trigger's (deferred) cancels the
+    jobs still running and deletes the run's cache."""
+    wh, src, _ = tables
+    emulator.control.hold_state("PENDING")  # until released: the jobs are running at the kill
+    manifest = submit_op(wh.conn_id, SQL.format(table=src), tmp_path / "staging", **CACHED).execute(
+        context(StateStore())
+    )
+    sensor = GeminiBatchJobSensor(task_id="wait", manifest=manifest, poll_interval=0.05, timeout=60)
+    waiter = sensor.waiter(deadline=time.time() + 60)
+    if deferrable:
+        asyncio.run(waiter.trigger(gemini_conn, 0.05, cancel_on_kill=True).on_kill())
+    else:
+        assert not waiter.poll().done
+        sensor.on_kill()
+    assert {j["state"] for j in emulator.control.jobs()} == {"BATCH_STATE_CANCELLED"}
+    assert [(c["deleted"], c["live"]) for c in emulator.control.caches()] == [(True, False)]
