@@ -87,7 +87,7 @@ function previousCell(j, long) {
   const p = j.previous || [];
   if (!p.length) return long ? `<span class="muted">none (first generation)</span>` : "";
   const items = p.map((g, i) => `<div class="small previous" data-previous="${esc(g.job_id)}">` +
-    `generation ${i}: <span class="mono">${esc(g.job_id)}</span> ${badge(g.state)}` +
+    `generation ${i}: <span class="mono${long ? "" : " job"}" title="${esc(g.job_name)}">${esc(g.job_id)}</span> ${badge(g.state)}` +
     (long && g.error ? ` <span class="muted">${esc(g.error)}</span>` : "") +
     (long && g.live_error ? ` <span class="muted">live state unavailable: ${esc(g.live_error)}</span>` : "") +
     `</div>`).join("");

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,14 @@ def test_page_in_a_real_browser(
     # admin can cancel.
     finished_run = record_run("reviews_enrichment", n_requests=10, max_requests_per_job=5)
     results = xcom_of(finished_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    # A run whose shard 2 of 3 EXPIRED, run again: that shard's new job, with its earlier one on the row.
+    emulator.control.set_job_behaviour(match="-00001", final_state="EXPIRED", count=1)
+    when = datetime(2026, 1, 8, tzinfo=timezone.utc)
+    first = record_run(
+        "catalog_refresh", n_requests=6, max_requests_per_job=2, logical_date=when, state="failed"
+    )
+    expired = xcom_of(first, "submit", MANIFEST_XCOM_KEY)["shards"][1]["job_name"].split("/")[-1]
+    record_run("catalog_refresh", n_requests=6, max_requests_per_job=2, logical_date=when)
     pending_run = record_run("nightly_summaries", wait=None, load=False, pending=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
@@ -171,6 +180,15 @@ def test_page_in_a_real_browser(
                 # The cards total every visible DAG (other tests' runs too): check they are there, not sums.
                 cards = frame.locator(".cards").inner_text()
                 assert "Cost at batch price" in cards and "Loaded OK" in cards
+                recovered = frame.locator("tr", has_text="catalog_refresh")
+                assert recovered.count() == 3
+                resubmitted = recovered.filter(has_text="resubmitted: generation 1")
+                assert resubmitted.count() == 1 and "shard 2 of 3" in resubmitted.inner_text()
+                earlier = resubmitted.locator(f"[data-previous='{expired}']")
+                assert (
+                    f"generation 0: {expired}" in earlier.inner_text() and "EXPIRED" in earlier.inner_text()
+                )
+                assert "SUCCEEDED" in resubmitted.locator("td").nth(2).inner_text()
                 pending = frame.locator("tr", has_text="nightly_summaries")
                 assert "PENDING" in pending.inner_text() and "not loaded yet" in pending.inner_text()
                 assert frame.locator("body").evaluate("() => document.documentElement.dataset.theme") == mode
@@ -205,4 +223,5 @@ def test_page_in_a_real_browser(
     pending_job = xcom_of(pending_run, "submit", MANIFEST_XCOM_KEY)["shards"][0]["job_name"]
     states = {j["name"]: j["state"] for j in emulator.control.jobs()}
     assert states.pop(pending_job) == "BATCH_STATE_CANCELLED"
-    assert list(states.values()) == ["BATCH_STATE_SUCCEEDED"] * 2
+    assert states.pop(f"batches/{expired}") == "BATCH_STATE_EXPIRED"
+    assert list(states.values()) == ["BATCH_STATE_SUCCEEDED"] * (2 + 3)
