@@ -6,7 +6,9 @@ Invariants:
   matched, insert when not), so loading the same results twice leaves one row per key.
 * A failed load leaves the destination as it was: until :meth:`close`, rows go only to a staging table of this
   load's own (``<table>__gemini_batch_stage_<hex>``, in the destination's dataset, expiring in a day); on
-  :meth:`abort` it is dropped and the destination was never touched. A load job is atomic (all its rows or
+  :meth:`abort` it is dropped and the destination was never touched. A destination this load *created* (so
+  empty, and nobody else's) takes the load jobs directly, with no stage and no MERGE (that is most of a
+  first load's cost); on abort it is dropped, which is again how it was before: absent. A load job is atomic (all its rows or
   none), and each ``MERGE`` is one statement (atomic too).
 * Bounded memory: :meth:`write` serialises each chunk to NDJSON in a temporary *file*; once it holds
   ``load_chunk_bytes`` it is sent as one load job (a resumable upload streamed from the file) and emptied. So
@@ -170,6 +172,7 @@ class BigQueryTableSink:
         self._stage: TableId | None = None
         self._stage_exists = False
         self._errors_existed = True
+        self._direct = False
         self._names: list[str] = []
 
     # ---- names and schema ---------------------------------------------------------------------------------
@@ -212,12 +215,18 @@ class BigQueryTableSink:
     def open(self) -> None:
         client = self.clients.client
         table, errors = self.table, self.errors
-        self._ensure(client, table, self.schema(), partitioned=True)
+        # A destination this load created is empty and its own: rows are loaded into it directly (no stage, no
+        # MERGE), and an aborted load drops it again, so the destination is "as it was": absent.
+        self._direct = self._ensure(client, table, self.schema(), partitioned=True)
         self._errors_existed = not self._ensure(
             client, errors, self.schema(self._error_names()), partitioned=False
         )
         self._names = [n for n, _ in self.columns]  # after the attempts column was decided
-        self._stage = table.sibling(f"{table.table}__gemini_batch_stage_{uuid.uuid4().hex[:12]}")
+        self._stage = (
+            table
+            if self._direct
+            else table.sibling(f"{table.table}__gemini_batch_stage_{uuid.uuid4().hex[:12]}")
+        )
         self._file = tempfile.TemporaryFile(prefix="gemini-bq-load-")  # noqa: SIM115 - closed in close()/abort()
         self._file_bytes = 0
 
@@ -318,7 +327,8 @@ class BigQueryTableSink:
         job.result()
         if not self._stage_exists:
             self._stage_exists = True
-            self._expire_stage(client)
+            if not self._direct:
+                self._expire_stage(client)
         self.load_jobs += 1
         self._file.seek(0)
         self._file.truncate()
@@ -360,7 +370,11 @@ class BigQueryTableSink:
         """Last chunk → staging; ``MERGE`` into the destination, then into the errors table; drop the stage."""
         try:
             self._load_chunk()
-            if self._stage_exists:
+            if self._stage_exists and self._direct:
+                client = self.clients.client
+                if self._failed_rows or self._errors_existed:
+                    self._run(client, self._merge_sql(self.errors, self._error_names(), errors=True))
+            elif self._stage_exists:
                 client = self.clients.client
                 job = self._run(
                     client, self._merge_sql(self.table, [n for n, _ in self.columns], errors=False)
@@ -372,14 +386,24 @@ class BigQueryTableSink:
             self._release()
 
     def abort(self) -> None:
-        """Drop the staging table: nothing of this load reached the destination."""
+        """Drop the staging table: nothing of this load reached the destination. A destination (and errors
+        table) this load created is dropped too: before it, there was none."""
+        if self._direct:
+            client = self.clients.client
+            doomed = [self.table] + ([] if self._errors_existed else [self.errors])
+            for table in doomed:
+                try:
+                    client.delete_table(str(table), not_found_ok=True)
+                except Exception:
+                    log.warning("Could not drop %s, created by this aborted load", table)
+            self._stage_exists = False
         self._release()
 
     def _release(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._stage is not None and self._stage_exists:
+        if self._stage is not None and self._stage_exists and not self._direct:
             try:
                 self.clients.client.delete_table(str(self._stage), not_found_ok=True)
             except Exception:  # it expires within a day anyway

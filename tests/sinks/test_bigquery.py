@@ -182,3 +182,22 @@ def test_a_table_made_before_the_attempts_column_gets_it(gcp_conn: str, bq_clien
     # Read by a query: the emulator's table metadata (list_rows) does not show a column added by ALTER TABLE.
     rows = list(bq_client.query(f"SELECT `key`, attempts FROM `{bq_dataset}.old`").result())
     assert [tuple(r.values()) for r in rows] == [("k", 2)]
+
+
+def test_a_first_load_goes_straight_into_the_new_table_and_an_abort_drops_it(
+    gcp_conn: str, bq_client: Any, bq_dataset: str
+):
+    table = f"{bq_dataset}.fresh"
+    sink = BigQueryTableSink(
+        table_sink(gcp_conn, table).clients, table, output_columns={"score": "INT64"}, load_chunk_bytes=1
+    )
+    with pytest.raises(Exception, match=r"(?i)score|cast|invalid"):
+        load(sink, [ok("a", value={"score": 1})], [ok("b", value={"score": "x"})])
+    assert sink.load_jobs == 1, "the first chunk was loaded into the new table before the failure"
+    assert tables_of(bq_client, bq_dataset) == [], "the tables this load created are gone: as before it"
+
+    sink = table_sink(gcp_conn, table, output_columns={"score": "INT64"})
+    load(sink, [ok("a", value={"score": 1}), bad("b")])
+    assert sink.load_jobs == 1 and tables_of(bq_client, bq_dataset) == ["fresh", "fresh_errors"]
+    assert sorted(table_rows(bq_client, table)) == ["a", "b"]
+    assert sorted(table_rows(bq_client, f"{table}_errors")) == ["b"]
