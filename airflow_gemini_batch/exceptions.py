@@ -108,3 +108,11 @@ class GeminiBatchSdkChangedError(GeminiBatchError, AirflowFailException):
 
     Fails without retries: only another google-genai version (or a provider release) fixes it.
     """
+
+
+class GeminiBatchBudgetError(GeminiBatchError, AirflowFailException):
+    """The run's estimated cost exceeds ``max_cost_usd``; raised before any upload, so nothing was spent.
+
+    Fails without retries: the same rows are estimated the same way on every try; the fix is a decision
+    (a larger budget, a smaller output bound, fewer rows).
+    """

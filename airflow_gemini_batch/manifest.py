@@ -63,6 +63,7 @@ class Manifest(TypedDict, total=False):
     keep_uploaded_files: bool  # True: the load leaves the uploaded input files (absent: False)
     #: present when the run made its own cache (shared_context): renewed by the wait, deleted after the load
     context_cache: ContextCacheInfo
+    estimate: dict[str, Any] | None  # cost.estimate.RunEstimate: tokens and cost at the batch price, budget
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

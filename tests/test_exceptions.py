@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from airflow_gemini_batch import exceptions
 from airflow_gemini_batch.exceptions import (
+    GeminiBatchBudgetError,
     GeminiBatchChangedInputError,
     GeminiBatchError,
     GeminiBatchInputError,
@@ -39,6 +40,7 @@ FAIL_AT_ONCE = [
     GeminiBatchResultsError,
     GeminiBatchSdkChangedError,
     GeminiBatchStagingError,
+    GeminiBatchBudgetError,
 ]
 RETRIED = [
     GeminiBatchError,

@@ -1,135 +1,135 @@
-"""Token prices per model, date-stamped, and the cost of a batch at the batch and at the standard price.
+"""The cost of token usage: at the batch price (what is spent), at the standard price (for comparison), and
+what context caching saved; the price table itself is :mod:`airflow_gemini_batch.cost.prices`.
 
-Invariant: a cost is only ever computed from a price the table (or the user's override) actually has; an
-unknown model gives ``None`` and a warning, never a guess and never a failed task - the rows are what matter.
-
-Prices are USD per 1 M tokens, **standard (interactive) price**, Gemini Developer API paid tier, as published
-on https://ai.google.dev/gemini-api/docs/pricing (read mid-2025 to early 2026; see :data:`PRICES_AS_OF`):
-
-=========================  ========  =========  =====================  ============================
-model                      input     output     cached input (hits)    note
-=========================  ========  =========  =====================  ============================
-gemini-2.5-flash           0.30      2.50       0.03
-gemini-2.5-flash-lite      0.10      0.40       0.01
-gemini-2.5-pro             1.25      10.00      0.125                  prompts ≤ 200 k tokens
-gemini-2.0-flash           0.10      0.40       0.025
-gemini-embedding-001       0.15      -          -                      batch price 0.075 (published)
-=========================  ========  =========  =====================  ============================
-
-Rules applied (Batch doc https://ai.google.dev/gemini-api/docs/batch-mode, Google blog 2025-07-07):
-
-* Batch price = 50 % of the standard price, unless an entry gives ``batch_input`` / ``batch_output``.
-* Context-cache hits are priced "the same as for non-batch mode traffic": cached prompt tokens are charged at
-  ``cached_input`` in both columns, the rest of the prompt at the (batch) input price. ``promptTokenCount``
-  already includes the cached tokens, so they are subtracted first. Cache storage (per hour) is not counted.
-* Thinking tokens (``thoughtsTokenCount``) are billed as output tokens.
-* Embeddings are billed on input tokens only.
-
-Prices change: pass ``prices={model: {...}}`` to the operator to override or add entries (partial entries are
-merged over the built-in one).
+Invariants: a cost is only computed from a price the table or an override has; an unknown model gives
+``None`` amounts and one warning, never a guess and never a failed task (the rows are what matter). The rules
+(cache hits at the cache price in batch too, thinking billed as output, embeddings input only, the long-context
+tier per request) are applied here and nowhere else, so the estimate before a run and the report after it
+price tokens the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
+
+from airflow_gemini_batch.cost.prices import (
+    BATCH_DISCOUNT,
+    PRICES_AS_OF,
+    normalize_model,
+    price_for,
+    prices_as_of,
+)
 
 log = logging.getLogger(__name__)
 
-PRICES_AS_OF = "2026-01-15"
-BATCH_DISCOUNT = 0.5
-
-#: Standard prices, USD per 1 M tokens (see the module docstring for sources and rules).
-PRICES: dict[str, dict[str, float]] = {
-    "gemini-2.5-flash": {"input": 0.30, "output": 2.50, "cached_input": 0.03},
-    "gemini-2.5-flash-lite": {"input": 0.10, "output": 0.40, "cached_input": 0.01},
-    "gemini-2.5-pro": {"input": 1.25, "output": 10.00, "cached_input": 0.125},
-    "gemini-2.0-flash": {"input": 0.10, "output": 0.40, "cached_input": 0.025},
-    "gemini-embedding-001": {"input": 0.15, "output": 0.0, "batch_input": 0.075},
-}
-
-_PRICE_FIELDS = ("input", "output", "cached_input", "batch_input", "batch_output")
-_VERSION_SUFFIX = re.compile(r"-\d{3}$")
+PER_MILLION = 1_000_000
+#: The amounts of a cost dict (USD), which sum over jobs.
+COST_AMOUNTS = ("batch", "standard", "savings", "caching_saved", "cache_storage")
 
 
-def normalize_model(model: str) -> str:
-    """``models/gemini-2.5-flash-001`` → ``gemini-2.5-flash`` (the table is keyed by family name)."""
-    name = model.rsplit("/", 1)[-1]
-    return name if name in PRICES else _VERSION_SUFFIX.sub("", name)
+def _int(tokens: dict[str, Any] | None, name: str) -> int:
+    return int((tokens or {}).get(name) or 0)
 
 
-def price_for(model: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, float] | None:
-    """The merged price entry for a model, or None when neither the table nor the overrides know it."""
-    overrides = overrides or {}
-    name = normalize_model(model)
-    base = PRICES.get(name)
-    extra = overrides.get(model) or overrides.get(name)
-    if base is None and extra is None:
-        return None
-    entry = {**(base or {}), **(extra or {})}
-    unknown = set(entry) - set(_PRICE_FIELDS)
-    if unknown or "input" not in entry:
-        raise ValueError(
-            f"Price entry for {model!r} must have 'input' (USD per 1M tokens) and only {_PRICE_FIELDS}; "
-            f"got {sorted(entry)}"
-        )
-    return {k: float(v) for k, v in entry.items()}
+def _tier_cost(
+    price: dict[str, float], tokens: dict[str, Any], *, long: bool, embeddings: bool
+) -> tuple[float, float, float]:
+    """(batch, standard, caching saved) of one tier's tokens, as USD per 1 M tokens times tokens."""
+    prefix = "long_" if long else ""
+    in_std = price.get(f"{prefix}input", price["input"])
+    out_std = price.get(f"{prefix}output", price.get("output", 0.0))
+    cached_price = price.get(f"{prefix}cached_input", price.get("cached_input", in_std))
+    in_batch = price["batch_input"] if "batch_input" in price and not long else in_std * BATCH_DISCOUNT
+    out_batch = price["batch_output"] if "batch_output" in price and not long else out_std * BATCH_DISCOUNT
+    prompt = _int(tokens, "prompt")
+    cached = min(_int(tokens, "cached"), prompt)  # promptTokenCount already includes the cached tokens
+    uncached = prompt - cached
+    output = 0 if embeddings else _int(tokens, "output") + _int(tokens, "thinking")
+    standard = uncached * in_std + cached * cached_price + output * out_std
+    batch = uncached * in_batch + cached * cached_price + output * out_batch
+    return batch, standard, cached * (in_batch - cached_price)
 
 
 def compute_cost(
     model: str,
-    tokens: dict[str, int],
+    tokens: dict[str, Any],
     *,
     embeddings: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
+    long_context: dict[str, Any] | None = None,
+    cache_token_hours: float = 0.0,
 ) -> dict[str, Any]:
     """Cost of ``tokens`` (``prompt``, ``output``, ``thinking``, ``cached``) at batch and at standard price.
 
-    Returns ``{"currency", "batch", "standard", "savings", "prices_as_of", "model", "price"}``; the three
-    amounts are None for a model without a price (with a warning in the log).
+    :param long_context: the part of ``tokens`` from requests whose prompt passed the model's
+        ``long_context_threshold`` (priced at the ``long_*`` tier); included in ``tokens`` too.
+    :param cache_token_hours: cached-content tokens times hours stored, priced at ``cache_storage`` (the same in
+        both columns, and taken off what caching saved).
+    :returns: ``{"currency", "model", "prices_as_of", "batch", "standard", "savings", "caching_saved",
+        "cache_storage", "price"}``; the amounts are None for a model without a price (with a warning).
     """
     result: dict[str, Any] = {
         "currency": "USD",
         "model": normalize_model(model),
-        "prices_as_of": PRICES_AS_OF if not overrides else f"{PRICES_AS_OF} (with user overrides)",
-        "batch": None,
-        "standard": None,
-        "savings": None,
+        "prices_as_of": prices_as_of(overrides),
+        **dict.fromkeys(COST_AMOUNTS),
         "price": None,
     }
     price = price_for(model, overrides)
     if price is None:
         log.warning(
             "No price known for model %r (table as of %s); cost not computed. "
-            "Pass prices={%r: {...}} to add it.",
+            "Pass prices={%r: {...}} (or set [gemini_batch] prices) to add it.",
             model,
             PRICES_AS_OF,
             normalize_model(model),
         )
         return result
-    per_token = 1_000_000
-    prompt = int(tokens.get("prompt") or 0)
-    cached = min(int(tokens.get("cached") or 0), prompt)
-    uncached = prompt - cached
-    billed_output = 0 if embeddings else int(tokens.get("output") or 0) + int(tokens.get("thinking") or 0)
-    in_std = price["input"]
-    out_std = price.get("output", 0.0)
-    cached_price = price.get("cached_input", in_std)
-    in_batch = price.get("batch_input", in_std * BATCH_DISCOUNT)
-    out_batch = price.get("batch_output", out_std * BATCH_DISCOUNT)
-    standard = (uncached * in_std + cached * cached_price + billed_output * out_std) / per_token
-    batch = (uncached * in_batch + cached * cached_price + billed_output * out_batch) / per_token
+    long_part = {k: _int(long_context, k) for k in ("prompt", "output", "thinking", "cached")}
+    short_part = {k: _int(tokens, k) - v for k, v in long_part.items()}
+    short = _tier_cost(price, short_part, long=False, embeddings=embeddings)
+    long = (
+        _tier_cost(price, long_part, long=True, embeddings=embeddings)
+        if any(long_part.values())
+        else (0, 0, 0)
+    )
+    storage = cache_token_hours * price.get("cache_storage", 0.0)
+    batch, standard, saved = (a + b for a, b in zip(short, long, strict=True))
     result.update(
-        batch=round(batch, 6),
-        standard=round(standard, 6),
-        savings=round(standard - batch, 6),
-        price={
-            "input": in_std,
-            "output": out_std,
-            "cached_input": cached_price,
-            "batch_input": in_batch,
-            "batch_output": out_batch,
-        },
+        batch=round((batch + storage) / PER_MILLION, 6),
+        standard=round((standard + storage) / PER_MILLION, 6),
+        savings=round((standard - batch) / PER_MILLION, 6),
+        caching_saved=round((saved - storage) / PER_MILLION, 6),
+        cache_storage=round(storage / PER_MILLION, 6),
+        price=price,
     )
     return result
+
+
+def batch_price_per_million(
+    model: str, overrides: dict[str, dict[str, Any]] | None = None
+) -> dict[str, float] | None:
+    """The batch input and output prices of a model (USD per 1 M tokens, short-context tier), or None."""
+    price = price_for(model, overrides)
+    if price is None:
+        return None
+    return {
+        "input": price.get("batch_input", price["input"] * BATCH_DISCOUNT),
+        "output": price.get("batch_output", price.get("output", 0.0) * BATCH_DISCOUNT),
+    }
+
+
+def describe_cost(cost: dict[str, Any], reuse_saved: float | None = None) -> str:
+    """One log line: what was spent, what the standard API would have cost, what caching and reuse saved."""
+    if cost.get("batch") is None:
+        return (
+            f"not priced (no price for {cost.get('model')!r} in the table as of {cost.get('prices_as_of')})"
+        )
+    text = (
+        f"${cost['batch']:.4f} spent at the batch price (the standard API: ${cost['standard']:.4f}; "
+        f"context caching saved ${cost.get('caching_saved') or 0.0:.4f}"
+    )
+    if reuse_saved is not None:
+        text += f"; incremental reuse saved ${reuse_saved:.4f}"
+    return f"{text}; prices as of {cost['prices_as_of']})"

@@ -31,6 +31,7 @@ from starlette.responses import Response
 import airflow_gemini_batch.emulator.routes_batches as routes_batches
 import airflow_gemini_batch.emulator.routes_caches as routes_caches
 import airflow_gemini_batch.emulator.routes_files as routes_files
+import airflow_gemini_batch.emulator.routes_models as routes_models
 from airflow_gemini_batch.emulator.caches import CacheStore
 from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.engine import JobEngine
@@ -81,6 +82,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
     ("GET", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.get", routes_caches.get, {}),
     ("PATCH", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.update", routes_caches.update, {}),
     ("DELETE", re.compile(rf"^{_V}/cachedContents/{_ID}$"), "caches.delete", routes_caches.delete, {}),
+    (
+        "POST",
+        re.compile(rf"^{_V}/{_MODEL}:countTokens$"),
+        "models.countTokens",
+        routes_models.count_tokens,
+        {},
+    ),
 ]
 
 

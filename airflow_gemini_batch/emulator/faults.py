@@ -47,6 +47,7 @@ ENDPOINTS: tuple[str, ...] = (
     "caches.list",
     "caches.update",
     "caches.delete",
+    "models.countTokens",
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
 #: SUCCEEDED: done, but the output is not visible yet (the real service may report SUCCEEDED first).

@@ -65,6 +65,11 @@ def _texts(content: Any) -> list[str]:
     return []
 
 
+def content_texts(content: Any) -> list[str]:
+    """Text parts of a Content, a list of Contents, or a bare string (what a token count counts)."""
+    return _texts(content)
+
+
 def prompt_text(request: Mapping[str, Any]) -> str:
     """The user-visible prompt: all text parts of ``contents`` joined with newlines."""
     return "\n".join(_texts(request.get("contents")))

@@ -205,6 +205,17 @@ class GeminiBatchHook(BaseHook):
     def delete_file(self, file_name: str) -> None:
         self.get_conn().files.delete(name=file_name)
 
+    # ---- models --------------------------------------------------------------------------------------------
+
+    def count_tokens(self, model: str, contents: list[dict[str, Any]]) -> int:
+        """Tokens of ``contents`` (REST Content dicts) as the model counts them: one free, rate-limited call,
+        retried by the SDK on transient codes. The Developer API takes contents only (the SDK refuses a
+        system instruction or tools there), so callers pass a system instruction as one more content."""
+        response = self.get_conn().models.count_tokens(
+            model=model, contents=[types.Content.model_validate(c) for c in contents]
+        )
+        return int(response.total_tokens or 0)
+
     # ---- batches -------------------------------------------------------------------------------------------
 
     def create_job(

@@ -87,6 +87,12 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors.
     :param create_retry_base_seconds: exponential backoff base (full jitter); after an ambiguous error (5xx,
         lost connection) the job is looked up no sooner than five bases later (10 s by default).
+    :param max_cost_usd: refuse the run before any upload (``GeminiBatchBudgetError``) when its estimated
+        cost at the batch price exceeds this many USD; the estimate is logged and in the manifest either way.
+    :param expected_output_tokens: output tokens expected per request (thinking included) for the estimate,
+        where a request sets no ``maxOutputTokens`` (which bounds it instead); default 1024.
+    :param prices: price overrides ``{model: {"input": ..., "output": ..., ...}}`` (USD per 1M tokens) over
+        the table and ``[gemini_batch] prices``.
     :param cancel_on_kill: on kill, cancel the jobs this execution created (while waiting: those waited for).
     :param gemini_conn_id: the ``gemini_batch`` connection. (templated)
     :param wait_for_completion: also wait for the jobs in this task (same semantics as
@@ -150,6 +156,9 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         keep_uploaded_files: bool = False,
         create_retry_attempts: int = 6,
         create_retry_base_seconds: float = 2.0,
+        max_cost_usd: float | None = None,
+        expected_output_tokens: int = SubmitSettings.expected_output_tokens,
+        prices: dict[str, dict[str, float]] | None = None,
         cancel_on_kill: bool = True,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         wait_for_completion: bool = False,

@@ -39,7 +39,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_gemini_batch.cost.pricing import compute_cost
+from airflow_gemini_batch.cost.prices import price_for, price_overrides
+from airflow_gemini_batch.cost.pricing import compute_cost, describe_cost
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError, GeminiBatchResultsError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import SUCCEEDED as JOB_SUCCEEDED
@@ -177,7 +178,7 @@ class LoadRun:
     def _load(self, sink: Sink) -> dict[str, Any]:
         parser = self.parser()
         work_dir = tempfile.mkdtemp(prefix="gemini-results-", dir=self.settings.download_dir)
-        totals = LoadTotals()
+        totals = LoadTotals(self.long_context_threshold)
         reports: list[ShardReport] = []
         started = time.monotonic()
         try:
@@ -193,9 +194,9 @@ class LoadRun:
         seconds = time.monotonic() - started
         summary = self.summary(reports, totals, sink, seconds)
         self.log.info(
-            "Loaded %d rows in %.1f s (%.0f rows/s): %s; tokens %s; cost %s",
+            "Loaded %d rows in %.1f s (%.0f rows/s): %s; tokens %s; cost: %s",
             totals.rows, seconds, totals.rows / max(seconds, 1e-9), summary["counts"], summary["tokens"],
-            summary["cost"],
+            describe_cost(summary["cost"], summary["reuse_saved"]),
         )  # fmt: skip
         return summary
 
@@ -324,12 +325,16 @@ class LoadRun:
             self.log.warning(
                 "Manifest request_count %s != %d keys in the key lists", request_count, keys_total
             )
-        cost = self.cost(totals.tokens)
+        cost = self.cost(totals.tokens, totals.long_context_tokens)
         jobs = [r.to_dict() for r in reports]
         for job in jobs:
             # Same model, embeddings flag and overrides as the task. An unpriced model was warned about once
             # already (just above): its per-job cost is the same "no price" answer, without a warning per job.
-            job["cost"] = self.cost(job["tokens"]) if cost["batch"] is not None else dict(cost)
+            job["cost"] = (
+                self.cost(job["tokens"], job["long_context_tokens"])
+                if cost["batch"] is not None
+                else dict(cost)
+            )
         failed_fraction = not_ok / keys_total if keys_total else 0.0
         max_failed_fraction = self.settings.max_failed_fraction
         return {
@@ -353,18 +358,45 @@ class LoadRun:
             "jobs": jobs,
             "tokens": dict(totals.tokens),
             "cost": cost,
+            "reuse_saved": self.reuse_saved(),
+            "estimate": self.estimate_summary(),
             "destination": sink.describe(),
             "rows_loaded": totals.rows,
             "seconds": round(seconds, 3),
         }
 
-    def cost(self, tokens: dict[str, int]) -> dict[str, Any]:
+    @cached_property
+    def price_overrides(self) -> dict[str, dict[str, Any]]:
+        """``[gemini_batch] prices`` and this task's ``prices=``, read once per load."""
+        return price_overrides(self.settings.prices)
+
+    @cached_property
+    def long_context_threshold(self) -> int | None:
+        price = price_for(self.manifest.get("model") or "", self.price_overrides)
+        threshold = (price or {}).get("long_context_threshold")
+        return int(threshold) if threshold else None
+
+    def cost(self, tokens: dict[str, int], long_context: dict[str, int] | None = None) -> dict[str, Any]:
         return compute_cost(
             self.manifest.get("model") or "",
             tokens,
             embeddings=self.manifest.get("task") == "embed",
-            overrides=self.settings.prices,
+            overrides=self.price_overrides,
+            long_context=long_context,
         )
+
+    def estimate_summary(self) -> dict[str, Any] | None:
+        """The submit's estimate beside the actuals (its cost and tokens), None for an older manifest."""
+        estimate = self.manifest.get("estimate")
+        if not isinstance(estimate, dict):
+            return None
+        return {k: estimate.get(k) for k in ("cost_usd", "input_tokens", "output_tokens")}
+
+    def reuse_saved(self) -> float | None:
+        """What re-sending the rows an incremental run reused would have cost (the manifest's
+        ``reused_cost_usd``, estimated at submit); None when the run reused nothing or did not say."""
+        value = self.manifest.get("reused_cost_usd")
+        return round(float(value), 6) if value is not None else None
 
     def raise_for_failures(self, summary: dict[str, Any]) -> None:
         """:class:`GeminiBatchResultsError` when more keys failed than ``max_failed_fraction`` allows."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 _OUTCOME = itemgetter(1)
 _TOTAL = itemgetter(10)
 _TOKEN_GETTERS = tuple(itemgetter(i) for i in (6, 7, 8, 9, 10))
+_PROMPT = _TOKEN_GETTERS[0]
 PROGRESS_EVERY_SECONDS = 10.0
 
 
@@ -35,11 +36,16 @@ class LoadTotals:
 
     Each chunk's sums go to the task totals and to the chunk's :class:`ShardReport` alike, so the task's
     ``tokens`` are exactly the sum of its jobs' ``tokens``.
+
+    :param long_context_threshold: the model's long-context tier (prompts above it are priced higher, per
+        request): the tokens of those rows are also summed apart, in ``long_context_tokens``. None: no tier.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, long_context_threshold: int | None = None) -> None:
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
+        self.long_context_threshold = long_context_threshold
+        self.long_context_tokens = dict.fromkeys(TOKEN_FIELDS, 0)
         self.first_failed_keys: list[Any] = []
         self.rows = 0
 
@@ -77,7 +83,21 @@ class LoadTotals:
             column = sum(filter(None, totals))
             tokens["total"] += column
             shard_tokens["total"] += column
+            if self.long_context_threshold is not None:
+                self._add_long_context(counted, report)
         self.rows += len(rows)
+
+    def _add_long_context(self, counted: list[ResultRow], report: ShardReport) -> None:
+        """Sum apart the rows above the tier; one C-level ``max`` per chunk when none is (the usual case)."""
+        threshold = self.long_context_threshold
+        assert threshold is not None
+        if max(filter(None, map(_PROMPT, counted)), default=0) <= threshold:
+            return
+        long_rows = [r for r in counted if (r[6] or 0) > threshold]
+        for name, getter in zip(TOKEN_FIELDS, _TOKEN_GETTERS, strict=True):
+            column = sum(filter(None, map(getter, long_rows)))
+            self.long_context_tokens[name] += column
+            report.long_context_tokens[name] += column
 
 
 def chunks(rows: Iterable[ResultRow], size: int) -> Iterator[list[ResultRow]]:

@@ -66,6 +66,8 @@ class ShardReport:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     #: Token sums of this job's rows (``TOKEN_FIELDS``), so cost can be told per job, not only per task.
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
+    #: The part of ``tokens`` from rows whose prompt passed the model's long-context tier (priced higher).
+    long_context_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
     unknown_keys: int = 0
     unknown_key_examples: list[Any] = field(default_factory=list)
     duplicate_keys: int = 0

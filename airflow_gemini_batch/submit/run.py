@@ -8,6 +8,9 @@ the settings, every stage and the order between them read best in one place. The
 * No API call before the whole input is read and validated: :meth:`~SubmitRun.build` reads, validates and
   shards everything (a run needing more than ``max_jobs`` shards is refused there), and nothing before it
   talks to the Gemini API.
+* Nothing is recorded or uploaded before the cost is estimated: :meth:`~SubmitRun.estimate` (a bounded
+  sample, at most one free ``countTokens`` call) runs between :meth:`~SubmitRun.build` and
+  :meth:`~SubmitRun.begin`, and a run over ``max_cost_usd`` is refused there.
 * Whether to scan ``batches.list`` for orphans is decided *before* the ledger records this run's header:
   records left by an earlier try are authoritative, the header this try writes is not evidence of anything.
   With a task state store, no records and no create marker in the staging folder prove that no job of this
@@ -37,6 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_gemini_batch.cost.budget import check_budget
+from airflow_gemini_batch.cost.estimate import DEFAULT_EXPECTED_OUTPUT_TOKENS, RunEstimate, estimate_run
+from airflow_gemini_batch.cost.prices import price_overrides
 from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
 from airflow_gemini_batch.inputs.bigquery import BigQueryRowSource
 from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
@@ -137,6 +143,9 @@ class SubmitSettings:
     create_retry_attempts: int = 6
     create_retry_base_seconds: float = 2.0
     keep_uploaded_files: bool = False
+    max_cost_usd: float | None = None
+    expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS
+    prices: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -192,6 +201,10 @@ class SubmitSettings:
                 "requests that set them next to a cache. Put them in the cache, or use shared_context, "
                 "which caches them for you."
             )
+        if self.max_cost_usd is not None and float(self.max_cost_usd) < 0:
+            raise ValueError(f"max_cost_usd must be a non-negative amount in USD, got {self.max_cost_usd!r}.")
+        if int(self.expected_output_tokens) < 0:
+            raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens!r}.")
         self.model = self.model or default_model(self.task)
         return self
 
@@ -234,6 +247,7 @@ class SubmitRun:
             plan = self.build(staging)
             if not plan.shards:
                 self.log.warning("The input has no valid rows: nothing to submit.")
+            estimate = self.estimate(plan)
             ledger = self._ledger = SubmissionLedger(context.get("task_state_store"))
             self._shard_count = len(plan.shards)
             scan = self.needs_orphan_scan(ledger, staging)
@@ -253,7 +267,7 @@ class SubmitRun:
                 raise
         finally:
             staging.remove_local_files()  # a retry rebuilds its shards; uploaded ones are reused by name
-        return self.manifest(identity, staging, plan, submitted, skipped_uri)
+        return self.manifest(identity, staging, plan, submitted, skipped_uri, estimate)
 
     def needs_orphan_scan(self, ledger: SubmissionLedger, staging: Staging) -> bool:
         """Whether a job of this task instance may exist unrecorded (one 48 h ``batches.list`` scan finds it).
@@ -373,6 +387,29 @@ class SubmitRun:
             )
         return plan
 
+    # ---- estimate and budget (before anything is recorded or uploaded) -----------------------------------
+
+    def estimate(self, plan: ShardPlan) -> RunEstimate:
+        """The run's cost at the batch price (:mod:`airflow_gemini_batch.cost.estimate`), logged; refused with
+        :class:`~airflow_gemini_batch.exceptions.GeminiBatchBudgetError` over ``max_cost_usd``."""
+        s = self.settings
+        model = self.model
+        estimate, _ = estimate_run(
+            [(shard.path, shard.request_count, shard.bytes) for shard in plan.shards],
+            model=model,
+            embeddings=s.task == "embed",
+            counter=(lambda contents: self.hook.count_tokens(model, contents)) if plan.shards else None,
+            expected_output_tokens=int(s.expected_output_tokens),
+            overrides=price_overrides(s.prices),
+            max_cost_usd=float(s.max_cost_usd) if s.max_cost_usd is not None else None,
+        )
+        budget = (
+            f"; budget max_cost_usd=${estimate.max_cost_usd:.4f}" if estimate.max_cost_usd is not None else ""
+        )
+        self.log.info("Estimated cost: %s%s", estimate.describe(), budget)
+        check_budget(estimate)
+        return estimate
+
     # ---- ledger, key lists, jobs ----------------------------------------------------------------------------
 
     def begin(
@@ -474,6 +511,7 @@ class SubmitRun:
         plan: ShardPlan,
         submitted: PlanSubmission,
         skipped_uri: str | None,
+        estimate: RunEstimate | None = None,
     ) -> Manifest:
         manifest = Manifest(
             kind=MANIFEST_KIND,
@@ -494,6 +532,7 @@ class SubmitRun:
             skipped_count=plan.skipped_count,
             skipped_keys_path=skipped_uri,
             keep_uploaded_files=bool(self.settings.keep_uploaded_files),
+            estimate=estimate.to_dict() if estimate is not None else None,
         )
         if self.cache is not None:
             manifest["context_cache"] = self.cache.as_manifest()
