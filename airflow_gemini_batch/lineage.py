@@ -97,9 +97,10 @@ def path_place(uri: str) -> LineagePlace:
         path = os.path.abspath(parts.path if parts.scheme else str(uri))
         return LineagePlace(asset_uri=f"file://{path}", namespace="file", name=path)
     path = parts.path or "/"
+    bucket = parts.netloc.rpartition("@")[2]  # gs://<conn_id>@bucket/...: the connection is not the place
     return LineagePlace(
-        asset_uri=f"{parts.scheme}://{parts.netloc}{path}",
-        namespace=f"{parts.scheme}://{parts.netloc}",
+        asset_uri=f"{parts.scheme}://{bucket}{path}",
+        namespace=f"{parts.scheme}://{bucket}",
         name=path.lstrip("/") or "/",
     )
 

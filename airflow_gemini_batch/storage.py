@@ -12,6 +12,12 @@ key lists, the object-storage sink's folder) asks here, so they all agree on whi
   provider's gcsfs file system over a ``google_cloud_platform`` connection). A user's ``ObjectStoragePath``
   is taken as it is, and :func:`uri_of` writes it as text with its connection (``gs://conn_id@bucket/key``),
   so a URI in a manifest reaches the same store from another task.
+* Remote files are opened through the store's own file system (``ObjectStoragePath.fs``), not
+  ``ObjectStoragePath.open``: that one reports every read and write as hook-level lineage, and key lists and
+  temporary files are no datasets (the operators report their real source and destination themselves).
+  Remote reads go through one :data:`REMOTE_READ_BUFFER`: fsspec's files answer each ``readline()`` (and
+  so each line of a ``for line in fh`` loop) with a fresh block read and copy - 30 000 key-list lines took
+  14 s on gcsfs against the GCS emulator, 0.2 s through the buffer.
 * An output that must never be seen half-written (the object-storage sink's files) is a :class:`PendingFile`:
   written under a hidden temporary name beside its target and moved into place only when complete.
 """
@@ -19,6 +25,7 @@ key lists, the object-storage sink's folder) asks here, so they all agree on whi
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _FILE_SCHEME = "file://"
 _COPY_BUFFER = 8 * 1024 * 1024
+#: The read buffer of a remote file (see the module docstring): what a line loop or a small read is served from.
+REMOTE_READ_BUFFER = 1024 * 1024
 
 
 def uri_of(path: AnyPath) -> str:
@@ -76,11 +85,16 @@ def object_path(uri: AnyPath) -> ObjectStoragePath:
 
 
 def open_binary(uri: AnyPath, mode: str = "rb") -> IO[bytes]:
-    """A file opened in binary ``mode`` (``rb`` / ``wb``): the built-in ``open`` locally, else the store's."""
+    """A file opened in binary ``mode`` (``rb`` / ``wb``): the built-in ``open`` locally, else the store's
+    (streamed both ways; a remote read buffered, see the module docstring)."""
     local = local_path(uri)
     if local is not None:
         return open(local, mode)
-    return object_path(uri).open(mode)
+    obj = object_path(uri)
+    fh = obj.fs.open(obj.path, mode)
+    if "r" in mode:
+        return io.BufferedReader(fh, REMOTE_READ_BUFFER)
+    return fh
 
 
 def is_file(uri: AnyPath) -> bool:
@@ -115,14 +129,13 @@ class PendingFile:
 
     Invariant: the target is either what it was before or the complete new file - never empty, never half
     written - and :meth:`discard` leaves no temporary file behind. Locally the move is ``os.replace`` (atomic,
-    after an ``fsync``); on an object store it is the store's own move (on GCS a server-side copy, then a
-    delete of the temporary object), so the new object appears whole. The temporary name starts with a dot and
+    after an ``fsync``); on an object store it is a copy inside the store (on GCS a server-side rewrite: the
+    new object appears whole, in one step) and then a delete of the temporary object. Not the store's ``mv``:
+    gcsfs's first tries the ``objects.moveTo`` API and, where that is missing (the GCS emulator answers 501),
+    retries it for half a minute before it copies anyway; a copy gives the same guarantee on every store. The temporary name starts with a dot and
     ends in ``.tmp`` (``.results.parquet.<token>.tmp``), so wildcards such as ``*.parquet`` and readers that
     skip hidden files do not pick it up. A process killed outright (SIGKILL) cannot discard; its temporary file
     stays under that hidden name, and the target keeps its previous content.
-
-    Remote files are opened through the store's file system, not ``ObjectStoragePath.open``: that one reports
-    every write as hook-level lineage, and the temporary name is no dataset (the operator reports the real one).
 
     :param target: the final path or URI (an ``ObjectStoragePath`` is taken as it is).
     """
@@ -170,17 +183,21 @@ class PendingFile:
             fh.close()
         temp, target = self._remote_temp, self._remote
         assert target is not None
-        temp.fs.mv(temp.path, target.path)
+        temp.fs.copy(temp.path, target.path)
+        temp.fs.rm(temp.path)
 
     def discard(self) -> None:
         """Drop the temporary file (an abort): the target keeps what it had. Never raises - it runs while
-        another error is on its way up, which must not be hidden by a failed clean-up (that is logged)."""
+        another error is on its way up, which must not be hidden by a failed clean-up (that is logged).
+
+        Closed, then deleted: the same on every store. (Cancelling a started upload instead is not supported
+        everywhere: the GCS emulator answers 501 to it, and gcsfs retries that for half a minute.)
+        """
         fh, self._fh = self._fh, None
-        try:
-            if fh is not None:
-                with contextlib.suppress(Exception):
-                    fh.discard()  # an object store's file: cancel a started multi-part upload
+        if fh is not None:
+            with contextlib.suppress(Exception):  # a failed upload may fail again here; the delete still runs
                 fh.close()
+        try:
             if self._local is not None:
                 self._local.with_name(self.temp_name).unlink(missing_ok=True)
             else:

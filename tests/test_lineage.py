@@ -59,6 +59,10 @@ def test_paths_and_object_stores(tmp_path):
     assert (remote.asset_uri, remote.namespace, remote.name) == (
         "s3://bucket/results/run1", "s3://bucket", "results/run1",
     )  # fmt: skip
+    gcs = path_place("gs://google_cloud_default@bucket/results/run1")  # the connection is not the place
+    assert (gcs.asset_uri, gcs.namespace, gcs.name) == (
+        "gs://bucket/results/run1", "gs://bucket", "results/run1",
+    )  # fmt: skip
 
 
 def test_a_single_table_select_names_its_table_and_anything_else_none(conns):

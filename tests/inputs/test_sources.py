@@ -91,6 +91,29 @@ def test_jsonl_source_local_and_uri(tmp_path):
         ]
 
 
+def test_jsonl_source_on_gcs(gcs_conn, tmp_path):
+    """``input_path`` on ``gs://`` (the provider's gcsfs, GCS emulator): read line by line, in batches."""
+    import uuid
+
+    from airflow_gemini_batch.storage import copy_file
+    from tests.gcp_emulators import BUCKET
+
+    local = tmp_path / "in.jsonl"
+    local.write_bytes(
+        b"".join(
+            b'{"key": %d, "request": {"contents": [{"parts": [{"text": "p%d"}]}]}}\n' % (i, i)
+            for i in range(25)
+        )
+    )
+    uri = f"gs://{gcs_conn}@{BUCKET}/inputs-{uuid.uuid4().hex[:8]}/in.jsonl"
+    copy_file(local, uri)
+    batches = list(JsonlRowSource(uri, batch_size=10).batches())
+    assert [len(b) for b in batches] == [10, 10, 5]
+    assert batches[2][-1] == (24, {"contents": [{"parts": [{"text": "p24"}]}]})
+    with pytest.raises(GeminiBatchInputError, match="does not exist"):
+        list(JsonlRowSource(uri + ".missing").batches())
+
+
 def test_jsonl_source_missing_file(tmp_path):
     with pytest.raises(GeminiBatchInputError, match="does not exist"):
         list(JsonlRowSource(str(tmp_path / "nope.jsonl")).batches())

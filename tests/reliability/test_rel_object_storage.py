@@ -3,7 +3,7 @@
 The rule under test: a load that fails leaves the destination folder exactly as the previous load left it -
 the same bytes in ``results.<fmt>`` and ``errors.jsonl``, and no temporary file beside them - on every backend:
 the local disk, an object store through ``ObjectStoragePath`` (fsspec's in-memory store), and ``gs://`` against
-the GCS emulator (``tests/gcs``). The failures are real ones: a job of the manifest still PENDING (held by the
+the GCS emulator (staging on the same store, so the key lists are read from it too). The failures are real ones: a job of the manifest still PENDING (held by the
 emulator, released for the other job, so the first shard is loaded before the second fails), and a key that
 is no integer under ``key_column_type="INTEGER"``.
 """
@@ -22,11 +22,16 @@ from airflow_gemini_batch.storage import object_path
 from tests.reliability.helpers import StateStore, context, submit_op
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "gcs"])
 def store(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """A folder for staging and results: the local disk, or an object store (fsspec's in-memory one)."""
+    """A folder for staging and results: the local disk, an object store (fsspec's in-memory one), or
+    ``gs://`` through the Google provider's gcsfs file system against the GCS emulator."""
     if request.param == "local":
         return str(tmp_path)
+    if request.param == "gcs":
+        from tests.gcp_emulators import BUCKET
+
+        return f"gs://{request.getfixturevalue('gcs_conn')}@{BUCKET}/rel-{uuid.uuid4().hex[:8]}"
     from airflow.sdk.io import attach
     from fsspec.implementations.memory import MemoryFileSystem
 
@@ -127,3 +132,42 @@ def test_R76_a_key_that_is_no_integer_fails_the_load_and_keeps_the_previous_file
     ):
         load(second, folder)
     assert_previous_load_intact(folder, before)
+
+
+def test_R77_staging_on_gcs_reaches_a_load_on_another_worker(
+    sqlite_warehouse, gemini_conn, emulator, gcs_conn, tmp_path, monkeypatch
+):
+    """CeleryExecutor with ``staging_path`` on ``gs://``: the submit is accepted (a temp folder would be refused,
+    R-staging tests), its worker's temp dir is then gone, and the load - as on another machine - reconciles
+    every key against the key lists in the bucket."""
+    import shutil
+    import tempfile
+
+    from tests.gcp_emulators import BUCKET
+
+    wh = sqlite_warehouse
+    src = wh.table("src")
+    wh.create_prompts_table(src, 12)
+    worker_tmp = tmp_path / "submit-worker-tmp"
+    worker_tmp.mkdir()
+    own_tmp = tempfile.gettempdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(worker_tmp))  # the submit worker's own temp dir
+    base = f"gs://{gcs_conn}@{BUCKET}/rel77-{uuid.uuid4().hex[:8]}"
+    op = submit_op(
+        wh.conn_id, f"SELECT id, name, category FROM {src}", f"{base}/staging",  # type: ignore[arg-type]
+        executor="CeleryExecutor", max_requests_per_job=5,
+    )  # fmt: skip
+    ctx = context(StateStore())
+    ctx["task"] = op
+    manifest = op.execute(ctx)
+    assert all(s["keys_path"].startswith(f"{base}/staging/") for s in manifest["shards"])
+    assert (worker_tmp / "gemini-batch").is_dir()  # the submit worked in it
+    shutil.rmtree(worker_tmp)  # another machine: nothing of the submit's local files
+    monkeypatch.setattr(tempfile, "tempdir", own_tmp)
+
+    GeminiBatchJobSensor(task_id="wait", manifest=manifest, poll_interval=0.05, timeout=60).execute(
+        context(task_id="wait")
+    )
+    summary = load(manifest, f"{base}/results")
+    assert summary["counts"] == {"succeeded": 12, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert len(emulator.control.jobs()) == 3

@@ -66,3 +66,25 @@ def test_shuffled_results_over_many_keys_stay_memory_bounded(tmp_path):
     assert len(unmatched) == 3
     # A dict of 100 k keys alone would take ~12 MB; the merge + on-disk index stays a few MB.
     assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_key_list_on_gcs(gcs_conn, tmp_path):
+    """A key list on ``gs://`` (the Google provider's gcsfs, against the GCS emulator): read in blocks through
+    one buffer (tests/test_storage.py shows its memory stays flat), matched in order, the rest unmatched."""
+    import uuid
+
+    from airflow_gemini_batch.storage import copy_file
+    from tests.gcp_emulators import BUCKET
+
+    n = 200_000
+    local = Path(write_keys(tmp_path / "k.jsonl", [f"key-{i:08d}" for i in range(n)]))
+    uri = f"gs://{gcs_conn}@{BUCKET}/reconcile-{uuid.uuid4().hex[:8]}/keys-00000.jsonl"
+    copy_file(local, uri)
+    local.unlink()
+
+    keys = KeyReconciler(uri, work_dir=str(tmp_path))
+    assert all(keys.resolve(f"key-{i:08d}") == (MATCHED, f"key-{i:08d}") for i in range(0, n - 2))
+    assert keys.resolve("key-x") == (UNKNOWN, None)
+    assert list(keys.iter_unmatched()) == [f"key-{n - 2:08d}", f"key-{n - 1:08d}"]
+    assert keys.lookups == 1 and keys.key_count == n  # one lookup: the unknown key
+    keys.close()

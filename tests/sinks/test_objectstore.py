@@ -1,8 +1,9 @@
 """The object-storage sink: files written whole or not at all, on the local disk and on an object store, and
 integer keys as they really travel (strings on the wire and in the key lists).
 
-The in-memory fsspec file system, attached as an Airflow object store, stands in for a bucket here (the same
-``ObjectStoragePath`` code path as ``gs://``); ``tests/gcs`` runs the same sink against the GCS emulator.
+Each backend test runs on the local disk, on fsspec's in-memory store attached as an Airflow object store,
+and on ``gs://`` through the Google provider's gcsfs file system against the GCS emulator
+(``gs://google_cloud_default@test-bucket/...``, the ``gcs_conn`` fixture of ``tests/gcp_emulators.py``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,18 @@ def memory_folder() -> str:
     return f"memory://bucket-{uuid.uuid4().hex[:8]}/out"
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture
+def gcs_folder(gcs_conn: str) -> str:
+    from tests.gcp_emulators import BUCKET
+
+    return f"gs://{gcs_conn}@{BUCKET}/sink-{uuid.uuid4().hex[:8]}/out"
+
+
+@pytest.fixture(params=["local", "memory", "gcs"])
 def folder(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    return str(tmp_path / "out") if request.param == "local" else request.getfixturevalue("memory_folder")
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue(f"{request.param}_folder")
 
 
 def names_in(folder: str) -> list[str]:
@@ -96,10 +106,22 @@ def test_an_aborted_load_keeps_the_previous_files_and_leaves_no_temporary_file(f
     sink = ObjectStorageSink(folder, fmt)
     sink.open()
     sink.write([ok("x"), bad("y")] * 100)
-    assert names_in(folder) != sorted(before)  # the new files exist, under temporary names, while writing
+    if not folder.startswith("gs://"):  # a GCS object exists only once its upload completes
+        assert names_in(folder) != sorted(before)  # the new files exist, under temporary names, while writing
     sink.abort()
 
     assert {name: read(folder, name) for name in names_in(folder)} == before
+
+
+def test_an_abort_after_part_of_the_file_was_uploaded_leaves_no_object(gcs_folder):
+    """More than one upload block (gcsfs: 5 MiB) written: the resumable upload has begun when the abort comes;
+    it is cancelled (or its object removed), and the folder stays empty."""
+    sink = ObjectStorageSink(gcs_folder, "jsonl")
+    sink.open()
+    for start in range(0, 8_000, 1_000):
+        sink.write([ok(str(i), text="x" * 1_000) for i in range(start, start + 1_000)])
+    sink.abort()
+    assert not object_path(gcs_folder).exists() or names_in(gcs_folder) == []
 
 
 def test_a_failed_move_is_followed_by_an_abort_that_leaves_no_temporary_file(tmp_path):

@@ -43,6 +43,8 @@ def test_a_temp_folder_is_refused_on_a_distributed_executor(executor):
 def test_what_every_worker_reaches_is_accepted(tmp_path):
     check_reachable_by_other_workers(default_staging_uri("abc"), "LocalExecutor")
     check_reachable_by_other_workers("s3://bucket/prefix", "CeleryExecutor")
+    check_reachable_by_other_workers("gs://google_cloud_default@bucket/prefix", "CeleryExecutor")
+    check_reachable_by_other_workers("gs://bucket/prefix", "KubernetesExecutor")
     check_reachable_by_other_workers("/mnt/nfs/gemini", "CeleryExecutor")  # a deliberate shared mount
 
 
@@ -122,3 +124,26 @@ def test_with_remote_staging_the_local_folder_goes_and_the_create_marker_is_remo
     assert not staging.local_dir.exists()  # nothing of this run stays on the worker's disk
     assert is_file(staging.keys_uri(0))  # the published key list stays where the load reads it
     assert not Staging(remote, "another-task").creates_attempted()  # one marker per task instance
+
+
+def test_key_lists_are_published_to_gcs_and_read_back_from_there(gcs_conn, tmp_path):
+    """A ``gs://`` staging folder (the provider's gcsfs, GCS emulator): the key list is written locally next to
+    its shard, published once, and the load reads it from the bucket; a missing one names the staging storage."""
+    import uuid
+
+    from airflow_gemini_batch.storage import is_file
+    from airflow_gemini_batch.submit.staging import Staging
+    from tests.gcp_emulators import BUCKET
+
+    uri = f"gs://{gcs_conn}@{BUCKET}/staging-{uuid.uuid4().hex[:8]}"
+    staging = Staging(uri, f"identity-{uuid.uuid4().hex[:8]}")
+    assert staging.remote and staging.keys_uri(0) == f"{uri}/keys-00000.jsonl"
+    staging.local_keys_path(0).write_bytes(b'"0"\n"1"\n"2"\n')
+    assert staging.publish(staging.local_keys_path(0), staging.keys_uri(0)) == staging.keys_uri(0)
+    assert is_file(staging.keys_uri(0))
+    staging.local_keys_path(0).unlink()  # the load runs elsewhere: only the bucket has it
+    assert [value for _, value in iter_key_lines(staging.keys_uri(0))] == ["0", "1", "2"]
+
+    with pytest.raises(GeminiBatchStagingError, match="not on the staging storage") as err:
+        list(iter_key_lines(staging.keys_uri(1)))
+    assert staging.keys_uri(1) in str(err.value)
