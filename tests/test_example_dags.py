@@ -16,7 +16,7 @@ EXAMPLE_DAG_IDS = {
     "gemini_batch_product_descriptions",
     "gemini_batch_review_sentiment",
     "gemini_batch_product_embeddings",
-    "gemini_batch_bigquery_reviews",  # run against the BigQuery emulator in tests/gcp/test_example_bigquery.py
+    "gemini_batch_bigquery_reviews",  # run against the BigQuery emulator in tests/reliability/test_rel_bigquery.py
 }
 
 

@@ -11,7 +11,7 @@ The main table (one row per input key, upserted on the key column; every outcome
 filter on ``outcome``):
 
 =================  ======================  =========================  ==========================
-column             SQLite                  PostgreSQL                 BigQuery (documented only)
+column             SQLite                  PostgreSQL                 BigQuery
 =================  ======================  =========================  ==========================
 <key_column>       key_column_type (TEXT)  key_column_type (TEXT)     STRING / INT64
 outcome            TEXT NOT NULL           TEXT NOT NULL              STRING

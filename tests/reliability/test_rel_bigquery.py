@@ -1,4 +1,4 @@
-"""dags/example_bigquery.py end to end with dag.test(): BigQuery table → Gemini batch (emulator) → BigQuery table
+"""R72, R73: dags/example_bigquery.py end to end with dag.test(): BigQuery table → Gemini batch (emulator) → BigQuery
 on the BigQuery emulator. A rerun leaves one row per key (MERGE upsert); a load that fails part-way leaves the
 destination exactly as it was."""
 
@@ -40,7 +40,7 @@ def run_dag(register_dag: Any) -> Any:
     return dag.test()
 
 
-def test_bigquery_to_batch_to_bigquery_and_a_rerun_keeps_one_row_per_key(
+def test_R72_bigquery_to_batch_to_bigquery_and_a_rerun_keeps_one_row_per_key(
     example_env: str, emulator: Any, bq_client: Any, register_dag: Any
 ):
     run = run_dag(register_dag)
@@ -62,7 +62,7 @@ def test_bigquery_to_batch_to_bigquery_and_a_rerun_keeps_one_row_per_key(
     assert tables == ["review_answers", "review_answers_errors", "reviews"], "no staging table is left"
 
 
-def test_a_failed_load_leaves_the_destination_untouched(
+def test_R73_a_failed_bigquery_load_leaves_the_destination_untouched(
     example_env: str, emulator: Any, bq_client: Any, register_dag: Any
 ):
     assert run_dag(register_dag).state == "success"
