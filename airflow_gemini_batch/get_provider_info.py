@@ -31,6 +31,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_gemini_batch.operators.submit",
                     "airflow_gemini_batch.operators.results",
+                    "airflow_gemini_batch.operators.batch",
                 ],
             }
         ],

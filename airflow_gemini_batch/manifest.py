@@ -64,6 +64,7 @@ class Manifest(TypedDict, total=False):
     #: present when the run made its own cache (shared_context): renewed by the wait, deleted after the load
     context_cache: ContextCacheInfo
     estimate: dict[str, Any] | None  # cost.estimate.RunEstimate: tokens and cost at the batch price, budget
+    round: int  # GeminiBatchOperator's row-retry round (absent: 1, a first submission)
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ CLASSES = (
     "airflow_gemini_batch.operators.submit.GeminiBatchSubmitOperator",
     "airflow_gemini_batch.sensors.job.GeminiBatchJobSensor",
     "airflow_gemini_batch.operators.results.GeminiBatchLoadResultsOperator",
+    "airflow_gemini_batch.operators.batch.GeminiBatchOperator",
 )
 _PARAM = re.compile(r"^:param (\w+):\s*(.*)$")
 

@@ -17,6 +17,7 @@ EXAMPLE_DAG_IDS = {
     "gemini_batch_review_sentiment",
     "gemini_batch_product_embeddings",
     "gemini_batch_bigquery_reviews",  # run against the BigQuery emulator in tests/reliability/test_rel_bigquery.py
+    "gemini_batch_catalog_taglines",
 }
 
 
@@ -109,3 +110,15 @@ def test_product_embeddings_vectors_per_key(example_env, emulator, register_dag)
         assert outcome == "succeeded" and len(vector) == 256
         assert vector == pytest.approx(expected_embedding(titles[sku], 256))
     assert [j["kind"] for j in emulator.control.jobs()] == ["embed"]
+
+
+def test_catalog_taglines_one_task_with_a_retry_round(example_env, emulator, register_dag):
+    """The all-in-one operator: 5 % of the first job's rows fail with 503, the second round answers them."""
+    from airflow_gemini_batch.emulator.faults import fails_by_fraction
+
+    emulator.control.set_job_behaviour(fail_fraction=0.05, fail_status=503, count=1)
+    _run("gemini_batch_catalog_taglines", register_dag)
+    rows = dict(_query(example_env, "SELECT id, attempts FROM catalog_taglines WHERE outcome = 'succeeded'"))
+    doomed = {i for i in range(1, 501) if fails_by_fraction(str(i), 0.05)}
+    assert doomed and rows == {i: 2 if i in doomed else 1 for i in range(1, 501)}
+    assert len(emulator.control.jobs()) == 2

@@ -15,7 +15,8 @@ Public, pure functions (no I/O, no clock, no randomness beyond hashes of the req
   candidatesTokenCount = ceil(len(text)/4); totalTokenCount = their sum. No thoughtsTokenCount.
 * ``expected_embedding(text, dim)`` - a unit vector of ``dim`` floats seeded by sha256(text).
 * A request whose prompt (contents or system instruction) contains ``PLEASE_FAIL`` fails with
-  ``{"code": 400, "message": ...}``.
+  ``{"code": 400, "message": ...}``; one containing ``PLEASE_BLOCK`` is answered as a prompt blocked by the
+  safety filters (no candidates, ``promptFeedback.blockReason = SAFETY``), as the service does.
 
 Field names are accepted in camelCase and snake_case, like the real service (proto JSON).
 """
@@ -33,6 +34,7 @@ from typing import Any
 from airflow_gemini_batch.emulator.common import pick
 
 FAIL_MARKER = "PLEASE_FAIL"
+BLOCK_MARKER = "PLEASE_BLOCK"
 DEFAULT_EMBEDDING_DIM = 3072
 CHARS_PER_TOKEN = 4
 
@@ -309,4 +311,16 @@ def answer(request: Mapping[str, Any], model: str, kind: str) -> tuple[str, dict
         return "error", fail_error()
     if kind == "embed":
         return "response", embed_response(request)
+    if BLOCK_MARKER in text_for_fail:
+        return "response", blocked_response(request, model)
     return "response", generate_response(request, model)
+
+
+def blocked_response(request: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A prompt the safety filters blocked: no candidates, the reason in ``promptFeedback``."""
+    prompt_tokens = math.ceil(len(all_prompt_text(request)) / CHARS_PER_TOKEN)
+    return {
+        "promptFeedback": {"blockReason": "SAFETY"},
+        "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens},
+        "modelVersion": model.removeprefix("models/"),
+    }

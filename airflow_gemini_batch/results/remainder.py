@@ -21,18 +21,20 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.rows import FAILED, MISSING, OUTCOMES, SUCCEEDED
+from airflow_gemini_batch.results.rows import EXAMPLES, FAILED, MISSING, OUTCOMES, SUCCEEDED
 from airflow_gemini_batch.storage import copy_file
 
 if TYPE_CHECKING:
     from airflow_gemini_batch.results.rows import ResultRow
     from airflow_gemini_batch.sinks.sink import Sink
 
+_OUTCOME = itemgetter(1)
 #: HTTP codes of a row's error that say "try again later", not "this request is wrong".
 RETRYABLE_CODES = frozenset({429, 500, 503, 504})
 #: The same, as the google.rpc status names the service may put in the message.
@@ -65,10 +67,9 @@ class RemainderRecorder:
         os.close(fd)
         self._local = Path(local)
         self._fh: Any = None
-
-    @property
-    def rows_written(self) -> int:
-        return self.sink.rows_written
+        self.rows_written = 0
+        #: the first keys that did not succeed and are not retryable (final whatever the round).
+        self.final_failure_examples: list[Any] = []
 
     @property
     def key_count(self) -> int:
@@ -80,12 +81,19 @@ class RemainderRecorder:
 
     def write(self, rows: list[ResultRow]) -> None:
         self.sink.write(rows)
+        self.rows_written = self.sink.rows_written
+        if list(map(_OUTCOME, rows)).count(SUCCEEDED) == len(rows):
+            return  # the common chunk: a C-level count, no Python step per row
         dumps, counts, fh = orjson.dumps, self.counts, self._fh
         for row in rows:
             # row[1] outcome, row[12] error_code, row[13] error_message (ResultRow order)
-            if row[1] != SUCCEEDED and is_retryable(row[1], row[12], row[13]):
+            if row[1] == SUCCEEDED:
+                continue
+            if is_retryable(row[1], row[12], row[13]):
                 fh.write(dumps(row[0]) + b"\n")
                 counts[row[1]] += 1
+            elif len(self.final_failure_examples) < EXAMPLES:
+                self.final_failure_examples.append(row[0])
 
     def close(self) -> None:
         self.sink.close()

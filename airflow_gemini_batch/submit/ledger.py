@@ -9,6 +9,9 @@ Invariants:
   (``-g<n>`` before the index after ``force_resubmit``; ``-r<n>`` for a shard's n-th recovery after its job
   ended FAILED, EXPIRED or CANCELLED); 31 characters (up to ~55 with both), well under the 128 allowed. It is
   how an orphan — a job created while its name was never recorded — is found again via ``batches.list``.
+* A row-retry round n ≥ 2 of ``GeminiBatchOperator`` is a submission of its own in the same task instance:
+  its records live under their own keys (``gemini_batch_submit.round<n>``, see :class:`SubmissionLedger`) and
+  its display names carry ``-a<n>`` after the identity hash, so rounds never mistake each other's jobs.
 * Order of records in ``context["task_state_store"]`` (shared by all tries of a task instance): the header
   (identity, fingerprint, generation) before any upload; per shard the uploaded file name right after the
   upload, the *intent* right before ``create``, the job name right after. The run's context cache
@@ -98,10 +101,15 @@ class SubmissionLedger:
     """The submit run's records in the task state store (or nothing, when the context has none).
 
     :param store: ``context["task_state_store"]`` (``get(key, default)``, ``set(key, value)``) or None.
+    :param round_number: the row-retry round (``GeminiBatchOperator``); round 1 uses the plain keys, so a
+        first round is recorded exactly like the submit operator's run.
     """
 
-    def __init__(self, store: Any | None) -> None:
+    def __init__(self, store: Any | None, round_number: int = 1) -> None:
         self.store = store
+        first = round_number <= 1
+        self._header_key = HEADER_KEY if first else f"{HEADER_KEY}.round{round_number}"
+        self._shard_key = SHARD_KEY if first else self._header_key + ".shard.{index}"
         if store is None:
             log.warning(
                 "No task_state_store in the context: crash recovery relies on finding jobs by their display "
@@ -113,12 +121,12 @@ class SubmissionLedger:
         return self.store is not None
 
     def header(self) -> dict[str, Any] | None:
-        return self.store.get(HEADER_KEY, None) if self.store is not None else None
+        return self.store.get(self._header_key, None) if self.store is not None else None
 
     def shard(self, index: int) -> dict[str, Any]:
         if self.store is None:
             return {}
-        return self.store.get(SHARD_KEY.format(index=index), None) or {}
+        return self.store.get(self._shard_key.format(index=index), None) or {}
 
     def _set(self, key: str, value: dict[str, Any]) -> None:
         if self.store is not None:
@@ -171,7 +179,7 @@ class SubmissionLedger:
                     on_changed_input,
                 )
         self._set(
-            HEADER_KEY,
+            self._header_key,
             {
                 "identity": identity.text,
                 "fingerprint": fingerprint,
@@ -195,15 +203,15 @@ class SubmissionLedger:
 
     def record_upload(self, index: int, rec: dict[str, Any], file_name: str) -> None:
         rec["file_name"] = file_name
-        self._set(SHARD_KEY.format(index=index), rec)
+        self._set(self._shard_key.format(index=index), rec)
 
     def record_intent(self, index: int, rec: dict[str, Any]) -> None:
         rec["intent"] = True
-        self._set(SHARD_KEY.format(index=index), rec)
+        self._set(self._shard_key.format(index=index), rec)
 
     def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
         rec["job_name"] = job_name
-        self._set(SHARD_KEY.format(index=index), rec)
+        self._set(self._shard_key.format(index=index), rec)
 
     def cache(self) -> dict[str, Any]:
         """The context cache record (``display_name``, ``intent``, ``name``), or {}."""
@@ -233,4 +241,4 @@ class SubmissionLedger:
 
     def record_recovery(self, index: int, rec: dict[str, Any]) -> None:
         """The shard's next generation (no file, intent or job yet), before anything is uploaded for it."""
-        self._set(SHARD_KEY.format(index=index), rec)
+        self._set(self._shard_key.format(index=index), rec)

@@ -30,6 +30,10 @@ the settings, every stage and the order between them read best in one place. The
   and uploaded (:mod:`airflow_gemini_batch.submit.context_cache`). A failure that ends the task for good
   deletes it when no job references it; a failure that will be retried keeps it for the retry.
 * The manifest carries names, counts and locations only; never row data, never the API key.
+* A row-retry round (``round_number`` ≥ 2, :class:`~airflow_gemini_batch.operators.batch.GeminiBatchOperator`)
+  is the same order over the same source filtered to the previous round's remainder keys (``key_filter``),
+  with its own staging folder (``<staging>/round-<n>``), ledger records and display names (``-a<n>``), so
+  it is idempotent on its own: a resumption, retry or clear re-attaches to the round's jobs.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from airflow_gemini_batch.inputs.shards import (
 )
 from airflow_gemini_batch.inputs.sources import (
     DEFAULT_BATCH_SIZE,
+    PREBUILT_COLUMNS,
     JsonlRowSource,
     ListRowSource,
     RowSource,
@@ -72,6 +77,7 @@ from airflow_gemini_batch.submit.context_cache import (
     placeholder_name,
 )
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
+from airflow_gemini_batch.submit.remainder import KeyFilteredSource
 from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
 from airflow_gemini_batch.submit.submission import (
     ON_FAILED_JOB,
@@ -215,14 +221,24 @@ class SubmitRun:
     :param hook: the hook every API call goes through (only :meth:`submit` uses it).
     :param settings: validated settings (:meth:`SubmitSettings.validated`).
     :param log: where progress goes (the operator's task log).
+    :param round_number: the row-retry round (1: a plain submission, as the submit operator's).
+    :param key_filter: a key list (URI): only the source rows with these keys are submitted (a retry round).
     """
 
     def __init__(
-        self, hook: GeminiBatchHook, settings: SubmitSettings, log: Logger | logging.Logger | None = None
+        self,
+        hook: GeminiBatchHook,
+        settings: SubmitSettings,
+        log: Logger | logging.Logger | None = None,
+        *,
+        round_number: int = 1,
+        key_filter: str | None = None,
     ) -> None:
         self.hook = hook
         self.settings = settings
         self.log = log or logging.getLogger(__name__)
+        self.round_number = round_number
+        self.key_filter = key_filter
         #: jobs this execution created (not re-attached ones): what ``on_kill`` may cancel.
         self.created_jobs: list[str] = []
         #: the run's context cache, once ensured (``shared_context``)
@@ -248,7 +264,7 @@ class SubmitRun:
             if not plan.shards:
                 self.log.warning("The input has no valid rows: nothing to submit.")
             estimate = self.estimate(plan)
-            ledger = self._ledger = SubmissionLedger(context.get("task_state_store"))
+            ledger = self._ledger = SubmissionLedger(context.get("task_state_store"), self.round_number)
             self._shard_count = len(plan.shards)
             scan = self.needs_orphan_scan(ledger, staging)
             generation = self.begin(
@@ -291,7 +307,9 @@ class SubmitRun:
         without a previous try's leftovers; refused before any call when other workers could not reach it."""
         uri = staging_uri(self.settings.staging_path, identity.hash)
         check_reachable_by_other_workers(uri, executor)
-        staging = Staging(uri, identity.hash)
+        if self.round_number > 1:
+            uri = f"{uri.rstrip('/')}/round-{self.round_number}"
+        staging = Staging(uri, self.name_stem(identity))
         staging.clear_stale()
         return staging
 
@@ -307,6 +325,11 @@ class SubmitRun:
             tools=s.tools,
             ttl_seconds=s.cache_ttl_seconds,
         )
+
+    def name_stem(self, identity: RunIdentity) -> str:
+        """What the display names (and a remote staging's local folder) start from: the identity hash, plus
+        ``-a<n>`` in a retry round."""
+        return identity.hash if self.round_number <= 1 else f"{identity.hash}-a{self.round_number}"
 
     def request_spec(self) -> RequestSpec:
         s = self.settings
@@ -364,6 +387,9 @@ class SubmitRun:
         if isinstance(source, ListRowSource) and source.kind == "str":
             # A list of prompt strings is keyed by position, whatever key_column says for SQL inputs.
             spec.key_column = "key"
+        if self.key_filter:
+            key_column = PREBUILT_COLUMNS[0] if source.prebuilt else spec.key_column
+            source = KeyFilteredSource(source, self.key_filter, key_column)
         self.log.info("Reading %s into shards under %s", source.describe(), staging.local_dir)
         with staging.local_skipped_path.open("wb") as skipped_file:
             invalid = InvalidRows(
@@ -481,7 +507,7 @@ class SubmitRun:
             self.hook,
             ledger,
             plan,
-            identity_hash=identity.hash,
+            identity_hash=self.name_stem(identity),
             generation=generation,
             keys_uris=keys_uris,
             model=self.model,
@@ -536,6 +562,8 @@ class SubmitRun:
         )
         if self.cache is not None:
             manifest["context_cache"] = self.cache.as_manifest()
+        if self.round_number > 1:
+            manifest["round"] = self.round_number
         return manifest
 
     def cancel_created_jobs(self) -> None:

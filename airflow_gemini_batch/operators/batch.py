@@ -1,0 +1,260 @@
+"""GeminiBatchOperator: the whole batch in one deferrable task — submit, wait, load, and row-retry rounds.
+
+Thin by design: :class:`~airflow_gemini_batch.submit.rounds.RowRounds` owns the rounds and their order; the
+submit, the wait and the load are the same code the three single-stage operators run. The operator only
+moves between the phases: it waits the sensor's way (one read, then a deferral to the same trigger while jobs
+are not done, so no worker slot is held), and carries the round's manifest (which names its round) and the
+records of the rounds before it in XCom (see the rounds module for why that is all the state it needs).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import AssetAlias, BaseOperator, conf
+
+from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTriggerEventError
+from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.lineage import (
+    OpenLineageMixin,
+    destination_alias_name,
+    destination_place,
+    load_lineage,
+    submit_lineage,
+)
+from airflow_gemini_batch.links import GeminiBatchJobLink
+from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, RESULTS_SUMMARY_XCOM_KEY, job_names
+from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
+from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
+from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
+from airflow_gemini_batch.submit.rounds import RowRounds
+from airflow_gemini_batch.submit.run import SubmitSettings
+from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
+from airflow_gemini_batch.wait.waiter import JobWaiter
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context
+
+    from airflow_gemini_batch.manifest import Manifest
+
+#: XCom key of the records of the rounds loaded so far (pushed before each deferral; small).
+ROUNDS_XCOM_KEY = "gemini_batch_rounds"
+_ONE_NAME = ("key_column",)  # named alike by both stages: the source's key column names the destination's
+
+
+class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
+    """Submit rows as Gemini batch jobs, wait in the triggerer, load the answers, and resend retryable failures.
+
+    Takes every argument of ``GeminiBatchSubmitOperator`` (the source, the requests, the limits, the
+    idempotency options; not ``wait_for_completion``) and of ``GeminiBatchLoadResultsOperator`` (the
+    destination; not ``manifest``), with the same names and meanings; ``key_column`` names the key column of
+    the source and of the destination alike. Rows that come back ``missing`` or ``failed`` with a retryable
+    error (HTTP 429, 500, 503, 504; RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE) are sent again in a follow-up
+    batch, up to ``max_row_retries`` rounds; a row that succeeded, or failed for good (400 INVALID_ARGUMENT,
+    a blocked prompt, invalid output), is never sent again. Every destination row carries ``attempts``.
+
+    The task succeeds when the final counts pass ``max_failed_fraction``; otherwise it fails with
+    ``GeminiBatchResultsError`` after every round is loaded (rows whose retries ran out stay ``failed`` with
+    ``attempts = max_row_retries + 1``). Returns the total summary (also under XCom key
+    ``gemini_batch_results_summary``) with per-round ``rounds`` records; a table destination is required for
+    retry rounds (``destination_path`` works with ``max_row_retries=0``).
+
+    :param max_row_retries: follow-up rounds for retryable rows (default 2; 0: one batch, like the trio).
+    :param deferrable: wait in the triggerer between the phases (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between job reads while waiting.
+    :param wait_timeout: seconds one round may wait before failing with ``GeminiBatchTimeoutError``.
+    :param allow_partial: load a round whose jobs partly FAILED / EXPIRED / CANCELLED (their keys are loaded
+        as failed); otherwise such a round fails the task, and a clear resubmits those shards alone.
+    :param cancel_on_kill: on kill, cancel the round's jobs that are not finished.
+    :param gemini_conn_id: the ``gemini_batch`` connection. (templated)
+    """
+
+    operator_extra_links = (GeminiBatchJobLink(),)
+    template_fields: Sequence[str] = tuple(
+        dict.fromkeys(
+            [
+                *GeminiBatchSubmitOperator.template_fields,
+                *(f for f in GeminiBatchLoadResultsOperator.template_fields if f != "manifest"),
+            ]
+        )
+    )
+    template_fields_renderers = GeminiBatchSubmitOperator.template_fields_renderers
+    template_ext: Sequence[str] = (".sql",)
+    ui_color = "#d2e3fc"
+    # Set from the settings in __init__ (one attribute per field), declared here for the type checker.
+    source_conn_id: str | None
+    sql: str | None
+    input_path: str | None
+    destination_conn_id: str | None
+    destination_table: str | None
+    destination_path: str | None
+
+    def __init__(
+        self,
+        *,
+        max_row_retries: int = 2,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 60.0,
+        wait_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        allow_partial: bool = False,
+        cancel_on_kill: bool = True,
+        gemini_conn_id: str = GeminiBatchHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        stage_names = set(SubmitSettings.names()) | set(LoadSettings.names())
+        stage_args = {k: kwargs.pop(k) for k in list(kwargs) if k in stage_names}
+        super().__init__(**kwargs)
+        submit = SubmitSettings.of(stage_args).validated()
+        load = LoadSettings.of({**stage_args, "key_column": submit.key_column}).validated()
+        if not isinstance(max_row_retries, int) or max_row_retries < 0:
+            raise GeminiBatchInputError(f"max_row_retries must be an integer >= 0, not {max_row_retries!r}")
+        if max_row_retries and load.destination_path is not None:
+            raise GeminiBatchInputError(
+                "Row-retry rounds need a table destination (a round upserts the rows it resent); with "
+                "destination_path use max_row_retries=0, or load into destination_table."
+            )
+        for name in SubmitSettings.names():
+            setattr(self, name, getattr(submit, name))
+        for name in LoadSettings.names():
+            if name not in _ONE_NAME:
+                setattr(self, name, getattr(load, name))
+        self.max_row_retries = max_row_retries
+        self.deferrable, self.poll_interval, self.wait_timeout = deferrable, poll_interval, wait_timeout
+        self.allow_partial, self.cancel_on_kill, self.gemini_conn_id = (
+            allow_partial,
+            cancel_on_kill,
+            gemini_conn_id,
+        )
+        if not self.outlets:
+            self.outlets = [AssetAlias(name=destination_alias_name(self.dag_id, self.task_id))]
+        self._rounds: RowRounds | None = None
+        self._waiter: JobWaiter | None = None
+        self._manifest: Manifest | None = None
+        self._summary: dict[str, Any] | None = None
+
+    @cached_property
+    def hook(self) -> GeminiBatchHook:
+        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
+
+    def rounds(self) -> RowRounds:
+        if self._rounds is None:
+            self._rounds = RowRounds(
+                self.hook, SubmitSettings.of(self), LoadSettings.of(self), self.max_row_retries, self.log
+            )
+        return self._rounds
+
+    # ---- phases -------------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Round 1 (a new try replays the rounds from here: each re-attaches to its recorded jobs)."""
+        return self._run_from(context, 1, previous=None, records=[])
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A round's wait ended in the triggerer: conclude it as the sensor does, load it, go on. The round is
+        the one the manifest in XCom names (pushed before the deferral, so any worker finds it)."""
+        ti = context["ti"]
+        manifest = ti.xcom_pull(task_ids=ti.task_id, key=MANIFEST_XCOM_KEY, map_indexes=ti.map_index)
+        records = ti.xcom_pull(task_ids=ti.task_id, key=ROUNDS_XCOM_KEY, map_indexes=ti.map_index)
+        if not manifest:
+            raise GeminiBatchTriggerEventError(
+                f"The deferred task {ti.task_id} has no {MANIFEST_XCOM_KEY} XCom to resume from; clear it: "
+                "every round re-attaches to its recorded jobs."
+            )
+        self._manifest = manifest
+        self._waiter_for(manifest).conclude(event)
+        return self._load_and_go_on(context, int(manifest.get("round", 1)), manifest, list(records or []))
+
+    def _run_from(
+        self, context: Context, n: int, previous: Manifest | None, records: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        manifest = self._manifest = self.rounds().submit(context, n, previous)
+        ti = context["ti"]
+        ti.xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)  # before any deferral: the resumption reads it
+        ti.xcom_push(key=ROUNDS_XCOM_KEY, value=records)
+        if manifest.get("shards"):
+            self._wait(manifest)
+        return self._load_and_go_on(context, n, manifest, records)
+
+    def _wait(self, manifest: Manifest) -> None:
+        waiter = self._waiter_for(manifest, deadline=time.time() + self.wait_timeout)
+        if not self.deferrable:
+            waiter.wait(self.poll_interval)
+            return
+        decision = waiter.poll()  # one read: finished jobs (a replay) cost no trip to the triggerer
+        if decision.done:
+            decision.raise_for_outcome()
+            return
+        self.defer(
+            trigger=waiter.trigger(self.gemini_conn_id, self.poll_interval, self.cancel_on_kill),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.wait_timeout + DEFER_TIMEOUT_SLACK_SECONDS),
+        )
+
+    def _load_and_go_on(
+        self, context: Context, n: int, manifest: Manifest, records: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        sent = records[-1]["resent"] if records else None
+        record = self.rounds().load(manifest, n, sent)
+        records.append(record)
+        if self.rounds().wants_another(record):
+            return self._run_from(context, n + 1, manifest, records)
+        return self._finish(context, manifest, records)
+
+    def _finish(self, context: Context, manifest: Manifest, records: list[dict[str, Any]]) -> dict[str, Any]:
+        pricing = LoadRun(manifest, LoadSettings.of(self), self.log, gemini_conn_id=self.gemini_conn_id)
+        summary = self._summary = self.rounds().total(records, pricing)
+        self.log.info(
+            "%d round(s): %s; %s",
+            len(records),
+            summary["counts"],
+            ", ".join(
+                f"round {r['round']}: {r['request_count']} sent, {r['resent']} resent" for r in records
+            ),
+        )
+        ti = context["ti"]
+        ti.xcom_push(key=ROUNDS_XCOM_KEY, value=summary["rounds"])
+        ti.xcom_push(key=RESULTS_SUMMARY_XCOM_KEY, value=summary)
+        self._publish_asset(context, summary)
+        pricing.raise_for_failures(summary)
+        return summary
+
+    def _waiter_for(self, manifest: Manifest, deadline: float | None = None) -> JobWaiter:
+        policy = WaitPolicy(allow_partial=self.allow_partial)
+        self._waiter = JobWaiter(self.hook, job_names(manifest), policy, self.log, deadline)
+        return self._waiter
+
+    def _publish_asset(self, context: Context, summary: dict[str, Any]) -> None:
+        """An asset event for the concrete destination, through the alias this task declared."""
+        aliases = [o for o in self.outlets if isinstance(o, AssetAlias)]
+        events = context.get("outlet_events")
+        place = destination_place(self.destination_conn_id, self.destination_table, self.destination_path)
+        if not aliases or events is None or place is None:
+            return
+        for alias in aliases:
+            events[alias].add(place.asset(), extra={"counts": summary["counts"]})
+
+    def lineage(self) -> tuple[list[Any], list[Any], Any]:
+        inputs, _, _ = submit_lineage(
+            source_conn_id=self.source_conn_id, sql=self.sql, input_path=self.input_path, manifest=None
+        )
+        _, outputs, facet = load_lineage(
+            destination_conn_id=self.destination_conn_id,
+            destination_table=self.destination_table,
+            destination_path=self.destination_path,
+            summary=self._summary,
+        )
+        return inputs, outputs, facet
+
+    def on_kill(self) -> None:
+        """Cancel the round's unfinished jobs (waiting) or the jobs this execution created (submitting)."""
+        if not self.cancel_on_kill:
+            return
+        if self._waiter is not None:
+            self._waiter.cancel_unfinished()
+        elif self._rounds is not None and self._rounds.current is not None:
+            self._rounds.current.cancel_created_jobs()

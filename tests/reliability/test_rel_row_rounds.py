@@ -1,0 +1,162 @@
+"""Reliability: row-level retry rounds (issue 13 item 2, scenario b) with ``GeminiBatchOperator`` in real DAG
+runs — rows that failed with a retryable error are answered by a follow-up batch; rows that succeeded, or
+failed for good, are never sent again; the counts add up per round and in total.
+
+End state asserted every time: destination rows (outcome, ``attempts``), the emulator's jobs, creates and the
+requests it processed per key, the task state and the summary's per-round and total counts.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from airflow_gemini_batch.emulator.faults import fails_by_fraction
+from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
+from airflow_gemini_batch.operators.batch import GeminiBatchOperator
+from tests.conftest import xcom_of
+from tests.reliability.helpers import POLL, START, rerun_task, ti_states, unique_dag_id
+
+N = 100
+DOOMED = sorted(k for k in range(N) if fails_by_fraction(k, 0.05))  # the 5 % the first job fails with 503
+
+
+def _dag(tables: tuple[Any, str, str], tmp_path: Any, **kw: Any) -> Any:
+    from airflow.sdk import DAG
+
+    wh, src, dst = tables
+    with DAG(dag_id=unique_dag_id("rounds"), schedule=None, start_date=START, catchup=False) as dag:
+        GeminiBatchOperator(
+            task_id="batch",
+            sql=f"SELECT id, name, category FROM {src}",
+            source_conn_id=wh.conn_id,
+            prompt_template="Describe {name} ({category}).",
+            destination_conn_id=wh.conn_id,
+            destination_table=dst,
+            key_column_type="INTEGER",
+            staging_path=str(tmp_path / "staging"),
+            create_retry_base_seconds=0.01,
+            deferrable=True,
+            poll_interval=POLL,
+            **kw,
+        )
+    return dag
+
+
+def _rows(wh: Any, dst: str) -> dict[int, tuple[str, int, int | None]]:
+    return {k: (o, a, c) for k, o, a, c in wh.query(f"SELECT id, outcome, attempts, error_code FROM {dst}")}
+
+
+def test_R57_five_percent_503_are_answered_by_a_second_round_and_a_clear_pays_nothing(
+    tables, gemini_conn, emulator, run_dag, tmp_path
+):
+    wh, _, dst = tables
+    assert 2 <= len(DOOMED) <= 10
+    # The first round's job only (count=1) fails 5 % of its rows with 503 UNAVAILABLE; each round's job is
+    # held PENDING for one read, so both rounds really defer to the triggerer (no worker held meanwhile).
+    emulator.control.set_job_behaviour(fail_fraction=0.05, fail_status=503, count=1)
+    emulator.control.hold_state("PENDING", reads=1)
+    dag = _dag(tables, tmp_path)
+    run = run_dag(dag)
+    assert run.state == "success" and ti_states(run) == {"batch": "success"}
+
+    assert _rows(wh, dst) == {k: ("succeeded", 2 if k in DOOMED else 1, None) for k in range(N)}
+    # No succeeded row was sent again: the emulator processed each key once, the 503 ones twice.
+    assert emulator.control.request_counts() == {str(k): 2 if k in DOOMED else 1 for k in range(N)}
+    jobs = sorted(emulator.control.jobs(), key=lambda j: j["create_time"])
+    assert len(jobs) == 2 and emulator.control.calls()["batches.create"] == 2
+    assert "-a2-" in jobs[1]["display_name"] and "-a2-" not in jobs[0]["display_name"]
+    assert [j["request_count"] for j in jobs] == [N, len(DOOMED)]
+
+    summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    first, second = summary["rounds"]
+    # Per round: its keys add up to its outcomes; what it resent is the next round's input.
+    assert first["request_count"] == sum(first["counts"].values()) == N
+    assert first["counts"] == {
+        "succeeded": N - len(DOOMED),
+        "failed": len(DOOMED),
+        "invalid_output": 0,
+        "missing": 0,
+    }
+    assert first["resent"] == len(DOOMED) == second["request_count"] == sum(second["counts"].values())
+    assert second["counts"]["succeeded"] == len(DOOMED) and second["resent"] == 0
+    # In total: every key settled once, in the round that answered it.
+    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert (
+        summary["request_count"] == N and summary["reconciled"] and summary["rows_loaded"] == N + len(DOOMED)
+    )
+    assert summary["tokens"]["total"] == first["tokens"]["total"] + second["tokens"]["total"] > 0
+
+    # The user clears the task (same DAG run, same task state store): both rounds re-attach, nothing is
+    # created or processed again, the rows stay as they were.
+    assert rerun_task(dag, run, "batch") == "success"
+    assert emulator.control.calls()["batches.create"] == 2
+    assert emulator.control.request_counts() == {str(k): 2 if k in DOOMED else 1 for k in range(N)}
+    assert _rows(wh, dst) == {k: ("succeeded", 2 if k in DOOMED else 1, None) for k in range(N)}
+
+
+def test_R58_retries_run_out_the_rows_end_failed_and_the_task_fails_after_loading(
+    tables, gemini_conn, emulator, run_dag, all_logs, tmp_path
+):
+    wh, _, dst = tables
+    emulator.control.set_job_behaviour(fail_fraction=0.05, fail_status=503)  # every round's job
+    run = run_dag(_dag(tables, tmp_path, max_row_retries=2))
+    assert run.state == "failed" and ti_states(run) == {"batch": "failed"}
+    # Sent 1 + max_row_retries times, then left failed; every other row loaded once, in round 1.
+    assert _rows(wh, dst) == {
+        k: ("failed", 3, 503) if k in DOOMED else ("succeeded", 1, None) for k in range(N)
+    }
+    assert emulator.control.request_counts() == {str(k): 3 if k in DOOMED else 1 for k in range(N)}
+    assert emulator.control.calls()["batches.create"] == 3
+    summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert [r["request_count"] for r in summary["rounds"]] == [N, len(DOOMED), len(DOOMED)]
+    assert summary["rounds"][-1]["exhausted"] == len(DOOMED) and summary["rounds"][-1]["resent"] == 0
+    assert summary["counts"] == {
+        "succeeded": N - len(DOOMED),
+        "failed": len(DOOMED),
+        "invalid_output": 0,
+        "missing": 0,
+    }
+    assert summary["status"] == "too_many_failures" and summary["reconciled"]
+    assert f"GeminiBatchResultsError: {len(DOOMED)} of {N} keys did not succeed" in all_logs.text
+
+
+def test_R59_invalid_argument_and_safety_blocked_rows_are_never_resent(
+    tables, gemini_conn, emulator, run_dag, tmp_path
+):
+    wh, src, dst = tables
+    invalid, blocked = (
+        [k for k in range(N) if k not in DOOMED][:3],
+        [k for k in range(N) if k not in DOOMED][3:6],
+    )
+    wh.execute(f"UPDATE {src} SET name = 'PLEASE_FAIL' WHERE id IN ({', '.join(map(str, invalid))})")
+    wh.execute(f"UPDATE {src} SET name = 'PLEASE_BLOCK' WHERE id IN ({', '.join(map(str, blocked))})")
+    emulator.control.set_job_behaviour(fail_fraction=0.05, fail_status=503, count=1)
+    run = run_dag(_dag(tables, tmp_path, max_failed_fraction=0.1))
+    assert run.state == "success"
+    rows = _rows(wh, dst)
+    assert {k: rows[k] for k in invalid} == dict.fromkeys(invalid, ("failed", 1, 400))
+    assert {k: rows[k][:2] for k in blocked} == dict.fromkeys(blocked, ("failed", 1))
+    assert {k: rows[k] for k in DOOMED} == dict.fromkeys(DOOMED, ("succeeded", 2, None))
+    counts = emulator.control.request_counts()
+    assert {counts[str(k)] for k in invalid + blocked} == {1} and {counts[str(k)] for k in DOOMED} == {2}
+    summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert summary["rounds"][0]["resent"] == len(DOOMED) and len(summary["rounds"]) == 2
+    assert summary["counts"]["failed"] == 6 and summary["counts"]["succeeded"] == N - 6
+    assert sorted(summary["first_failed_keys"], key=int) == [str(k) for k in sorted(invalid + blocked)]
+
+
+def test_R57_a_rerun_with_the_task_state_lost_finds_both_rounds_by_name(
+    tables, gemini_conn, emulator, run_dag, tmp_path
+):
+    """``dag.test()`` again for the same logical date re-creates the run (task state gone): the 48 h
+    display-name scan finds round 1's job, its reload yields the same remainder, and round 2's job too."""
+    wh, _, dst = tables
+    emulator.control.set_job_behaviour(fail_fraction=0.05, fail_status=503, count=1)
+    dag = _dag(tables, tmp_path)
+    when = datetime.datetime(2026, 1, 7, tzinfo=datetime.timezone.utc)
+    assert run_dag(dag, logical_date=when).state == "success"
+    assert run_dag(dag, logical_date=when).state == "success"
+    assert emulator.control.calls()["batches.create"] == 2
+    assert emulator.control.request_counts() == {str(k): 2 if k in DOOMED else 1 for k in range(N)}
+    assert _rows(wh, dst) == {k: ("succeeded", 2 if k in DOOMED else 1, None) for k in range(N)}
