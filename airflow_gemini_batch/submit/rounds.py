@@ -5,7 +5,7 @@ round is the existing stages composed, nothing new in between:
 
 * **submit** (:meth:`RowRounds.submit`): a :class:`~airflow_gemini_batch.submit.run.SubmitRun` for round n —
   round 1 over the whole source, round n ≥ 2 over the same source filtered to round n-1's remainder keys
-  (:mod:`airflow_gemini_batch.submit.remainder`), with its own ledger records, staging folder and display
+  (:mod:`airflow_gemini_batch.submit.round_input`), with its own ledger records, staging folder and display
   names (``-a<n>``). So each round is idempotent the way a submission is: a resumption on another worker, a
   retry or a clear re-attaches to the round's recorded jobs and never pays twice.
 * **wait**: the operator's, the sensor's way (poll once, defer to the trigger while not done).

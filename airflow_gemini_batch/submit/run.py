@@ -77,7 +77,7 @@ from airflow_gemini_batch.submit.context_cache import (
     placeholder_name,
 )
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
-from airflow_gemini_batch.submit.remainder import KeyFilteredSource
+from airflow_gemini_batch.submit.round_input import KeyFilteredSource
 from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
 from airflow_gemini_batch.submit.submission import (
     ON_FAILED_JOB,

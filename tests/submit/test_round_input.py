@@ -8,7 +8,7 @@ import pytest
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
 from airflow_gemini_batch.inputs.sources import ListRowSource, SqlRowSource
-from airflow_gemini_batch.submit.remainder import KeyFilteredSource
+from airflow_gemini_batch.submit.round_input import KeyFilteredSource
 
 
 def _keys(tmp_path, *lines: str) -> str:
