@@ -39,6 +39,15 @@ class GeminiBatchSubmitError(GeminiBatchError):
     """
 
 
+class GeminiBatchQuotaError(GeminiBatchSubmitError):
+    """``create`` kept answering 429 RESOURCE_EXHAUSTED through every in-process retry: no job was made.
+
+    Separate from its base because it is *certain* that nothing was created, so the submit operator defers
+    and submits the rest later (:mod:`airflow_gemini_batch.submit.admission`) instead of failing the task.
+    Raised out of a submit only where no admission applies; then Airflow's retries submit the rest.
+    """
+
+
 class GeminiBatchChangedInputError(GeminiBatchError, AirflowFailException):
     """A retry saw different input than the recorded jobs were built from, and ``on_changed_input='fail'``.
 

@@ -65,6 +65,7 @@ class Manifest(TypedDict, total=False):
     context_cache: ContextCacheInfo
     estimate: dict[str, Any] | None  # cost.estimate.RunEstimate: tokens and cost at the batch price, budget
     round: int  # GeminiBatchOperator's row-retry round (absent: 1, a first submission)
+    admission: dict[str, Any]  # the admission rounds under the quotas (submit.admission.AdmissionState)
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

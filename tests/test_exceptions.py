@@ -23,6 +23,7 @@ from airflow_gemini_batch.exceptions import (
     GeminiBatchJobCancelledError,
     GeminiBatchJobExpiredError,
     GeminiBatchJobFailedError,
+    GeminiBatchQuotaError,
     GeminiBatchResultsError,
     GeminiBatchSdkChangedError,
     GeminiBatchStagingError,
@@ -45,6 +46,7 @@ FAIL_AT_ONCE = [
 RETRIED = [
     GeminiBatchError,
     GeminiBatchSubmitError,
+    GeminiBatchQuotaError,
     GeminiBatchJobFailedError,
     GeminiBatchJobCancelledError,
     GeminiBatchJobExpiredError,

@@ -1,7 +1,9 @@
 """GeminiBatchSubmitOperator: warehouse rows (or a list, or a JSONL file) → validated shards → batch jobs.
 
 Thin by design: :class:`~airflow_gemini_batch.submit.run.SubmitRun` owns the submission, its order and its
-invariants; the operator runs it, pushes its manifest and may wait the sensor's way (``JobWaiter``)."""
+invariants; the operator runs it round by round (deferring between admission rounds under the quotas,
+:mod:`airflow_gemini_batch.submit.admission`), pushes its manifest and may wait the sensor's way
+(``JobWaiter``)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.lineage import SubmitLineage
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, Manifest, job_names
+from airflow_gemini_batch.submit.admission import (
+    DEFAULT_MAX_CONCURRENT_JOBS,
+    AdmissionPending,
+    AdmissionState,
+)
 from airflow_gemini_batch.submit.run import SubmitRun, SubmitSettings
+from airflow_gemini_batch.triggers.admission import GeminiBatchAdmissionTrigger
 from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
@@ -73,7 +81,12 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param max_bytes_per_job: shard file limit (default 1.9 GB, under the 2 GB File API limit).
     :param max_requests_per_job: requests per shard (default 100 000).
     :param max_tokens_per_job: estimated tokens per shard (~4 bytes/token), e.g. your tier's token quota.
-    :param max_jobs: refuse a run needing more shards (default 100, the concurrent batch limit).
+    :param max_jobs: a safety cap: refuse a run needing more shards (default 100), before any upload.
+    :param max_concurrent_jobs: at most this many of the run's jobs unfinished at once (default 100, the
+        service's limit per project); the other shards wait for headroom and are submitted in later rounds.
+    :param max_enqueued_tokens: at most this many estimated tokens (~4 bytes/token) in the run's unfinished
+        jobs, e.g. your tier's enqueued-token quota for the model (README: Quotas); None: unlimited. Also caps
+        each shard, so every shard fits alone.
     :param inline_threshold_bytes: a lone shard up to this size is sent inline (at most 20 MB; generate only).
     :param staging_path: ObjectStoragePath URI for key lists and skipped keys. Default: a local folder
         ``<tempdir>/gemini-batch/<identity>`` — multi-worker deployments need shared storage here. (templated)
@@ -84,7 +97,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         alone again (``"resubmit"``) or re-attached, so the wait fails as before (``"fail"``).
     :param keep_uploaded_files: keep the uploaded input files after their jobs finished (default: the load
         deletes them; Files API storage is 20 GB per project, and the service deletes them after 48 h).
-    :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors.
+    :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors; a 429 that outlasts
+        them ends the admission round (the rest is submitted after ``poll_interval``, doubling, up to 16 times).
     :param create_retry_base_seconds: exponential backoff base (full jitter); after an ambiguous error (5xx,
         lost connection) the job is looked up no sooner than five bases later (10 s by default).
     :param max_cost_usd: refuse the run before any upload (``GeminiBatchBudgetError``) when its estimated
@@ -97,8 +111,9 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param gemini_conn_id: the ``gemini_batch`` connection. (templated)
     :param wait_for_completion: also wait for the jobs in this task (same semantics as
         ``GeminiBatchJobSensor``); the task still returns the manifest, and pushes the wait summary.
-    :param deferrable: with ``wait_for_completion``, wait in the triggerer instead of holding a worker.
-    :param poll_interval: seconds between job reads while waiting.
+    :param deferrable: wait in the triggerer instead of holding a worker: for quota headroom between
+        admission rounds, and with ``wait_for_completion`` for the jobs.
+    :param poll_interval: seconds between job reads while waiting (for headroom, or for the jobs).
     :param wait_timeout: seconds to wait before failing with ``GeminiBatchTimeoutError`` (default 48 h 15 min).
     :param allow_partial: with ``wait_for_completion``, succeed when only some jobs fail / expire / are
         cancelled (they are listed in the wait summary; the good ones can still be loaded).
@@ -147,6 +162,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         max_requests_per_job: int = SubmitSettings.max_requests_per_job,
         max_tokens_per_job: int | None = None,
         max_jobs: int = SubmitSettings.max_jobs,
+        max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS,
+        max_enqueued_tokens: int | None = None,
         inline_threshold_bytes: int = 0,
         staging_path: str | None = None,
         fetch_batch_size: int = SubmitSettings.fetch_batch_size,
@@ -185,8 +202,25 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
 
     def execute(self, context: Context) -> Manifest:
+        return self._admit(context, None)
+
+    def execute_admitted(self, context: Context, event: dict[str, Any] | None = None) -> Manifest:
+        """Quota headroom appeared (the admission trigger fired): the next round, on the retry path."""
+        return self._admit(context, AdmissionState.from_event(event))
+
+    def _admit(self, context: Context, admission: AdmissionState | None) -> Manifest:
         self._run = SubmitRun(self.hook, SubmitSettings.of(self), self.log)
-        manifest = self._manifest = self._run.execute(context)
+        outcome = self._run.admit(context, admission)
+        while isinstance(outcome, AdmissionPending):
+            if self.deferrable:
+                self.defer(
+                    trigger=GeminiBatchAdmissionTrigger.of(
+                        outcome, self.gemini_conn_id, self.poll_interval, self.cancel_on_kill
+                    ),
+                    method_name="execute_admitted",
+                )
+            outcome = self._run.admit(context, outcome.wait(self.hook, self.poll_interval, self.log))
+        manifest = self._manifest = outcome
         context["ti"].xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)
         if self.wait_for_completion:
             self._wait(context, manifest)

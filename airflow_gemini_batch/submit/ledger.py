@@ -209,6 +209,11 @@ class SubmissionLedger:
         rec["intent"] = True
         self._set(self._shard_key.format(index=index), rec)
 
+    def clear_intent(self, index: int, rec: dict[str, Any]) -> None:
+        """Every create attempt was refused (429): no job can exist, so no later try need look one up."""
+        rec["intent"] = False
+        self._set(SHARD_KEY.format(index=index), rec)
+
     def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
         rec["job_name"] = job_name
         self._set(self._shard_key.format(index=index), rec)

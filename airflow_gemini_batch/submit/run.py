@@ -29,6 +29,9 @@ the settings, every stage and the order between them read best in one place. The
   re-used) only after the ledger accepted the input, right before the shard files are filled with its name
   and uploaded (:mod:`airflow_gemini_batch.submit.context_cache`). A failure that ends the task for good
   deletes it when no job references it; a failure that will be retried keeps it for the retry.
+* Admission under the quotas (:mod:`airflow_gemini_batch.submit.admission`): :meth:`SubmitRun.admit` is one
+  round — this whole order again, on the retry path — and returns :class:`AdmissionPending` while shards wait
+  for headroom; :meth:`SubmitRun.execute` waits on the worker between rounds, the operator defers instead.
 * The manifest carries names, counts and locations only; never row data, never the API key.
 * A row-retry round (``round_number`` ≥ 2, :class:`~airflow_gemini_batch.operators.batch.GeminiBatchOperator`)
   is the same order over the same source filtered to the previous round's remainder keys (``key_filter``),
@@ -39,6 +42,7 @@ the settings, every stage and the order between them read best in one place. The
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +72,13 @@ from airflow_gemini_batch.inputs.sources import (
 )
 from airflow_gemini_batch.inputs.validation import InvalidRows
 from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest
+from airflow_gemini_batch.submit.admission import (
+    DEFAULT_MAX_CONCURRENT_JOBS,
+    AdmissionLimits,
+    AdmissionPending,
+    AdmissionState,
+    rate_limit_pause,
+)
 from airflow_gemini_batch.submit.context_cache import (
     RunCache,
     SharedContext,
@@ -140,6 +151,8 @@ class SubmitSettings:
     max_requests_per_job: int = DEFAULT_MAX_REQUESTS_PER_JOB
     max_tokens_per_job: int | None = None
     max_jobs: int = DEFAULT_MAX_JOBS
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    max_enqueued_tokens: int | None = None
     inline_threshold_bytes: int = 0
     staging_path: str | None = None
     fetch_batch_size: int = DEFAULT_BATCH_SIZE
@@ -152,6 +165,7 @@ class SubmitSettings:
     max_cost_usd: float | None = None
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS
     prices: dict[str, dict[str, float]] | None = None
+    poll_interval: float = 60.0  # also between reads while waiting for quota headroom
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -194,6 +208,12 @@ class SubmitSettings:
             raise ValueError(f"on_failed_job must be 'resubmit' or 'fail', got {self.on_failed_job!r}.")
         if not 0 <= self.inline_threshold_bytes <= MAX_INLINE_BYTES:
             raise ValueError(f"inline_threshold_bytes must be between 0 and {MAX_INLINE_BYTES} (20 MB).")
+        if self.max_concurrent_jobs < 1:
+            raise ValueError(f"max_concurrent_jobs must be at least 1, got {self.max_concurrent_jobs!r}.")
+        if self.max_enqueued_tokens is not None and self.max_enqueued_tokens < 1:
+            raise ValueError(
+                f"max_enqueued_tokens must be at least 1 (or None: unlimited), got {self.max_enqueued_tokens!r}."
+            )
         if self.task not in ("generate", "embed"):
             raise ValueError(f"task must be 'generate' or 'embed', got {self.task!r}.")
         if self.shared_context and (self.task == "embed" or self.cached_content):
@@ -252,7 +272,19 @@ class SubmitRun:
         return self.settings.model or default_model(self.settings.task)
 
     def execute(self, context: Context) -> Manifest:
-        """Run every stage in order (see the module docstring for why this order) and return the manifest."""
+        """Every admission round (see :meth:`admit`), waiting on this worker between them; the manifest."""
+        outcome = self.admit(context)
+        while isinstance(outcome, AdmissionPending):
+            outcome = self.admit(context, outcome.wait(self.hook, self.settings.poll_interval, self.log))
+        return outcome
+
+    def admit(self, context: Context, admission: AdmissionState | None = None) -> Manifest | AdmissionPending:
+        """One round: run every stage in order (see the module docstring for why this order); the manifest
+        once every shard has its job, else what to wait for before the next round.
+
+        :param admission: the rounds so far (None: this is the first round of this execution).
+        """
+        admission = admission or AdmissionState()
         identity = RunIdentity.from_context(context)
         shared = self.shared_context()
         if shared is not None:
@@ -275,7 +307,14 @@ class SubmitRun:
                     self.prepare_cache(ledger, identity, plan, shared)
                 keys_uris, skipped_uri = self.publish(staging, plan)
                 submitted = self.submit(
-                    ledger, identity, plan, generation, keys_uris, scan=scan, staging=staging
+                    ledger,
+                    identity,
+                    plan,
+                    generation,
+                    keys_uris,
+                    scan=scan,
+                    staging=staging,
+                    known_states=admission.known_states,
                 )
             except BaseException as e:
                 if self.cache is not None and _final(e, context) and not ledger.has_jobs(len(plan.shards)):
@@ -283,7 +322,61 @@ class SubmitRun:
                 raise
         finally:
             staging.remove_local_files()  # a retry rebuilds its shards; uploaded ones are reused by name
-        return self.manifest(identity, staging, plan, submitted, skipped_uri, estimate)
+        pending = self.pending(plan, submitted, admission)
+        if pending is not None:
+            return pending
+        manifest = self.manifest(identity, staging, plan, submitted, skipped_uri, estimate)
+        manifest["admission"] = admission.summary(self.admission_limits())
+        return manifest
+
+    def pending(
+        self, plan: ShardPlan, submitted: PlanSubmission, admission: AdmissionState
+    ) -> AdmissionPending | None:
+        """Record this round in ``admission``; what the next one waits for, or None when none is needed."""
+        reason = "rate_limited" if submitted.rate_limited else ("quota" if submitted.waiting else "done")
+        entry = admission.record(
+            created=submitted.created,
+            attached=submitted.attached,
+            waiting=len(submitted.waiting),
+            reason=reason,
+        )
+        limits = self.admission_limits()
+        self.log.info(
+            "Admission round %d: %d shard(s) submitted in all (%d created in this round), %d waiting; %d "
+            "job(s) of this run not finished (max_concurrent_jobs=%d, max_enqueued_tokens=%s)%s",
+            entry["round"],
+            len(submitted.shards),
+            submitted.created,
+            len(submitted.waiting),
+            len(submitted.active),
+            limits.max_concurrent_jobs,
+            limits.max_enqueued_tokens,
+            "; create answered 429 RESOURCE_EXHAUSTED after every retry" if submitted.rate_limited else "",
+        )
+        if not submitted.waiting:
+            if len(admission.rounds) > 1:
+                self.log.info(
+                    "All %d shard(s) admitted in %d round(s) (%d rate-limited).",
+                    len(plan.shards),
+                    len(admission.rounds),
+                    admission.rate_limited,
+                )
+            return None
+        tokens = {s.index: s.estimated_tokens for s in plan.shards}
+        resume_at = None
+        if submitted.rate_limited:
+            resume_at = time.time() + rate_limit_pause(admission, self.settings.poll_interval)
+        return AdmissionPending(
+            limits=limits,
+            state=admission,
+            job_names=[name for name, _ in submitted.active],
+            job_tokens=[t for _, t in submitted.active],
+            waiting_tokens=[tokens[i] for i in submitted.waiting],
+            resume_at=resume_at,
+        )
+
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(self.settings.max_concurrent_jobs, self.settings.max_enqueued_tokens)
 
     def needs_orphan_scan(self, ledger: SubmissionLedger, staging: Staging) -> bool:
         """Whether a job of this task instance may exist unrecorded (one 48 h ``batches.list`` scan finds it).
@@ -354,11 +447,13 @@ class SubmitRun:
         )
 
     def limits(self) -> ShardLimits:
+        """The shard limits; a shard never exceeds ``max_enqueued_tokens``, so each one fits the quota alone."""
         s = self.settings
+        budgets = [t for t in (s.max_tokens_per_job, s.max_enqueued_tokens) if t]
         return ShardLimits(
             max_bytes=s.max_bytes_per_job,
             max_requests=s.max_requests_per_job,
-            max_tokens=s.max_tokens_per_job,
+            max_tokens=min(budgets) if budgets else None,
             max_jobs=s.max_jobs,
         )
 
@@ -496,9 +591,11 @@ class SubmitRun:
         *,
         scan: bool,
         staging: Staging,
+        known_states: Mapping[str, str] | None = None,
     ) -> PlanSubmission:
-        """Upload and create (or re-attach to) one job per shard; the first stage that calls the API. The
-        create marker is written first; each shard's local file is deleted as soon as its job exists."""
+        """Upload and create (or re-attach to) one job per shard that fits under the quotas; the first stage
+        that calls the API. The create marker is written first; each shard's local file is deleted as soon as
+        its job exists."""
         s = self.settings
         inline = self.inline_requests(plan)
         if plan.shards:
@@ -518,13 +615,15 @@ class SubmitRun:
             on_created=self.created_jobs.append,
             on_settled=staging.remove_shard,
             on_failed_job=s.on_failed_job,
+            limits=self.admission_limits(),
+            known_states=known_states,
         )
         shards = submitted.shards
         self.log.info(
             "Submitted %d shard(s): %d job(s) created now, %d re-attached; %s bytes uploaded; %s requests",
             len(shards),
             submitted.created,
-            len(shards) - submitted.created,
+            submitted.attached,
             f"{submitted.uploaded_bytes:,}",
             f"{plan.request_count:,}",
         )

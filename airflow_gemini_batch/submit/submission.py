@@ -30,29 +30,31 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from google.genai import errors as genai_errors
 
-from airflow_gemini_batch.exceptions import GeminiBatchSubmitError
+from airflow_gemini_batch.exceptions import GeminiBatchQuotaError, GeminiBatchSubmitError
 from airflow_gemini_batch.hooks.gemini import LIST_WINDOW_SECONDS
 from airflow_gemini_batch.hooks.job_status import CANCELLED, EXPIRED, FAILED
 from airflow_gemini_batch.hooks.transport_errors import describe_error, is_transient, request_not_sent
 from airflow_gemini_batch.manifest import ShardInfo
 from airflow_gemini_batch.retry import RetryPolicy
+from airflow_gemini_batch.submit.admission import NOT_FOUND, AdmissionGate, holds_quota
 from airflow_gemini_batch.submit.ledger import display_name, split_recovery
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     import tenacity
 
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
     from airflow_gemini_batch.hooks.job_status import JobStatus
-    from airflow_gemini_batch.inputs.shards import ShardPlan
+    from airflow_gemini_batch.inputs.shards import Shard, ShardPlan
+    from airflow_gemini_batch.submit.admission import AdmissionLimits
     from airflow_gemini_batch.submit.ledger import SubmissionLedger
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,10 @@ def create_once(
         found = hook.find_job_by_display_name(display_name)
         if found is not None:
             return found
-    raise GeminiBatchSubmitError(
+    error_class = GeminiBatchSubmitError
+    if getattr(last, "code", None) == 429 and not any(_is_ambiguous(f) for f in failures):
+        error_class = GeminiBatchQuotaError  # every attempt was refused: certainly no job was made
+    raise error_class(
         f"Creating batch job {display_name} failed {retry.attempts} times; last error: {_error_text(last)}. "
         "Jobs created before it stay recorded, so a retry of the task submits only the rest. If this is 429 "
         "RESOURCE_EXHAUSTED, the enqueued-token or concurrent-job quota is full: wait for running jobs, "
@@ -223,9 +228,10 @@ class ShardSubmission:
     recovery: int = 0
     previous_jobs: list[str] | None = None
     previous_files: dict[str, str] | None = None  # earlier job → its uploaded file
+    state: str | None = None  # the job's state when this execution read it (None: not read)
 
 
-def _attached(rec: dict[str, Any]) -> ShardSubmission:
+def _attached(rec: dict[str, Any], state: str | None) -> ShardSubmission:
     return ShardSubmission(
         rec["job_name"],
         rec.get("file_name"),
@@ -234,6 +240,7 @@ def _attached(rec: dict[str, Any]) -> ShardSubmission:
         recovery=int(rec.get("recovery", 0)),
         previous_jobs=list(rec.get("previous_jobs", [])),
         previous_files=dict(rec.get("previous_files", {})),
+        state=state,
     )
 
 
@@ -274,7 +281,7 @@ def _ended_state(hook: GeminiBatchHook, job_name: str) -> str:
     except genai_errors.ClientError as e:
         if e.code == 404:
             log.warning("Recorded job %s is not found (404); re-attaching, the wait will report it", job_name)
-            return "NOT_FOUND"
+            return NOT_FOUND
         raise
 
 
@@ -294,7 +301,10 @@ def submit_shard(
     on_created: Any = None,
     known_jobs: dict[str, JobStatus] | None = None,
     on_failed_job: str = "resubmit",
-) -> ShardSubmission:
+    known_states: Mapping[str, str] | None = None,
+    gate: Callable[[int], bool] | None = None,
+    estimated_tokens: int = 0,
+) -> ShardSubmission | None:
     """Re-attach to the shard's recorded job, or find its orphan, or upload (once) and create it (once); a
     recorded job that ended FAILED, EXPIRED or CANCELLED is followed by the shard's next generation when
     ``on_failed_job="resubmit"`` (re-uploaded from the local shard file, which the run has just rebuilt).
@@ -303,6 +313,9 @@ def submit_shard(
     :param known_jobs: first display name → the shard's newest job from one ``find_existing_jobs`` scan, when
         this task instance has no records (first try, no state store, or records lost); None when the records
         are authoritative.
+    :param known_states: job name → state read moments ago (by the admission trigger): not read again.
+    :param gate: asked with the shard's ``estimated_tokens`` before anything is uploaded or created for it
+        (:mod:`~airflow_gemini_batch.submit.admission`); False → None is returned and nothing is sent.
     """
     base = {"fingerprint": fingerprint, "generation": generation}
     rec = ledger.shard(index)
@@ -331,14 +344,18 @@ def submit_shard(
             ledger.record_job(index, rec, found.name)
             state = found.state
     if rec.get("job_name"):
+        if state is None and known_states:
+            state = known_states.get(rec["job_name"])
         if on_failed_job == "resubmit" and state is None:
             state = _ended_state(hook, rec["job_name"])
         if state not in RECOVERABLE_STATES or on_failed_job != "resubmit":
             log.info(
                 "Shard %d: re-attaching to recorded job %s (%s)", index, rec["job_name"], rec["display_name"]
             )
-            return _attached(rec)
+            return _attached(rec, state)
         rec = _next_generation(ledger, index, rec, display_name, state)
+    if gate is not None and not gate(estimated_tokens):
+        return None  # no headroom under the quotas now: nothing uploaded, nothing created
     name = rec["display_name"]
     file_name = None
     if inline_requests is None:
@@ -350,15 +367,19 @@ def submit_shard(
             ledger.record_upload(index, rec, file_name)
             log.info("Shard %d: uploaded %s as %s", index, shard_path, file_name)
     ledger.record_intent(index, rec)
-    job = create_once(
-        hook,
-        display_name=name,
-        model=model,
-        embeddings=embeddings,
-        file_name=file_name,
-        inline_requests=inline_requests,
-        retry=retry,
-    )
+    try:
+        job = create_once(
+            hook,
+            display_name=name,
+            model=model,
+            embeddings=embeddings,
+            file_name=file_name,
+            inline_requests=inline_requests,
+            retry=retry,
+        )
+    except GeminiBatchQuotaError:
+        ledger.clear_intent(index, rec)  # every attempt was refused: no job to look for next time
+        raise
     if on_created is not None:
         on_created(job.name)
     ledger.record_job(index, rec, job.name)
@@ -371,16 +392,26 @@ def submit_shard(
         recovery=int(rec.get("recovery", 0)),
         previous_jobs=list(rec.get("previous_jobs", [])),
         previous_files=dict(rec.get("previous_files", {})),
+        state="PENDING",
     )
 
 
 @dataclass
 class PlanSubmission:
-    """Every shard of a plan with its job, and what this execution did: jobs created, bytes uploaded."""
+    """Every shard of a plan with its job (or waiting for headroom), and what this execution did."""
 
     shards: list[ShardInfo]
     created: int
     uploaded_bytes: int
+    #: shard indexes not submitted in this round (no headroom under the quotas, or 429 after the retries)
+    waiting: list[int] = field(default_factory=list)
+    #: (job name, estimated tokens) of the run's jobs that hold quota now
+    active: list[tuple[str, int]] = field(default_factory=list)
+    rate_limited: bool = False
+
+    @property
+    def attached(self) -> int:
+        return len(self.shards) - self.created
 
 
 def submit_plan(
@@ -399,21 +430,29 @@ def submit_plan(
     on_created: Any = None,
     on_failed_job: str = "resubmit",
     on_settled: Callable[[int], None] | None = None,
+    limits: AdmissionLimits | None = None,
+    known_states: Mapping[str, str] | None = None,
 ) -> PlanSubmission:
-    """Submit every shard of ``plan`` in order (:func:`submit_shard`): one job each, created or re-attached.
+    """Submit the shards of ``plan`` in order (:func:`submit_shard`): one job each, created or re-attached.
+
+    With ``limits``, in two passes: every shard's recorded job is re-attached first (those not finished hold
+    quota), then shards without a job are created in index order while they fit
+    (:mod:`~airflow_gemini_batch.submit.admission`); the rest wait, as do all after a 429 that outlasted
+    the create retries.
 
     :param scan: no records to trust (first try, no store, records lost): one ``batches.list`` scan first.
     :param inline: the single shard's requests when it goes inline instead of as an uploaded file.
     :param on_settled: called with a shard's index once it has its job (its local file is no longer needed).
+    :param known_states: job name → state the admission trigger has just read.
     """
     names = [display_name(identity_hash, plan.fingerprint, s.index, generation) for s in plan.shards]
     known = find_existing_jobs(hook, set(names)) if scan and names else None
     if known:
         log.warning("Found %d job(s) of this task instance without records; re-attaching", len(known))
-    shards: list[ShardInfo] = []
-    uploaded_bytes = created = 0
-    for shard, keys_uri, name in zip(plan.shards, keys_uris, names, strict=True):
-        result = submit_shard(
+    gate = AdmissionGate(limits) if limits is not None else None
+
+    def submit(shard: Shard, name: str, shard_gate: Any, known_jobs: Any) -> ShardSubmission | None:
+        return submit_shard(
             hook,
             ledger,
             index=shard.index,
@@ -426,14 +465,53 @@ def submit_plan(
             inline_requests=inline,
             retry=retry,
             on_created=on_created,
-            known_jobs=known,
+            known_jobs=known_jobs,
             on_failed_job=on_failed_job,
+            known_states=known_states,
+            gate=shard_gate,
+            estimated_tokens=shard.estimated_tokens,
         )
+
+    results: dict[int, ShardSubmission] = {}
+    unsubmitted: list[tuple[Shard, str]] = []
+    first_pass_gate = (lambda tokens: False) if gate is not None else None  # re-attach only
+    for shard, name in zip(plan.shards, names, strict=True):
+        result = submit(shard, name, first_pass_gate, known)
+        if result is None:
+            unsubmitted.append((shard, name))
+            continue
+        if gate is not None:
+            if result.state is None:
+                result.state = _ended_state(hook, result.job_name)
+            gate.note(result.state, shard.estimated_tokens)
+        results[shard.index] = result
+    rate_limited = False
+    for shard, name in unsubmitted:
+        try:
+            # The records are authoritative now (the first pass recorded every job the scan found).
+            result = submit(shard, name, gate.admit if gate else None, None if ledger.durable else known)
+        except GeminiBatchQuotaError as e:
+            log.warning("Shard %d: %s The shards left wait for the next admission round.", shard.index, e)
+            rate_limited = True
+            break
+        if result is None:
+            break
+        results[shard.index] = result
+
+    shards: list[ShardInfo] = []
+    uploaded_bytes = created = 0
+    active: list[tuple[str, int]] = []
+    for shard, keys_uri in zip(plan.shards, keys_uris, strict=True):
+        result = results.get(shard.index)
+        if result is None:
+            continue
         if on_settled is not None:
             on_settled(shard.index)
         if result.created_now:
             created += 1
             uploaded_bytes += 0 if inline is not None else shard.bytes
+        if holds_quota(result.state):
+            active.append((result.job_name, shard.estimated_tokens))
         info = ShardInfo(
             index=shard.index,
             display_name=result.display_name,
@@ -451,7 +529,8 @@ def submit_plan(
             if result.previous_files:
                 info["previous_files"] = result.previous_files
         shards.append(info)
-    return PlanSubmission(shards, created, uploaded_bytes)
+    waiting = [s.index for s in plan.shards if s.index not in results]
+    return PlanSubmission(shards, created, uploaded_bytes, waiting, active, rate_limited)
 
 
 def inline_requests(shard_path: Path) -> list[dict[str, Any]]:

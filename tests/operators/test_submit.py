@@ -17,7 +17,6 @@ import pytest
 from airflow_gemini_batch.exceptions import (
     GeminiBatchChangedInputError,
     GeminiBatchInputError,
-    GeminiBatchSubmitError,
 )
 from airflow_gemini_batch.manifest import MANIFEST_KIND, MANIFEST_XCOM_KEY, job_names
 from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
@@ -237,7 +236,9 @@ def test_429_on_create_then_success(sqlite_warehouse, gemini_conn, emulator, tmp
     assert emulator.control.calls()["batches.create"] == 5
 
 
-def test_429_exhausted_then_retry_submits_only_the_rest(sqlite_warehouse, gemini_conn, emulator, tmp_path):
+def test_429_exhausted_waits_then_submits_only_the_rest(sqlite_warehouse, gemini_conn, emulator, tmp_path):
+    """A 429 that outlasts the create retries ends the admission round instead of failing the task; the next
+    round (here on the worker: not deferrable) re-attaches shard 0 and creates only the rest."""
     table = sqlite_warehouse.table("quota2")
     sqlite_warehouse.create_prompts_table(table, 3000)
     store = DictStateStore()
@@ -247,6 +248,7 @@ def test_429_exhausted_then_retry_submits_only_the_rest(sqlite_warehouse, gemini
         tmp_path,
         max_requests_per_job=1000,
         create_retry_attempts=2,
+        poll_interval=0.05,
     )
     # Shard 0 is created; shard 1 then meets a full quota (2 attempts, both 429).
     real_create = op.hook.create_job
@@ -259,13 +261,14 @@ def test_429_exhausted_then_retry_submits_only_the_rest(sqlite_warehouse, gemini
         return real_create(**kw)
 
     op.hook.create_job = quota_after_first
-    with pytest.raises(GeminiBatchSubmitError, match="429"):
-        op.execute(_context(store))
-    assert len(emulator.control.jobs()) == 1
-
-    retry = _op(sqlite_warehouse.conn_id, f"SELECT * FROM {table}", tmp_path, max_requests_per_job=1000)
-    manifest = retry.execute(_context(store))
+    manifest = op.execute(_context(store))
     assert len(emulator.control.jobs()) == 3 == len(set(job_names(manifest)))
+    assert emulator.control.calls()["batches.create"] == 5  # 3 jobs + the two refused attempts
+    rounds = manifest["admission"]["rounds"]
+    assert [r["reason"] for r in rounds] == ["rate_limited", "done"] and manifest["admission"][
+        "rate_limited"
+    ] == 1
+    assert [(r["created"], r["attached"], r["waiting"]) for r in rounds] == [(1, 0, 2), (2, 1, 0)]
 
 
 def test_changed_input_on_retry(sqlite_warehouse, gemini_conn, emulator, tmp_path):

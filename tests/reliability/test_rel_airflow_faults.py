@@ -125,17 +125,18 @@ def test_R10_worker_sigkilled_after_create_before_the_name_is_saved(tables, gemi
 def test_R11_airflow_retry_after_a_failed_create_submits_only_the_rest(
     tables, gemini_conn, emulator, run_dag, tmp_path, monkeypatch
 ):
-    """Try 1 creates shard 0, then meets a full quota on shard 1; Airflow retries; try 2 finishes the job."""
+    """Try 1 creates shard 0, then shard 1's create fails through every retry (a 500 burst; a 429 would
+    wait for the next admission round instead, R52); Airflow retries; try 2 finishes the job."""
     real_create = GeminiBatchHook.create_job
     calls = {"n": 0}
 
-    def quota_after_first(self: GeminiBatchHook, **kw: Any) -> Any:
+    def fail_after_first(self: GeminiBatchHook, **kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
-            emulator.control.inject_fault("batches.create", status=429, count=2)
+            emulator.control.inject_fault("batches.create", status=500, count=2)
         return real_create(self, **kw)
 
-    monkeypatch.setattr(GeminiBatchHook, "create_job", quota_after_first)
+    monkeypatch.setattr(GeminiBatchHook, "create_job", fail_after_first)
     dag = _dag(
         tables,
         tmp_path,
@@ -149,7 +150,7 @@ def test_R11_airflow_retry_after_a_failed_create_submits_only_the_rest(
     jobs = emulator.control.jobs()
     assert len(jobs) == SHARDS == len({j["display_name"] for j in jobs})
     calls_now = emulator.control.calls()
-    assert calls_now["batches.create"] == 1 + 2 + 2  # shard 0; two 429s; shards 1 and 2
+    assert calls_now["batches.create"] == 1 + 2 + 2  # shard 0; two 500s; shards 1 and 2
     assert calls_now["files.upload_start"] == SHARDS  # shard 1's upload was reused from the state store
     assert sorted(job_names(xcom_of(run, "submit"))) == sorted(j["name"] for j in jobs)
     assert_one_row_per_key(tables[0], tables[2])

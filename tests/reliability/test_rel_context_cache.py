@@ -121,8 +121,9 @@ def test_R69_cached_tokens_reach_the_object_store_output(gemini_conn, emulator, 
 
 
 def test_R70_an_airflow_retry_reuses_the_cache(tables, gemini_conn, emulator, run_dag, tmp_path):
-    """Try 1 makes the cache, then meets a full quota on its first create and fails; try 2 re-uses it."""
-    emulator.control.inject_fault("batches.create", status=429, count=2)
+    """Try 1 makes the cache, then its first create fails with 500 through every retry (a 429 would wait for
+    the next admission round instead, R52) and the task fails; try 2 re-uses the cache."""
+    emulator.control.inject_fault("batches.create", status=500, count=2)
     dag = _dag(
         tables,
         tmp_path,

@@ -23,7 +23,6 @@ WAIT_ARGUMENTS = {
     "gemini_conn_id",
     "wait_for_completion",
     "deferrable",
-    "poll_interval",
     "wait_timeout",
     "allow_partial",
 }
