@@ -99,6 +99,7 @@ def create_app(live: LiveStates | None = None) -> FastAPI:
             "dag_ids": sorted({r.dag_id for r in records} | ({dag_id} if dag_id else set())),
             "states": states,
             "totals": _totals(jobs),
+            "runs": _runs(jobs),
             "refresh_seconds": REFRESH_SECONDS,
         }
 
@@ -219,6 +220,18 @@ def _job_view(rec: JobRecord, live: dict[str, Any], can_edit: bool) -> dict[str,
         can_cancel=can_edit and state not in TERMINAL_STATES,
     )
     return view
+
+
+def _runs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per submit task instance among the shown jobs, newest first: its estimate vs actual cost,
+    reused rows and savings (``run_cost``, carried by each of its jobs, taken once)."""
+    runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for j in jobs:
+        key = (j["dag_id"], j["run_id"], j["task_id"], j["map_index"])
+        if key not in runs and j.get("run_cost") is not None:
+            runs[key] = {"dag_id": key[0], "run_id": key[1], "task_id": key[2], "map_index": key[3],
+                         "model": j["model"], **j["run_cost"]}  # fmt: skip
+    return list(runs.values())
 
 
 def _totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:

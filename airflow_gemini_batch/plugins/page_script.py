@@ -215,7 +215,33 @@ async function loadList() {
     `<div class="card"><div class="v">${v}</div><div class="k">${k}</div></div>`).join("")}</div>
     <div class="tablewrap"><table><thead><tr><th>DAG / task / run</th><th>Job</th><th>State</th><th>Progress</th>
     <th>Created / ended</th><th>Outcomes after loading</th><th>Cost (batch)</th><th></th></tr></thead>
-    <tbody>${rows}</tbody></table></div>`;
+    <tbody>${rows}</tbody></table></div>${runsTable(data.runs)}`;
+}
+
+// ---- per run: estimate vs actual, reused rows, savings (cost.report.run_cost_report) --------------------
+function runCostCell(r) {
+  if (!r) return "—";
+  const parts = [`estimated ${money(r.estimate_usd)}${r.max_cost_usd != null ? ` (budget ${money(r.max_cost_usd)})` : ""}` +
+    (r.estimate_method ? ` <span class="muted">by ${esc(r.estimate_method)}</span>` : ""),
+    `spent ${r.actual_usd != null ? money(r.actual_usd) : "— (not loaded yet)"}`];
+  if (r.standard_usd != null) parts.push(`standard API ${money(r.standard_usd)}`);
+  if (r.caching_saved_usd) parts.push(`caching saved ${money(r.caching_saved_usd)}`);
+  if (r.reused) parts.push(`${num(r.reused)} rows reused` +
+    (r.reuse_saved_usd != null ? `, saving ${money(r.reuse_saved_usd)}` : ""));
+  return parts.join(" · ");
+}
+function runsTable(runs) {
+  if (!runs || !runs.length) return "";
+  const rows = runs.map((r) => `<tr class="run"><td class="wrap"><b>${esc(r.dag_id)}</b> · ${esc(r.task_id)}${
+    r.map_index >= 0 ? ` [${r.map_index}]` : ""}<div class="muted small mono">${esc(r.run_id)}</div></td>
+    <td class="nowrap">${num(r.requests)}</td><td class="nowrap">${money(r.estimate_usd)}${
+    r.max_cost_usd != null ? `<div class="muted small">budget ${money(r.max_cost_usd)}</div>` : ""}</td>
+    <td class="nowrap">${money(r.actual_usd)}</td><td class="nowrap">${money(r.standard_usd)}</td>
+    <td class="nowrap">${money(r.caching_saved_usd)}</td><td class="nowrap">${num(r.reused)}${
+    r.reuse_saved_usd != null ? `<div class="muted small">saved ${money(r.reuse_saved_usd)}</div>` : ""}</td></tr>`).join("");
+  return `<h3>Runs: estimate vs actual</h3><div class="tablewrap"><table class="runs"><thead><tr><th>DAG / task / run</th>
+    <th>Requests</th><th>Estimated</th><th>Spent (batch)</th><th>Standard API</th><th>Caching saved</th>
+    <th>Reused rows</th></tr></thead><tbody>${rows}</tbody></table></div>`;
 }
 
 // ---- detail view ---------------------------------------------------------------------------------------
@@ -237,7 +263,7 @@ async function loadDetail(id) {
     ["Created", when(j.create_time, true)], ["Ended", when(j.end_time, true)],
     ["Last update", when(j.update_time, true)],
     ["Outcomes after loading", outcomesCell(j.outcomes, j.results_status)], ["Loading", loadCell(j)],
-    ["Tokens", tokensCell(j)], ["Cost", costCell(j, false)]];
+    ["Tokens", tokensCell(j)], ["Cost", costCell(j, false)], ["Run cost", runCostCell(j.run_cost)]];
   $("main").innerHTML = `<div style="margin-bottom:12px">${cancelButton(j)}</div><div class="grid">${
     rows.map(([k, v]) => `<div class="k">${k}</div><div>${v}</div>`).join("")}</div>
     <details><summary class="muted">Recorded and live data (JSON)</summary><pre>${esc(JSON.stringify(j, null, 2))}</pre></details>`;

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.models.xcom import XComModel
 from sqlalchemy import String, cast, select
 
+from airflow_gemini_batch.cost.report import run_cost_report
 from airflow_gemini_batch.manifest import (
     MANIFEST_KIND,
     MANIFEST_XCOM_KEY,
@@ -89,6 +90,9 @@ class JobRecord:
     task_ids: list[str] = field(default_factory=list)
     #: The jobs of this shard's earlier generations (ended FAILED / EXPIRED / CANCELLED), oldest first.
     previous_jobs: list[str] = field(default_factory=list)
+    #: The money of the run this job belongs to (estimate vs actual, reused rows, savings), the same on each
+    #: of its jobs (``cost.report.run_cost_report``); not to be summed over jobs.
+    run_cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,7 +197,9 @@ def load_job_records(
                 previous_jobs=[str(j) for j in shard.get("previous_jobs") or []],
             )
             _attach_wait(rec, waits.get((m.dag_id, m.run_id, name)))
-            _attach_results(rec, results.get((m.dag_id, m.run_id, name)))
+            loaded = results.get((m.dag_id, m.run_id, name))
+            _attach_results(rec, loaded)
+            rec.run_cost = run_cost_report(manifest, loaded[2] if loaded else None)
             if task_id is None or task_id in rec.task_ids:
                 records.append(rec)
     return records

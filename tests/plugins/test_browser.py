@@ -163,7 +163,7 @@ def test_page_in_a_real_browser(
                 frame = _open_from_nav(page)
                 # Other tests of the session may have recorded jobs too: look only at this test's DAGs.
                 frame.locator("tbody tr").first.wait_for(timeout=30_000)
-                finished = frame.locator("tr", has_text="reviews_enrichment")
+                finished = frame.locator("tr[data-job]", has_text="reviews_enrichment")
                 assert finished.count() == 2
                 text = finished.first.inner_text()
                 assert (
@@ -177,10 +177,14 @@ def test_page_in_a_real_browser(
                 assert f"standard {money(cost['standard'])}" in text and "gemini-2.5-flash" in text
                 assert "5 succeeded" in text and f"{tokens['total']:,} tokens" in text
                 assert "task total" not in text
+                # The run's money, once per run: estimate vs what the load reports spent.
+                run_row = frame.locator("tr.run", has_text="reviews_enrichment").inner_text()
+                estimate = xcom_of(finished_run, "submit", MANIFEST_XCOM_KEY)["estimate"]
+                assert money(estimate["cost_usd"]) in run_row and money(results["cost"]["batch"]) in run_row
                 # The cards total every visible DAG (other tests' runs too): check they are there, not sums.
                 cards = frame.locator(".cards").inner_text()
                 assert "Cost at batch price" in cards and "Loaded OK" in cards
-                recovered = frame.locator("tr", has_text="catalog_refresh")
+                recovered = frame.locator("tr[data-job]", has_text="catalog_refresh")
                 assert recovered.count() == 3
                 resubmitted = recovered.filter(has_text="resubmitted: generation 1")
                 assert resubmitted.count() == 1 and "shard 2 of 3" in resubmitted.inner_text()
@@ -189,7 +193,7 @@ def test_page_in_a_real_browser(
                     f"generation 0: {expired}" in earlier.inner_text() and "EXPIRED" in earlier.inner_text()
                 )
                 assert "SUCCEEDED" in resubmitted.locator("td").nth(2).inner_text()
-                pending = frame.locator("tr", has_text="nightly_summaries")
+                pending = frame.locator("tr[data-job]", has_text="nightly_summaries")
                 assert "PENDING" in pending.inner_text() and "not loaded yet" in pending.inner_text()
                 assert frame.locator("body").evaluate("() => document.documentElement.dataset.theme") == mode
                 page.screenshot(path=str(ARTIFACTS / f"gemini-batches-{mode}.png"))
@@ -208,12 +212,12 @@ def test_page_in_a_real_browser(
             page = context.new_page()
             _login(page, api_server)
             frame = _open_from_nav(page)
-            button = frame.locator("tr", has_text="nightly_summaries").get_by_role(
+            button = frame.locator("tr[data-job]", has_text="nightly_summaries").get_by_role(
                 "button", name="Cancel job"
             )
             button.click()
             frame.get_by_role("button", name="Click again to cancel").click()
-            frame.locator("tr", has_text="nightly_summaries").locator(
+            frame.locator("tr[data-job]", has_text="nightly_summaries").locator(
                 ".badge", has_text="CANCELLED"
             ).wait_for(timeout=30_000)
             context.close()

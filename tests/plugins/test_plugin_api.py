@@ -401,3 +401,31 @@ def test_many_viewers_share_one_read_and_calls_are_capped(
     assert capped.calls == 2 and sum(j["live_deferred"] for j in rows) == 1
     rows = jobs(client, dag_id="ui_cache")["jobs"]  # the next refresh reads the one left over
     assert capped.calls == 3 and not any(j["live_deferred"] for j in rows)
+
+
+def test_each_run_shows_its_estimate_against_what_it_spent_once(
+    client: Any, live: Any, record_run: Any
+) -> None:
+    """``runs``: one entry per submit task instance (not per job), its estimate from the manifest beside the
+    load's actual cost; each job carries the same ``run_cost`` (never summed over jobs)."""
+    dag_run = record_run("ui_run_cost", n_requests=6, max_requests_per_job=2)
+    estimate = xcom_of(dag_run, "submit", MANIFEST_XCOM_KEY)["estimate"]
+    results = xcom_of(dag_run, "load", RESULTS_SUMMARY_XCOM_KEY)
+    data = jobs(client, dag_id="ui_run_cost")
+    assert len(data["jobs"]) == 3
+    (run,) = data["runs"]
+    assert (run["dag_id"], run["run_id"], run["task_id"]) == ("ui_run_cost", dag_run.run_id, "submit")
+    assert run["requests"] == 6 and run["estimate_usd"] == estimate["cost_usd"] > 0
+    assert (
+        run["estimated_input_tokens"] == estimate["input_tokens"] and run["estimate_method"] == "count_tokens"
+    )
+    assert (
+        run["actual_usd"] == results["cost"]["batch"] and run["standard_usd"] == results["cost"]["standard"]
+    )
+    assert run["caching_saved_usd"] == 0.0 and run["reused"] == 0 and run["reuse_saved_usd"] is None
+    assert all(j["run_cost"] == data["jobs"][0]["run_cost"] for j in data["jobs"])
+    # Before the load there is an estimate and nothing spent yet.
+    pending = record_run("ui_run_cost_pending", wait=None, load=False)
+    (waiting,) = jobs(client, dag_id="ui_run_cost_pending")["runs"]
+    assert waiting["estimate_usd"] == xcom_of(pending, "submit", MANIFEST_XCOM_KEY)["estimate"]["cost_usd"]
+    assert waiting["actual_usd"] is None
