@@ -9,11 +9,12 @@ BIN3 := $(VENV3)/bin
 GCP_VENV := .venv-gcp-emulators
 export UV_LINK_MODE := copy
 
-.PHONY: help setup setup-genai3 setup-gcp-emulators demo demo-bigquery test test-genai3 lint bench emulator airflow browser lock clean
+.PHONY: help setup setup-genai3 setup-gcp-emulators demo demo-change-rows demo-bigquery test test-genai3 lint bench emulator airflow browser lock clean
 
 help:
 	@echo "make demo      run the main job: a table -> Gemini batch -> table DAG, offline against the emulator"
 	@echo "make demo-bigquery  the same from a BigQuery table to a BigQuery table, against the GCP emulators"
+	@echo "               (DATE=YYYY-MM-DD: the run's date; make demo-change-rows N=30: change 30 prompts)"
 	@echo "make test      run the whole test suite (google-genai 2.x, then the SDK suite on 3.x)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     benchmarks (ratios against floors measured in the same run)"
@@ -50,8 +51,13 @@ $(GCP_VENV)/.installed: $(BIN)/uv requirements/gcp-emulators.lock scripts/setup-
 
 setup-gcp-emulators: $(GCP_VENV)/.installed
 
+# DATE=YYYY-MM-DD picks the run's logical date (default today): another date is a new DAG run.
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(if $(DATE),--date $(DATE))
+
+# Change N (default 30) demo products' prompts: the next incremental `make demo DATE=...` sends exactly those.
+demo-change-rows: setup
+	$(BIN)/python scripts/demo.py --change-rows $(or $(N),30)
 
 # The BigQuery example DAG (dags/example_bigquery.py) against the Gemini, BigQuery and GCS emulators, offline.
 demo-bigquery: setup setup-gcp-emulators

@@ -29,6 +29,7 @@ class ShardInfo(TypedDict, total=False):
     bytes: int
     estimated_tokens: int
     keys_path: str  # ObjectStoragePath URI: one JSON-encoded key per line, in shard order
+    fingerprints_path: str  # its keys' request fingerprints, one sha256 hex per line, same order
     recovery: int  # the shard's resubmissions after a FAILED/EXPIRED/CANCELLED job (absent: 0)
     previous_jobs: list[str]  # the jobs of its earlier generations, oldest first (absent: none)
     previous_files: dict[str, str]  # earlier job → its uploaded file, deleted by the load (absent: none)
@@ -66,6 +67,9 @@ class Manifest(TypedDict, total=False):
     estimate: dict[str, Any] | None  # cost.estimate.RunEstimate: tokens and cost at the batch price, budget
     round: int  # GeminiBatchOperator's row-retry round (absent: 1, a first submission)
     admission: dict[str, Any]  # the admission rounds under the quotas (submit.admission.AdmissionState)
+    incremental: bool  # rows already answered in the destination were left out
+    reused: int  # those rows: not sent, their destination row kept as it is
+    reused_cost_usd: float | None  # what re-sending them would have cost (batch price; None: model unpriced)
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

@@ -49,10 +49,12 @@ def report(summary: dict) -> dict:
     """Log what the run did: rows in, outcomes, tokens, and what it cost against the interactive price."""
     counts, cost, tokens = summary["counts"], summary.get("cost") or {}, summary.get("tokens") or {}
     outcomes = ", ".join(f"{outcome}={n}" for outcome, n in counts.items())
+    reused = summary.get("reused", 0)
     print(
-        f"Gemini batch report: {summary['request_count']} rows in, {len(summary['jobs'])} job(s); {outcomes}; "
-        f"{tokens.get('total')} tokens; cost ${cost.get('batch')} at batch price "
-        f"vs ${cost.get('standard')} at the standard price"
+        f"Gemini batch report: {summary['request_count']} requests sent, {reused} reused, "
+        f"{len(summary['jobs'])} job(s); {outcomes}; {tokens.get('total')} tokens; cost ${cost.get('batch')} "
+        f"at batch price vs ${cost.get('standard')} at the standard price; re-sending the reused rows would "
+        f"have cost ${summary.get('reused_cost_usd')}"
     )
     return {"counts": counts, "cost": cost}
 
@@ -69,6 +71,8 @@ def report(summary: dict) -> dict:
 )
 def gemini_batch_product_descriptions():
     seeded = seed_products()
+    # The load's destination, named once: the submit's incremental check reads the same table.
+    destination = {"destination_conn_id": WAREHOUSE_CONN_ID, "destination_table": "product_descriptions"}
     submit = GeminiBatchSubmitOperator(
         task_id="submit",
         source_conn_id=WAREHOUSE_CONN_ID,
@@ -81,6 +85,10 @@ def gemini_batch_product_descriptions():
         system_instruction="You write concise, factual e-commerce copy.",
         generation_config={"temperature": 0.4, "maxOutputTokens": 120},
         model=MODEL,
+        # Rows whose answer is already in the destination for the same request are not sent again.
+        incremental=True,
+        **destination,
+        destination_key_column="product_id",
     )
     wait = GeminiBatchJobSensor(
         task_id="wait",
@@ -91,8 +99,7 @@ def gemini_batch_product_descriptions():
     load = GeminiBatchLoadResultsOperator(
         task_id="load",
         manifest=submit.output,
-        destination_conn_id=WAREHOUSE_CONN_ID,
-        destination_table="product_descriptions",
+        **destination,
         key_column="product_id",
         key_column_type="INTEGER",
     )

@@ -38,6 +38,8 @@ def seed_catalog() -> int:
     doc_md=__doc__,
 )
 def gemini_batch_product_embeddings():
+    # The load's destination, named once: the submit's incremental check reads the same table.
+    destination = {"destination_conn_id": WAREHOUSE_CONN_ID, "destination_table": "catalog_embeddings"}
     submit = GeminiBatchSubmitOperator(
         task_id="submit",
         task="embed",
@@ -48,6 +50,10 @@ def gemini_batch_product_embeddings():
         prompt_column="title",
         embedding_task_type="RETRIEVAL_DOCUMENT",
         output_dimensionality=256,
+        # Rows whose answer is already in the destination for the same request are not sent again.
+        incremental=True,
+        **destination,
+        destination_key_column="sku",
     )
     wait = GeminiBatchJobSensor(
         task_id="wait", manifest=submit.output, poll_interval=POLL_INTERVAL, deferrable=True
@@ -55,8 +61,7 @@ def gemini_batch_product_embeddings():
     load = GeminiBatchLoadResultsOperator(
         task_id="load",
         manifest=submit.output,
-        destination_conn_id=WAREHOUSE_CONN_ID,
-        destination_table="catalog_embeddings",
+        **destination,
         key_column="sku",
         key_column_type="INTEGER",
     )

@@ -60,6 +60,8 @@ def seed_reviews() -> int:
     doc_md=__doc__,
 )
 def gemini_batch_review_sentiment():
+    # The load's destination, named once: the submit's incremental check reads the same table.
+    destination = {"destination_conn_id": WAREHOUSE_CONN_ID, "destination_table": "review_sentiment"}
     submit = GeminiBatchSubmitOperator(
         task_id="submit",
         source_conn_id=WAREHOUSE_CONN_ID,
@@ -68,6 +70,10 @@ def gemini_batch_review_sentiment():
         prompt_template="Classify the sentiment of this customer review: {body}",
         response_schema=ReviewSentiment,
         model=MODEL,
+        # Rows whose answer is already in the destination for the same request are not sent again.
+        incremental=True,
+        **destination,
+        destination_key_column="review_id",
     )
     wait = GeminiBatchJobSensor(
         task_id="wait", manifest=submit.output, poll_interval=POLL_INTERVAL, deferrable=True
@@ -75,8 +81,7 @@ def gemini_batch_review_sentiment():
     load = GeminiBatchLoadResultsOperator(
         task_id="load",
         manifest=submit.output,
-        destination_conn_id=WAREHOUSE_CONN_ID,
-        destination_table="review_sentiment",
+        **destination,
         key_column="review_id",
         key_column_type="INTEGER",
         output_columns={"sentiment": "TEXT", "score": "REAL", "topic": "TEXT"},

@@ -5,8 +5,11 @@ inside the checkout (``.demo/``; the metadata DB is migrated once), points the c
 an embedded SQLite warehouse, runs ``gemini_batch_product_descriptions`` with ``airflow dags test`` and prints a
 report read back from the warehouse and the run's XCom.
 
-The logical date is today's, so running the demo twice on one day re-runs the same DAG run: the submit task
-re-attaches to the jobs it recorded instead of paying again, and the load upserts on key (no duplicate rows).
+The logical date is today's (``--date YYYY-MM-DD``, ``make demo DATE=...``, picks another), so running the demo
+twice on one day re-runs the same DAG run: the submit task re-attaches to the jobs it recorded instead of paying
+again, and the load upserts on key (no duplicate rows). A run on another date is a new DAG run; the example DAG is
+incremental, so over an unchanged table it sends nothing (3000 reused, $0.00 spent), and after
+``--change-rows 30`` (``make demo-change-rows N=30``) it sends exactly the 30 changed rows.
 
 ``--standalone`` (``make airflow``) runs ``airflow standalone`` with the same setup, to explore the UI.
 """
@@ -98,8 +101,28 @@ def migrate_once(env: dict[str, str]) -> None:
         stamp.touch()
 
 
-def run_dag(env: dict[str, str]) -> int:
-    logical_date = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00+00:00")
+def logical_date_of(day: str | None) -> str:
+    """``YYYY-MM-DD`` (default: today, UTC) → the DAG run's logical date at midnight UTC; a clear error else."""
+    if not day:
+        return datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00+00:00")
+    try:
+        parsed = datetime.strptime(day, "%Y-%m-%d")
+    except ValueError:
+        raise SystemExit(f"DATE must look like 2026-03-01 (YYYY-MM-DD), not {day!r}.") from None
+    return parsed.strftime("%Y-%m-%dT00:00:00+00:00")
+
+
+def change_rows(db: Path, n: int) -> list[int]:
+    """Change the prompts of ``n`` demo products (the first ``n`` by id get their name suffixed), so the next
+    incremental run sends exactly those; the ids changed. What ``make demo-change-rows N=30`` runs."""
+    with sqlite3.connect(db) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM products ORDER BY id LIMIT ?", (n,))]
+        conn.executemany("UPDATE products SET name = name || ' (revised)' WHERE id = ?", [(i,) for i in ids])
+    return ids
+
+
+def run_dag(env: dict[str, str], day: str | None = None) -> int:
+    logical_date = logical_date_of(day)
     print(f"Running {DAG_ID} for {logical_date} (full log: .demo/last_run.log) ...", flush=True)
     with open(DEMO / "last_run.log", "w") as log:
         proc = subprocess.Popen(
@@ -164,6 +187,7 @@ def print_report(summary: dict | None, real_api: bool) -> None:
                 f"cost:                ${c['batch']:.4f} at batch price vs ${c['standard']:.4f} standard "
                 f"(saved ${c['savings']:.4f}; prices as of {c['prices_as_of']})"
             )
+        print(incremental_line(summary))
     print(
         f"destination:         product_descriptions has {rows[0]} rows for {rows[1]} distinct keys; "
         + ", ".join(f"{k}={v}" for k, v in sorted(by_outcome.items()))
@@ -178,13 +202,39 @@ def print_report(summary: dict | None, real_api: bool) -> None:
     print("===========================================================")
 
 
+def incremental_line(summary: dict) -> str:
+    """``requests sent: 0, reused: 3000, spent: $0.00 (re-sending the reused rows would have cost $0.0123)``"""
+    spent = (summary.get("cost") or {}).get("batch")
+    would = summary.get("reused_cost_usd")
+    spent_text = f"${spent:.2f}" if spent is not None else "unknown (no price)"
+    return (
+        f"incremental:         requests sent: {summary['request_count']}, reused: {summary.get('reused', 0)}, "
+        f"spent: {spent_text}"
+        + (f" (re-sending the reused rows would have cost ${would:.4f})" if would else "")
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--standalone", action="store_true", help="run airflow standalone instead (make airflow)"
     )
+    parser.add_argument("--date", help="the run's logical date, YYYY-MM-DD (default: today)")
+    parser.add_argument(
+        "--change-rows", type=int, metavar="N", help="change N demo products' prompts, then exit"
+    )
     args = parser.parse_args()
     DEMO.mkdir(exist_ok=True)
+    if args.change_rows is not None:
+        if not WAREHOUSE.exists():
+            print("Run `make demo` first: there is no demo table to change yet.")
+            return 1
+        ids = change_rows(WAREHOUSE, args.change_rows)
+        print(
+            f"Changed the prompts of {len(ids)} products (ids {ids[0]}..{ids[-1]}); the next run sends them."
+        )
+        return 0
+    logical_date_of(args.date)  # a bad DATE fails before anything starts
     real_api = bool(os.environ.get("GEMINI_API_KEY"))
     if real_api:
         print("GEMINI_API_KEY is set: running against the REAL Gemini API (this is billed).")
@@ -198,7 +248,7 @@ def main() -> int:
             )
             env["AIRFLOW__CORE__LAZY_LOAD_PLUGINS"] = "False"
             return subprocess.call([str(BIN / "airflow"), "standalone"], env=env)
-        code = run_dag(env)
+        code = run_dag(env, args.date)
         if code != 0:
             print(f"The DAG run failed (exit {code}); see .demo/last_run.log")
             return code

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.inputs.fingerprint import PromptFingerprinter, new_slot, request_fingerprint
 from airflow_gemini_batch.inputs.sources import MalformedLine
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ class RequestSpec:
     cached_content: str | None = None
     #: ``cached_content`` is a placeholder, written as a fixed-width slot to be filled later (module docstring).
     cache_slot: bool = False
+    #: what request fingerprints name as ``cachedContent`` instead of ``cached_content`` (a run's cache
+    #: placeholder differs per run; the shared context's digest does not, and changes with the context)
+    fingerprint_cached_content: str | None = None
     embedding_task_type: str | None = None
     output_dimensionality: int | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -200,12 +204,19 @@ class RequestEncoder:
     :param columns: the input's column names (checked now: key, prompt column, template placeholders).
     :param invalid: where invalid rows go.
     :param prebuilt: rows are ``(key, request_dict)`` (JSONL file or ``{"key", "request"}`` list items).
+    :param model: the job's model, part of every request fingerprint (:mod:`~.inputs.fingerprint`).
     """
 
     def __init__(
-        self, spec: RequestSpec, columns: Sequence[str], invalid: InvalidRows, prebuilt: bool = False
+        self,
+        spec: RequestSpec,
+        columns: Sequence[str],
+        invalid: InvalidRows,
+        prebuilt: bool = False,
+        model: str = "",
     ):
         self.spec = spec
+        self.model = model
         self.invalid = invalid
         self.columns = list(columns)
         self.prebuilt = prebuilt
@@ -236,6 +247,24 @@ class RequestEncoder:
         else:
             self._mid = b',"request":{"contents":[{"role":"user","parts":[{"text":'
             self._tail = b"}]}]" + self._wide_bytes() + b"}}\n"
+        slot = new_slot()
+        self._fingerprint_prompt = PromptFingerprinter(
+            model, spec.task, self._request_of(slot), slot
+        ).of_encoded
+
+    def _request_of(self, prompt: str) -> dict[str, Any]:
+        """The request the hot path writes for ``prompt`` (as a dict: only for its fingerprint fragments)."""
+        parts = [{"text": prompt}]
+        if self._embed:
+            return {"content": {"parts": parts}, **self._job_wide}
+        return self._for_fingerprint({"contents": [{"role": "user", "parts": parts}], **self._job_wide})
+
+    def _for_fingerprint(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request as its fingerprint sees it: a run's cache placeholder named by what it caches."""
+        stable = self.spec.fingerprint_cached_content
+        if stable and self.spec.cached_content and request.get("cachedContent") == self.spec.cached_content:
+            return {**request, "cachedContent": stable}
+        return request
 
     def _column(self, name: str, param: str) -> int:
         if name not in self.columns:
@@ -253,12 +282,21 @@ class RequestEncoder:
 
     def encode(self, rows: Sequence[tuple[Any, ...]]) -> tuple[list[bytes], list[bytes]]:
         """→ (request lines with newline, JSON-encoded keys), same length, in input order."""
+        lines, keys, _ = self.encode_with_fingerprints(rows)
+        return lines, keys
+
+    def encode_with_fingerprints(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> tuple[list[bytes], list[bytes], list[str]]:
+        """→ (request lines with newline, JSON-encoded keys, request fingerprints), same length, in order."""
         if self._get_prompt is None:
             return self._encode_dicts(rows)
         lines: list[bytes] = []
         keys: list[bytes] = []
-        add_line, add_key = lines.append, keys.append
+        fingerprints: list[str] = []
+        add_line, add_key, add_fingerprint = lines.append, keys.append, fingerprints.append
         ki, get_prompt, dumps, limit = self._ki, self._get_prompt, orjson.dumps, self.limit
+        fingerprint_of = self._fingerprint_prompt
         head, mid, tail, join = self._head, self._mid, self._tail, b"".join
         key_at = len(head)
         mono, last = self.monotonic, self._last
@@ -278,7 +316,8 @@ class RequestEncoder:
                 continue
             try:
                 key_json = dumps(key if type(key) is str else str(key))
-                line = join((head, key_json, mid, dumps(prompt), tail))
+                prompt_json = dumps(prompt)
+                line = join((head, key_json, mid, prompt_json, tail))
             except orjson.JSONEncodeError:
                 self.invalid.add("non_utf8", key)
                 continue
@@ -289,12 +328,13 @@ class RequestEncoder:
             # A slice of the line, not orjson's own result: each object orjson returns sits in a ~4 KB heap
             # block for as long as it lives, so keeping them (10 000 per batch) would cost ~40 MB of RSS.
             add_key(line[key_at : key_at + len(key_json)])
+            add_fingerprint(fingerprint_of(prompt_json))
             if mono:
                 if last is not None and (type(key) is not type(last) or key <= last):
                     mono = False
                 last = key
         self.monotonic, self._last = mono, last
-        return lines, keys
+        return lines, keys, fingerprints
 
     def _slow_checks(self, row: tuple[Any, ...], key: Any, prompt: Any) -> tuple[Any, Any]:
         """Off the hot path: NULL/odd keys, non-str prompts. (None, None) means: recorded as invalid."""
@@ -317,11 +357,12 @@ class RequestEncoder:
                 return None, None
         return key, prompt
 
-    def _encode_dicts(self, rows: Sequence[tuple[Any, ...]]) -> tuple[list[bytes], list[bytes]]:
+    def _encode_dicts(self, rows: Sequence[tuple[Any, ...]]) -> tuple[list[bytes], list[bytes], list[str]]:
         """Prebuilt requests and ``request_builder``: a dict per row (slower, but flexible)."""
         self.monotonic = False  # not tracked here: the duplicate check always runs
         lines: list[bytes] = []
         keys: list[bytes] = []
+        fingerprints: list[str] = []
         for row in rows:
             key = row[self._ki]
             if key is None or key == "" or isinstance(key, MalformedLine):
@@ -350,7 +391,10 @@ class RequestEncoder:
                 continue
             lines.append(line)
             keys.append(key_json)
-        return lines, keys
+            fingerprints.append(
+                request_fingerprint(self.model, self.spec.task, self._for_fingerprint(request))
+            )
+        return lines, keys, fingerprints
 
     def _request_for(self, row: tuple[Any, ...], key: str) -> dict[str, Any] | None:
         if self.prebuilt:

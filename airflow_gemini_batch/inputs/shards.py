@@ -9,7 +9,10 @@ Invariants:
   (estimated at 4 bytes of request line per token, which slightly over-counts because JSON syntax is counted
   too). A line goes to exactly one shard: a batch is cut at the first line that would break a limit, and the
   rest continues in the next shard — no row is lost or doubled at a boundary.
-* Each shard's key list (one JSON-encoded key per line, same order as the shard) is written alongside it.
+* Each shard's key list (one JSON-encoded key per line, same order as the shard) is written alongside it, and
+  so is its list of request fingerprints (one sha256 hex per line, same order; ``inputs.fingerprint``).
+* With an incremental check (``reuse``), rows whose answer is already in the destination for the same
+  fingerprint are left out of the shards before they are written, one fetched batch at a time, and counted.
 * More than ``max_jobs`` shards is refused while building, before anything is uploaded.
 * The fingerprint is sha256 over the job kind, the model and every shard's sha256 of its lines as written,
   so a retry detects a changed input (or a changed model or sharding) before it re-attaches to jobs.
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
+    from airflow_gemini_batch.inputs.incremental import ReuseCheck
     from airflow_gemini_batch.inputs.requests import RequestEncoder
     from airflow_gemini_batch.inputs.validation import InvalidRows
     from airflow_gemini_batch.submit.staging import Staging
@@ -75,6 +79,7 @@ class Shard:
     index: int
     path: Path
     keys_path: Path
+    fingerprints_path: Path
     request_count: int = 0
     bytes: int = 0
     sha256: str = ""
@@ -93,6 +98,7 @@ class ShardWriter:
         self.shards: list[Shard] = []
         self._data: IO[bytes] | None = None
         self._keys: IO[bytes] | None = None
+        self._fingerprints: IO[bytes] | None = None
         self._hash: Any = None
         self._current: Shard | None = None
 
@@ -107,9 +113,15 @@ class ShardWriter:
                 "Fix: raise max_requests_per_job / max_bytes_per_job / max_tokens_per_job, split the input "
                 "over several runs (e.g. a mapped task per partition), or raise max_jobs if the quota allows."
             )
-        shard = Shard(index, self.staging.shard_path(index), self.staging.local_keys_path(index))
+        shard = Shard(
+            index,
+            self.staging.shard_path(index),
+            self.staging.local_keys_path(index),
+            self.staging.local_fingerprints_path(index),
+        )
         self._data = shard.path.open("wb", buffering=_IO_BUFFER)
         self._keys = shard.keys_path.open("wb", buffering=_IO_BUFFER)
+        self._fingerprints = shard.fingerprints_path.open("wb", buffering=_IO_BUFFER)
         self._hash = hashlib.sha256()
         self._current = shard
         self.shards.append(shard)
@@ -117,13 +129,14 @@ class ShardWriter:
 
     def _close_current(self) -> None:
         if self._current is not None:
-            assert self._data is not None and self._keys is not None
+            assert self._data is not None and self._keys is not None and self._fingerprints is not None
             self._data.close()
             self._keys.close()
+            self._fingerprints.close()
             self._current.sha256 = self._hash.hexdigest()
-            self._current = self._data = self._keys = None
+            self._current = self._data = self._keys = self._fingerprints = None
 
-    def write(self, lines: Sequence[bytes], keys: Sequence[bytes]) -> None:
+    def write(self, lines: Sequence[bytes], keys: Sequence[bytes], fingerprints: Sequence[str]) -> None:
         n = len(lines)
         if not n:
             return
@@ -148,6 +161,7 @@ class ShardWriter:
             self._data.write(data)  # type: ignore[union-attr]
             self._hash.update(data)
             self._keys.write(b"\n".join(keys[i:j]) + b"\n")  # type: ignore[union-attr]
+            self._fingerprints.write(("\n".join(fingerprints[i:j]) + "\n").encode())  # type: ignore[union-attr]
             shard.request_count += j - i
             shard.bytes += len(data)
             i = j
@@ -216,14 +230,17 @@ def _drop_later_duplicates(shards: list[Shard], dups: dict[bytes, int]) -> list[
     kept: list[Shard] = []
     for shard in shards:
         tmp_data, tmp_keys = shard.path.with_suffix(".tmp"), shard.keys_path.with_suffix(".keys.tmp")
+        tmp_fingerprints = shard.fingerprints_path.with_suffix(".fingerprints.tmp")
         digest, count, size = hashlib.sha256(), 0, 0
         with (
             shard.path.open("rb") as data_in,
             shard.keys_path.open("rb") as keys_in,
+            shard.fingerprints_path.open("rb") as fingerprints_in,
             tmp_data.open("wb") as data_out,
             tmp_keys.open("wb") as keys_out,
+            tmp_fingerprints.open("wb") as fingerprints_out,
         ):
-            for line, key_line in zip(data_in, keys_in, strict=True):
+            for line, key_line, fingerprint_line in zip(data_in, keys_in, fingerprints_in, strict=True):
                 key = key_line.rstrip(b"\n")
                 if key in dups:
                     if key in seen:
@@ -231,16 +248,19 @@ def _drop_later_duplicates(shards: list[Shard], dups: dict[bytes, int]) -> list[
                     seen.add(key)
                 data_out.write(line)
                 keys_out.write(key_line)
+                fingerprints_out.write(fingerprint_line)
                 digest.update(line)
                 count, size = count + 1, size + len(line)
         tmp_data.replace(shard.path)
         tmp_keys.replace(shard.keys_path)
+        tmp_fingerprints.replace(shard.fingerprints_path)
         shard.request_count, shard.bytes, shard.sha256 = count, size, digest.hexdigest()
         if count:
             kept.append(shard)
         else:
             shard.path.unlink()
             shard.keys_path.unlink()
+            shard.fingerprints_path.unlink()
     # Renumber so indexes stay 0..n-1 (files keep their names; the manifest records the paths).
     for new_index, shard in enumerate(kept):
         shard.index = new_index
@@ -257,6 +277,10 @@ class ShardPlan:
     skipped_count: int
     fingerprint: str
     invalid: InvalidRows = field(repr=False)
+    #: rows left out because the destination already holds their answer (incremental runs)
+    reused_count: int = 0
+    #: the token sums of those rows' stored answers (``TOKEN_FIELDS`` names): what re-sending would cost
+    reused_tokens: dict[str, int] = field(default_factory=dict)
 
 
 def fingerprint_of(shards: Iterable[Shard], task: str, model: str) -> str:
@@ -276,6 +300,7 @@ def build_shards(
     *,
     task: str,
     model: str,
+    reuse: ReuseCheck | None = None,
     progress_every_seconds: float = 10.0,
 ) -> ShardPlan:
     """Stream ``batches`` of rows through the encoder into shards; validate everything before returning.
@@ -284,6 +309,8 @@ def build_shards(
 
     :param make_encoder: ``() -> RequestEncoder``, called after the first batch (when the source's columns are
         known), so an unknown column or placeholder fails before more rows are read.
+    :param reuse: the incremental check (``inputs.incremental``): drops each batch's rows already answered
+        in the destination for the same fingerprint, before they are written.
     :raises GeminiBatchInputError: invalid rows with ``on_invalid_row="fail"``, or too many shards.
     """
     writer = ShardWriter(staging, limits)
@@ -294,8 +321,10 @@ def build_shards(
         if encoder is None:
             encoder = make_encoder()
         rows_read += len(batch)
-        lines, keys = encoder.encode(batch)
-        writer.write(lines, keys)
+        lines, keys, fingerprints = encoder.encode_with_fingerprints(batch)
+        if reuse is not None:
+            lines, keys, fingerprints = reuse.filter(lines, keys, fingerprints)
+        writer.write(lines, keys, fingerprints)
         now = time.monotonic()
         if now - last_log >= progress_every_seconds:
             last_log = now
@@ -335,4 +364,6 @@ def build_shards(
         skipped_count=invalid.total,
         fingerprint=fingerprint_of(shards, task, model),
         invalid=invalid,
+        reused_count=reuse.reused if reuse is not None else 0,
+        reused_tokens=dict(reuse.tokens) if reuse is not None else {},
     )

@@ -97,6 +97,15 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         alone again (``"resubmit"``) or re-attached, so the wait fails as before (``"fail"``).
     :param keep_uploaded_files: keep the uploaded input files after their jobs finished (default: the load
         deletes them; Files API storage is 20 GB per project, and the service deletes them after 48 h).
+    :param incremental: leave out the rows whose answer is already in the load's destination table for the
+        same request fingerprint (model + job-wide config + request); they are counted as ``reused`` and their
+        rows stay as they are. Default False: a re-run sends every row, as before. Needs ``destination_conn_id``
+        and ``destination_table`` (and ``destination_key_column``), the load's values.
+    :param destination_conn_id: with ``incremental``: the load's ``destination_conn_id``. (templated)
+    :param destination_table: with ``incremental``: the load's ``destination_table``. (templated)
+    :param destination_path: the load's ``destination_path``; refused with ``incremental`` (object-store
+        output is rewritten whole by each load). (templated)
+    :param destination_key_column: with ``incremental``: the load's ``key_column``. (templated)
     :param create_retry_attempts: attempts of ``create`` on 429 / ambiguous errors; a 429 that outlasts
         them ends the admission round (the rest is submitted after ``poll_interval``, doubling, up to 16 times).
     :param create_retry_base_seconds: exponential backoff base (full jitter); after an ambiguous error (5xx,
@@ -123,7 +132,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     template_fields: Sequence[str] = (
         "sql", "source_conn_id", "parameters", "source_table", "bigquery_temp_dataset", "requests", "input_path", "staging_path", "model",
         "key_column", "prompt_column", "prompt_template", "system_instruction", "generation_config",
-        "cached_content", "shared_context", "gemini_conn_id",
+        "cached_content", "shared_context", "gemini_conn_id", "destination_conn_id", "destination_table",
+        "destination_path", "destination_key_column",
     )  # fmt: skip
     template_fields_renderers = {"sql": "sql", "requests": "json", "generation_config": "json"}
     template_ext: Sequence[str] = (".sql",)
@@ -176,6 +186,11 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         max_cost_usd: float | None = None,
         expected_output_tokens: int = SubmitSettings.expected_output_tokens,
         prices: dict[str, dict[str, float]] | None = None,
+        incremental: bool = False,
+        destination_conn_id: str | None = None,
+        destination_table: str | None = None,
+        destination_path: str | None = None,
+        destination_key_column: str = "key",
         cancel_on_kill: bool = True,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         wait_for_completion: bool = False,
@@ -222,7 +237,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
             outcome = self._run.admit(context, outcome.wait(self.hook, self.poll_interval, self.log))
         manifest = self._manifest = outcome
         context["ti"].xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)
-        if self.wait_for_completion:
+        if self.wait_for_completion and manifest.get("shards"):  # no jobs (all reused): nothing to wait for
             self._wait(context, manifest)
         return manifest
 

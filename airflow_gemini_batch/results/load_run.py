@@ -12,7 +12,9 @@ per-shard log lines and the summary it ends in, reads best in one place. The ord
 * A job that is not finished is refused, never loaded: its keys would all be recorded as failed and its paid
   answers left behind. Rows of the shards loaded before it stay (upserts make the retry safe).
 * Every key of every shard ends in exactly one outcome - ``succeeded``, ``failed``, ``invalid_output`` or
-  ``missing`` - and ``succeeded + failed + invalid_output + missing`` equals the keys submitted. Keys of a job
+  ``missing`` - and ``succeeded + failed + invalid_output + missing`` equals the keys submitted; the rows an
+  incremental submit left out are counted as ``reused`` beside them (their rows are not touched), so
+  ``succeeded + failed + invalid_output + missing + reused`` equals the valid input rows. Keys of a job
   that did not succeed (FAILED / EXPIRED / CANCELLED) are all ``failed`` with ``job <STATE>`` in the error.
 * A finished job's uploaded input file (and its shard's earlier generations' files) is deleted right after
   the read that shows it finished, unless the manifest says ``keep_uploaded_files``
@@ -53,7 +55,7 @@ from airflow_gemini_batch.results.parsing import (
     iter_job_failed_rows,
 )
 from airflow_gemini_batch.results.reconcile import KeyReconciler
-from airflow_gemini_batch.results.rows import EXAMPLES, SUCCEEDED, ShardReport
+from airflow_gemini_batch.results.rows import EXAMPLES, REUSED, SUCCEEDED, ShardReport
 from airflow_gemini_batch.results.uploaded_files import delete_finished_shard_files
 from airflow_gemini_batch.sinks import ObjectStorageSink, table_sink
 from airflow_gemini_batch.submit.context_cache import delete_cache
@@ -248,7 +250,9 @@ class LoadRun:
             )
         delete_finished_shard_files(self.hook, self.manifest, shard, job, self.log)  # finished: not needed
         report = ShardReport(job_name=name, state=job.state)
-        keys = KeyReconciler(shard["keys_path"], work_dir=work_dir)
+        keys = KeyReconciler(
+            shard["keys_path"], work_dir=work_dir, fingerprints_path=shard.get("fingerprints_path")
+        )
         path = Path(work_dir) / (name.replace("/", "_") + ".jsonl")
         try:
             rows: Iterable[ResultRow]
@@ -325,6 +329,7 @@ class LoadRun:
             self.log.warning(
                 "Manifest request_count %s != %d keys in the key lists", request_count, keys_total
             )
+        reused = int(manifest.get("reused") or 0)
         cost = self.cost(totals.tokens, totals.long_context_tokens)
         jobs = [r.to_dict() for r in reports]
         for job in jobs:
@@ -346,7 +351,10 @@ class LoadRun:
             "request_count": keys_total,
             "manifest_request_count": request_count,
             "skipped_count": int(manifest.get("skipped_count") or 0),
-            "counts": dict(totals.counts),
+            # inputs = the outcomes of the keys sent + reused (not sent: answered already) + skipped (invalid)
+            "counts": {**totals.counts, REUSED: reused},
+            "reused": reused,
+            "reused_cost_usd": manifest.get("reused_cost_usd", 0.0 if not reused else None),
             "failed_fraction": round(failed_fraction, 6),
             "max_failed_fraction": max_failed_fraction,
             "first_failed_keys": totals.first_failed_keys,

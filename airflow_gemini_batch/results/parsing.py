@@ -227,13 +227,13 @@ class ResultParser:
             # tuple.__new__ skips the NamedTuple's Python-level __new__: this is the per-line hot path.
             return _new(
                 ResultRow, (key, SUCCEEDED, text, None, None, finish, prompt, output, thinking, cached, total,
-                            model_version, None, None, job_name, None),
+                            model_version, None, None, job_name, None, None),
             )  # fmt: skip
         outcome, value, message = self._check_json(text)
         # The answer is already JSON text when valid: stored as it came, never re-serialized.
         return ResultRow(
             key, outcome, text, text if outcome == SUCCEEDED else None, None, finish, prompt, output,
-            thinking, cached, total, model_version, None, message, job_name, value,
+            thinking, cached, total, model_version, None, message, job_name, value=value,
         )  # fmt: skip
 
     def _check_json(self, text: str | None) -> tuple[str, Any, str | None]:
@@ -283,8 +283,11 @@ class ResultParser:
             return None
         if status is MATCHED:
             if not self.embed and type(response) is dict:
-                return self._generation(response, original, report.job_name)
-            return self.classify(obj, original, report.job_name)
+                row = self._generation(response, original, report.job_name)
+            else:
+                row = self.classify(obj, original, report.job_name)
+            fingerprint = keys.fingerprint
+            return row if fingerprint is None else _new(ResultRow, (*row[:-2], fingerprint, row[-1]))
         if status is UNKNOWN:
             report.unknown(key)
         else:
@@ -332,8 +335,11 @@ def iter_inline_rows(
 
 
 def iter_missing_rows(keys: KeyReconciler, job_name: str) -> Iterator[ResultRow]:
-    for key in keys.iter_unmatched():
-        yield ResultRow(key, MISSING, error_message="no result line for this key", job_name=job_name)
+    for key, fingerprint in keys.iter_unmatched_entries():
+        yield ResultRow(
+            key, MISSING, error_message="no result line for this key", job_name=job_name,
+            request_fingerprint=fingerprint,
+        )  # fmt: skip
 
 
 def iter_job_failed_rows(
@@ -342,5 +348,8 @@ def iter_job_failed_rows(
     """Every key of a job that did not succeed becomes ``failed``, naming the job state (never dropped)."""
     code = (error or {}).get("code")
     message = f"job {state}" + (f": {error['message']}" if error and error.get("message") else "")
-    for key in keys.iter_unmatched():
-        yield ResultRow(key, FAILED, error_code=code, error_message=message, job_name=job_name)
+    for key, fingerprint in keys.iter_unmatched_entries():
+        yield ResultRow(
+            key, FAILED, error_code=code, error_message=message, job_name=job_name,
+            request_fingerprint=fingerprint,
+        )  # fmt: skip

@@ -19,6 +19,11 @@ Memory choice (key lists can hold millions of keys):
 * A run of in-order result keys is matched with a few list comparisons (:meth:`KeyReconciler.match_in_order`),
   not one call per key: reconciliation is on the per-line hot path of a load.
 
+Each key's request fingerprint (``fingerprints-<n>.txt`` beside the key list, one sha256 hex per line in the
+same order; optional, for manifests written before fingerprints) is read in step with the key list, block by
+block: a match also tells the fingerprint of the key it matched (:attr:`KeyReconciler.fingerprint`,
+:attr:`KeyReconciler.run_fingerprints`), so the load stores the fingerprint of the request that was *sent*.
+
 Keys compare by a canonical text: a string as itself, anything else as its JSON (``5`` → ``"5"``). That way an
 int key still matches when the service echoes it back as the string ``"5"`` (inline ``metadata`` is
 ``dict[str, str]``), and the loaded row keeps the key list's own value and type.
@@ -30,11 +35,13 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+from itertools import zip_longest
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchStagingError
+from airflow_gemini_batch.inputs.fingerprint import FINGERPRINT_LINE_BYTES
 from airflow_gemini_batch.storage import is_local, open_binary
 
 if TYPE_CHECKING:
@@ -73,12 +80,32 @@ def open_keys(path: str) -> IO[bytes]:
 
 def iter_key_lines(path: str) -> Iterator[tuple[str, Any]]:
     """``(canonical, value)`` per non-blank line of a key list, streaming."""
+    for canon, value, _ in iter_key_entries(path, None):
+        yield canon, value
+
+
+def iter_key_entries(path: str, fingerprints_path: str | None) -> Iterator[tuple[str, Any, str | None]]:
+    """``(canonical, value, fingerprint)`` per non-blank line of a key list (fingerprint None without a
+    fingerprints file), streaming; the two files are paired line by line."""
     loads = orjson.loads
-    with open_keys(path) as fh:
-        for raw in fh:
+    with open_keys(path) as fh, _open_fingerprints(fingerprints_path) as fps:
+        # zip_longest: a short fingerprints file must never cut the key list (its keys get None).
+        for raw, fingerprint in zip_longest(fh, fps if fps is not None else ()):
+            if raw is None:
+                break
             if raw.strip():
                 value = loads(raw)
-                yield (value if type(value) is str else orjson.dumps(value).decode()), value
+                canon = value if type(value) is str else orjson.dumps(value).decode()
+                yield canon, value, fingerprint.rstrip(b"\n").decode() if fingerprint else None
+
+
+@contextlib.contextmanager
+def _open_fingerprints(path: str | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+        return
+    with open_keys(path) as fh:
+        yield fh
 
 
 _END = object()
@@ -103,12 +130,22 @@ class KeyReconciler:
 
     :param keys_path: local path or ObjectStoragePath URI of the key list (one JSON value per line).
     :param work_dir: where the fallback index file may be created (default: the system temp dir).
+    :param fingerprints_path: the key list's request fingerprints (same order), if the manifest has them.
     """
 
-    def __init__(self, keys_path: str, work_dir: str | None = None) -> None:
+    def __init__(
+        self, keys_path: str, work_dir: str | None = None, fingerprints_path: str | None = None
+    ) -> None:
         self.keys_path = keys_path
         self.work_dir = work_dir
+        self.fingerprints_path = fingerprints_path
         self._fh: IO[bytes] | None = open_keys(keys_path)
+        self._fps: IO[bytes] | None = open_keys(fingerprints_path) if fingerprints_path else None
+        self._fbuf: list[str | None] | None = None  # fingerprints of self._buf, when there is a file
+        #: the fingerprint of the key the last resolve / take_next matched (None without a file)
+        self.fingerprint: str | None = None
+        #: the fingerprints of the prefix the last match_in_order matched (None without a file)
+        self.run_fingerprints: list[str | None] | None = None
         self._rest = b""  # an incomplete last line of the previous block
         self._buf: list[Any] = []  # parsed key-list values of the current block
         self._base = 0  # list position of self._buf[0]
@@ -134,20 +171,34 @@ class KeyReconciler:
             else:
                 data, self._rest = self._rest, b""
             lines = data.split(b"\n")
-            if b"" in lines:
-                lines = list(filter(None, lines))
+            if lines[-1] == b"":
+                lines.pop()
+            fbuf = self._read_fingerprints(len(lines)) if self._fps is not None else None
             buf = _parse_key_lines(lines) if lines else []
+            if fbuf is not None and len(buf) != len(lines):  # blank lines are no keys: drop their pairs
+                fbuf = [f for line, f in zip(lines, fbuf, strict=True) if line.strip()]
             if buf:
                 self._buf = buf
+                self._fbuf = fbuf
                 self._base = self._pos
                 self._seen.extend(bytes(len(buf)))
                 return buf[0]
             if not block:
                 break
         self._buf = []
+        self._fbuf = None
         self._base = self._pos
         self._exhausted = True
         return _END
+
+    def _read_fingerprints(self, count: int) -> list[str | None]:
+        """The next ``count`` lines of the fingerprints file (None for any the file lacks)."""
+        assert self._fps is not None
+        text = self._fps.read(count * FINGERPRINT_LINE_BYTES).decode("ascii")
+        found: list[str | None] = list(text.split("\n")[:count])
+        if len(found) < count or (found and not found[-1]):
+            found = [f or None for f in found] + [None] * (count - len(found))
+        return found
 
     def _step(self) -> None:
         """Move the merge's head past the current key."""
@@ -162,6 +213,8 @@ class KeyReconciler:
         # text covers an int echoed as "5". Inlined step: this runs once per result line.
         if (type(nxt) is type(key) and nxt == key) or (nxt is not _END and canonical(nxt) == canonical(key)):
             pos = self._pos
+            fbuf = self._fbuf
+            self.fingerprint = fbuf[pos - self._base] if fbuf is not None else None
             self._seen[pos] = 1
             self.matched += 1
             self._pos = pos = pos + 1
@@ -179,6 +232,8 @@ class KeyReconciler:
         the keys after the prefix one by one.
         """
         done = 0
+        fingerprints: list[str | None] | None = [] if self._fps is not None else None
+        self.run_fingerprints = fingerprints
         while done < len(run) and self._next is not _END:
             buf, i = self._buf, self._pos - self._base
             part = run[done : done + len(buf) - i]
@@ -188,6 +243,8 @@ class KeyReconciler:
             if part != expected or types != list(map(type, part)) or types.count(int) + types.count(str) != n:
                 break
             self._seen[self._pos : self._pos + n] = b"\x01" * n
+            if fingerprints is not None and self._fbuf is not None:
+                fingerprints += self._fbuf[i : i + n]
             self._pos += n
             self.matched += n
             done += n
@@ -203,6 +260,7 @@ class KeyReconciler:
             return UNKNOWN, None
         value = self._next
         self._seen[self._pos] = 1
+        self.fingerprint = self._fbuf[self._pos - self._base] if self._fbuf is not None else None
         self.matched += 1
         self._step()
         return MATCHED, value
@@ -212,7 +270,7 @@ class KeyReconciler:
         hit = self._lookup(canon)
         if hit is None:
             return UNKNOWN, None
-        position, raw = hit
+        position, raw, self.fingerprint = hit
         # Move the merge forward past a jump (keys skipped over stay unmatched and end up missing), so
         # that results that are back in order take the fast path again.
         while self._next is not _END and self._pos <= position:
@@ -223,11 +281,11 @@ class KeyReconciler:
         self.matched += 1
         return MATCHED, orjson.loads(raw)
 
-    def _lookup(self, canon: str) -> tuple[int, str] | None:
+    def _lookup(self, canon: str) -> tuple[int, str, str | None] | None:
         if self._index is None:
             self._build_index()
         assert self._index is not None
-        return self._index.execute("SELECT pos, raw FROM k WHERE canon = ?", (canon,)).fetchone()
+        return self._index.execute("SELECT pos, raw, fp FROM k WHERE canon = ?", (canon,)).fetchone()
 
     def _build_index(self) -> None:
         fd, self._index_path = tempfile.mkstemp(prefix="gemini-keys-", suffix=".sqlite", dir=self.work_dir)
@@ -237,12 +295,14 @@ class KeyReconciler:
         db.execute("PRAGMA journal_mode = OFF")
         db.execute("PRAGMA synchronous = OFF")
         db.execute(
-            "CREATE TABLE k (canon TEXT PRIMARY KEY, pos INTEGER NOT NULL, raw TEXT NOT NULL) WITHOUT ROWID"
+            "CREATE TABLE k (canon TEXT PRIMARY KEY, pos INTEGER NOT NULL, raw TEXT NOT NULL, fp TEXT) "
+            "WITHOUT ROWID"
         )
         # OR IGNORE: a key listed twice keeps its first position, like the first-wins rule for results.
+        entries = iter_key_entries(self.keys_path, self.fingerprints_path)
         db.executemany(
-            "INSERT OR IGNORE INTO k VALUES (?, ?, ?)",
-            ((c, i, orjson.dumps(v).decode()) for i, (c, v) in enumerate(iter_key_lines(self.keys_path))),
+            "INSERT OR IGNORE INTO k VALUES (?, ?, ?, ?)",
+            ((c, i, orjson.dumps(v).decode(), fp) for i, (c, v, fp) in enumerate(entries)),
         )
         db.commit()
         self._index = db
@@ -257,12 +317,18 @@ class KeyReconciler:
 
     def iter_unmatched(self) -> Iterator[Any]:
         """Key-list values never matched, in list order (a second pass over the list, only if there are any)."""
+        for value, _ in self.iter_unmatched_entries():
+            yield value
+
+    def iter_unmatched_entries(self) -> Iterator[tuple[Any, str | None]]:
+        """``(key-list value, fingerprint)`` of the keys never matched, in list order."""
         count = self.key_count
         if self.matched < count:
             seen = self._seen
-            for i, (_, value) in enumerate(iter_key_lines(self.keys_path)):
+            entries = iter_key_entries(self.keys_path, self.fingerprints_path)
+            for i, (_, value, fingerprint) in enumerate(entries):
                 if i >= count or not seen[i]:
-                    yield value
+                    yield value, fingerprint
         self.close()
 
     def close(self) -> None:
@@ -276,6 +342,9 @@ class KeyReconciler:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._fps is not None:
+            self._fps.close()
+            self._fps = None
 
     def __enter__(self) -> KeyReconciler:
         return self

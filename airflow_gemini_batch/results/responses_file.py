@@ -20,7 +20,8 @@ The parser is passed in and its general path called through it, so this module d
 
 from __future__ import annotations
 
-from operator import itemgetter
+from itertools import repeat
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import orjson
@@ -58,6 +59,8 @@ class GeneralParser(Protocol):
 
 _new = tuple.__new__
 _KEY = itemgetter(0)
+_BEFORE_FINGERPRINT = itemgetter(slice(0, -2))
+_VALUE = itemgetter(-1)
 
 #: Bytes of a responses file split into lines at a time, and the file's read buffer.
 READ_BLOCK_BYTES = 256 * 1024
@@ -208,7 +211,8 @@ def _parse_blocks(
                 add_row(
                     _new(
                         ResultRow, (key, SUCCEEDED, text, None, None, candidate.finishReason, prompt, output,
-                                    thinking, cached, total, response.modelVersion, None, None, job_name, None),
+                                    thinking, cached, total, response.modelVersion, None, None, job_name, None,
+                                    None),
                     )
                 )  # fmt: skip
         if run_rows:
@@ -238,15 +242,20 @@ def _reconcile_run(rows: list[ResultRow], keys: KeyReconciler, report: ShardRepo
     duplicate is reported and dropped; a matched row takes the key list's value of its key.
     """
     report.lines += len(rows)
-    # The matched prefix's keys are the key list's values (same type and value): those rows stay as they are.
+    # The matched prefix's keys are the key list's values (same type and value): those rows keep them, and
+    # take the fingerprints the key list has for them (C-level maps: this is on the per-line hot path).
     done = keys.match_in_order(list(map(_KEY, rows)))
+    fingerprints = keys.run_fingerprints
+    kept = rows if done == len(rows) else rows[:done]
+    if fingerprints is not None and done:
+        tails = zip(fingerprints, map(_VALUE, kept), strict=True)
+        kept = list(map(_new, repeat(ResultRow), map(add, map(_BEFORE_FINGERPRINT, kept), tails)))
     if done == len(rows):
-        return rows
-    kept = rows[:done]
+        return kept
     for row in rows[done:]:
         status, original = keys.resolve(row[0])
         if status is MATCHED:
-            kept.append(_new(ResultRow, (original, *row[1:])))
+            kept.append(_new(ResultRow, (original, *row[1:-2], keys.fingerprint, row[-1])))
         elif status is UNKNOWN:
             report.unknown(row[0])
         else:

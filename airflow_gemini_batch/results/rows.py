@@ -19,6 +19,10 @@ FAILED = "failed"
 INVALID_OUTPUT = "invalid_output"
 MISSING = "missing"
 OUTCOMES = (SUCCEEDED, FAILED, INVALID_OUTPUT, MISSING)
+#: Not a row outcome (no row is written: the destination's row stays as it is) but an input's: a row an
+#: incremental submit did not send because its answer was already there (``inputs.incremental``). The load
+#: summary counts it beside the outcomes, so inputs = succeeded + failed + invalid_output + missing + reused.
+REUSED = "reused"
 #: The token sums a report keeps (``ResultRow`` ``*_tokens`` fields, in this order).
 TOKEN_FIELDS = ("prompt", "output", "thinking", "cached", "total")
 
@@ -29,8 +33,9 @@ EXAMPLES = 10
 class ResultRow(NamedTuple):
     """One input key's outcome. A tuple, so sinks can bind it without copying field by field.
 
-    The first 15 fields are stored columns (see :data:`STORED_FIELDS`); ``value`` is the parsed structured
-    output, kept only so a sink can fill ``output_columns`` from it.
+    The first 16 fields are stored columns (see :data:`STORED_FIELDS`); ``value`` is the parsed structured
+    output, kept only so a sink can fill ``output_columns`` from it. ``request_fingerprint`` is the one the
+    submit side wrote beside the key list for this key (``inputs.fingerprint``), None for a manifest without.
     """
 
     key: Any
@@ -48,6 +53,7 @@ class ResultRow(NamedTuple):
     error_code: int | None = None
     error_message: str | None = None
     job_name: str | None = None
+    request_fingerprint: str | None = None
     value: Any = None
 
 

@@ -32,13 +32,14 @@ from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTi
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import check_job_name
 from airflow_gemini_batch.links import GeminiBatchJobLink
-from airflow_gemini_batch.manifest import job_names
+from airflow_gemini_batch.manifest import WAIT_SUMMARY_XCOM_KEY, job_names
 from airflow_gemini_batch.wait.progress import progress_line
 from airflow_gemini_batch.wait.verdict import (
     DEFAULT_OUTPUT_GRACE_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
     DEFER_TIMEOUT_SLACK_SECONDS,
     WaitPolicy,
+    build_summary,
     evaluate,
 )
 from airflow_gemini_batch.wait.waiter import JobWaiter
@@ -143,6 +144,8 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         return self._waiter
 
     def execute(self, context: Context) -> Any:
+        if isinstance(self.manifest, dict) and not self.manifest.get("shards"):
+            return self._nothing_to_wait_for(context)
         names = self.resolved_job_names()
         self.log.info("Waiting for %d Gemini batch job(s): %s", len(names), ", ".join(names))
         if not self.deferrable:
@@ -164,6 +167,18 @@ class GeminiBatchJobSensor(BaseSensorOperator):
             method_name="execute_complete",
             timeout=timedelta(seconds=remaining + DEFER_TIMEOUT_SLACK_SECONDS),
         )
+
+    def _nothing_to_wait_for(self, context: Context) -> dict[str, Any]:
+        """A manifest without jobs (every row reused by an incremental run, or no valid row): done at once."""
+        summary = build_summary([], [])
+        self.log.info(
+            "The manifest has no jobs (%s row(s) reused, %s request(s)): nothing to wait for.",
+            self.manifest.get("reused", 0), self.manifest.get("request_count", 0),
+        )  # fmt: skip
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key=WAIT_SUMMARY_XCOM_KEY, value=summary)
+        return summary
 
     def _started_at(self, context: Context) -> float:
         """Reschedule mode counts from the first try's start (kept by Airflow); poke mode from now."""

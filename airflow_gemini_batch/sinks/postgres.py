@@ -78,6 +78,7 @@ class PostgresTableSink(TableSink):
             self._direct_errors = self._create(cur, layout.errors_qualified, layout.create_sql(errors=True))
             if not self._direct_main:
                 self._ensure_attempts_column(cur)
+                self.add_fingerprint_column(cur)
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
             self._clear_errors = cur.fetchone() is not None
             for direct, stage, target in (

@@ -28,6 +28,7 @@ model_version      TEXT                    TEXT                       STRING
 error_code         INTEGER                 INTEGER                    INT64
 error_message      TEXT                    TEXT                       STRING
 job_name           TEXT                    TEXT                       STRING
+request_fingerprint TEXT                   TEXT                       STRING
 loaded_at          TEXT (ISO 8601 UTC)     TIMESTAMPTZ                TIMESTAMP
 attempts           INTEGER                 INTEGER                    INT64
 <output_columns>   as given (whitelisted)  as given (whitelisted)     as given
@@ -37,6 +38,11 @@ attempts           INTEGER                 INTEGER                    INT64
 (``GeminiBatchOperator``'s ``max_row_retries``). A table made before the column existed gets it on the next
 load (``ALTER TABLE ... ADD COLUMN``, a nullable column: old rows read NULL); with ``create_table=False`` the
 table is left as it is and the column is not written (:attr:`TableLayout.attempts_column`).
+
+``request_fingerprint`` is the sha256 of the request that was sent for the key (``inputs.fingerprint``):
+what an incremental submit compares to decide that a succeeded row can be reused. A table made before the
+column existed gets it added by the next load (``ALTER TABLE ... ADD COLUMN``, NULL for the old rows, which
+an incremental run therefore sends again once).
 
 The errors table ``<table>_errors`` mirrors the non-succeeded rows: key, outcome, error_code, error_message,
 job_name, loaded_at (same types), upserted on the key as well; a key that later succeeds is deleted from it.
@@ -97,7 +103,9 @@ RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("error_code", "INTEGER", "INTEGER"),
     ("error_message", "TEXT", "TEXT"),
     ("job_name", "TEXT", "TEXT"),
+    ("request_fingerprint", "TEXT", "TEXT"),
 )
+FINGERPRINT_COLUMN = "request_fingerprint"
 LOADED_AT = ("loaded_at", "TEXT", "TIMESTAMPTZ")
 ATTEMPTS = ("attempts", "INTEGER", "INTEGER")
 ERROR_COLUMNS = ("outcome", "error_code", "error_message", "job_name")
@@ -210,6 +218,10 @@ class TableLayout:
         body = ", ".join(f"{quote(name)} {type_}" for name, type_ in cols)
         table = self.errors_qualified if errors else self.qualified
         return f"CREATE TABLE IF NOT EXISTS {table} ({body})"
+
+    def add_fingerprint_sql(self) -> str:
+        """Adds the fingerprint column to a main table made before it existed (NULL for the old rows)."""
+        return f"ALTER TABLE {self.qualified} ADD COLUMN {quote(FINGERPRINT_COLUMN)} TEXT"
 
     def upsert_sql(self, placeholder: str, errors: bool = False, source: str | None = None) -> str:
         """``INSERT ... ON CONFLICT (key) DO UPDATE`` (SQLite ≥ 3.24 and PostgreSQL share the syntax).

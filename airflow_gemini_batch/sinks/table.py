@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
-from airflow_gemini_batch.sinks.schema import SQLITE, TableLayout, quote
+from airflow_gemini_batch.sinks.schema import FINGERPRINT_COLUMN, SQLITE, TableLayout, quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -56,9 +56,9 @@ log = logging.getLogger(__name__)
 STORED_VALUES = itemgetter(slice(0, N_STORED))
 _OUTCOME = itemgetter(1)
 _EMBEDDING = itemgetter(4)
-# ResultRow positions that may be left out of a chunk's INSERT when NULL in all its rows (text .. error_message),
-# and the job name's position (a literal when the same in all rows).
-_SPARSE = tuple(range(2, 14))
+# ResultRow positions that may be left out of a chunk's INSERT when NULL in all its rows (text .. error_message,
+# request_fingerprint), and the job name's position (a literal when the same in all rows).
+_SPARSE = (*range(2, 14), 15)
 _JOB = 14
 _GET = tuple(itemgetter(i) for i in range(N_STORED))
 # Values written into SQL as literals must look like this (job names, ISO timestamps): no quote can appear.
@@ -137,6 +137,7 @@ class TableSink:
                 cur.execute(layout.create_sql())
                 cur.execute(layout.create_sql(errors=True))
             self._ensure_attempts_column(cur)
+            self.add_fingerprint_column(cur)
             # Deleting succeeded keys from an empty errors table is pure cost (a first load): skip it.
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
             self._clear_errors = cur.fetchone() is not None
@@ -171,6 +172,24 @@ class TableSink:
     def _row_tail(self) -> tuple[Any, ...]:
         """The load's constants after the stored fields of every row: ``loaded_at`` (and ``attempts``)."""
         return (self._loaded_at, self.attempts) if self.layout.attempts_column else (self._loaded_at,)
+
+    def add_fingerprint_column(self, cur: Any) -> None:
+        """Give a main table made before fingerprints were stored its ``request_fingerprint`` column.
+
+        Old rows keep NULL there, so an incremental run sends them once more and from then on reuses them.
+        Adding a nullable column is a change of the table's definition only, on SQLite and PostgreSQL alike.
+        """
+        layout = self.layout
+        cur.execute(f"SELECT * FROM {layout.qualified} WHERE 1 = 0")
+        names = {d[0] for d in cur.description or ()}
+        cur.fetchall()
+        if names and FINGERPRINT_COLUMN not in names:
+            log.warning(
+                "Adding the %s column to %s (made before request fingerprints were stored)",
+                FINGERPRINT_COLUMN,
+                layout.table,
+            )
+            cur.execute(layout.add_fingerprint_sql())
 
     def _columns_without_default(self) -> frozenset[int]:
         """Positions of the sparse columns a chunk's INSERT may leave out: those whose default is NULL.

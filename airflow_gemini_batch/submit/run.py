@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +52,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_gemini_batch.cost.budget import check_budget
 from airflow_gemini_batch.cost.estimate import DEFAULT_EXPECTED_OUTPUT_TOKENS, RunEstimate, estimate_run
 from airflow_gemini_batch.cost.prices import price_overrides
+from airflow_gemini_batch.cost.pricing import compute_cost
 from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
 from airflow_gemini_batch.inputs.bigquery import BigQueryRowSource
+from airflow_gemini_batch.inputs.incremental import DESTINATION_PARAMETERS, ReuseCheck, ReuseDestination
 from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
 from airflow_gemini_batch.inputs.shards import (
     DEFAULT_MAX_BYTES_PER_JOB,
@@ -166,6 +169,11 @@ class SubmitSettings:
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS
     prices: dict[str, dict[str, float]] | None = None
     poll_interval: float = 60.0  # also between reads while waiting for quota headroom
+    incremental: bool = False
+    destination_conn_id: str | None = None
+    destination_table: str | None = None
+    destination_path: str | None = None
+    destination_key_column: str = "key"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -231,8 +239,14 @@ class SubmitSettings:
             raise ValueError(f"max_cost_usd must be a non-negative amount in USD, got {self.max_cost_usd!r}.")
         if int(self.expected_output_tokens) < 0:
             raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens!r}.")
+        if self.incremental:
+            self.reuse_destination().check()
         self.model = self.model or default_model(self.task)
         return self
+
+    def reuse_destination(self) -> ReuseDestination:
+        """The load's destination, as the incremental check names it (``inputs.incremental``)."""
+        return ReuseDestination(**{name: getattr(self, name) for name in DESTINATION_PARAMETERS})
 
 
 class SubmitRun:
@@ -264,6 +278,8 @@ class SubmitRun:
         #: the run's context cache, once ensured (``shared_context``)
         self.cache: RunCache | None = None
         self._cache_placeholder: str | None = None
+        #: what fingerprints name as the cache: stable across runs (incremental reuse), unlike the placeholder
+        self._cache_fingerprint_name: str | None = None
         self._ledger: SubmissionLedger | None = None
         self._shard_count = 0
 
@@ -290,9 +306,20 @@ class SubmitRun:
         if shared is not None:
             shared.check_size()  # before anything is read, created or uploaded
             self._cache_placeholder = placeholder_name(identity.hash, shared)
+            self._cache_fingerprint_name = f"shared-context:{shared.digest}"
         staging = self.staging(identity, executor=getattr(context.get("task"), "executor", None))
         try:
             plan = self.build(staging)
+            if not plan.shards and plan.reused_count:
+                # Every row is answered already: no job, no upload, no ledger record (a clear of a finished
+                # run lands here too, and must not look like a changed input). The wait and the load have no
+                # jobs.
+                self.log.info(
+                    "Incremental: all %s rows already have their answer in %s: nothing to submit.",
+                    f"{plan.reused_count:,}",
+                    self.settings.destination_table,
+                )
+                return self.manifest(identity, staging, plan, PlanSubmission([], 0, 0), None)
             if not plan.shards:
                 self.log.warning("The input has no valid rows: nothing to submit.")
             estimate = self.estimate(plan)
@@ -316,6 +343,11 @@ class SubmitRun:
                     staging=staging,
                     known_states=admission.known_states,
                 )
+                for info, shard in zip(submitted.shards, plan.shards, strict=True):
+                    name = shard.fingerprints_path.name
+                    info["fingerprints_path"] = staging.publish(
+                        shard.fingerprints_path, f"{staging.uri}/{name}"
+                    )
             except BaseException as e:
                 if self.cache is not None and _final(e, context) and not ledger.has_jobs(len(plan.shards)):
                     delete_cache(self.hook, self.cache.name, "the submit failed for good", self.log)
@@ -440,6 +472,7 @@ class SubmitRun:
             safety_settings=s.safety_settings,
             cached_content=self._cache_placeholder if cached else s.cached_content,
             cache_slot=cached,
+            fingerprint_cached_content=self._cache_fingerprint_name,
             embedding_task_type=s.embedding_task_type,
             output_dimensionality=s.output_dimensionality,
             # A request larger than a shard could never be placed; the shard budget caps the request limit.
@@ -486,18 +519,22 @@ class SubmitRun:
             key_column = PREBUILT_COLUMNS[0] if source.prebuilt else spec.key_column
             source = KeyFilteredSource(source, self.key_filter, key_column)
         self.log.info("Reading %s into shards under %s", source.describe(), staging.local_dir)
-        with staging.local_skipped_path.open("wb") as skipped_file:
+        reuse = self.reuse_check()
+        with staging.local_skipped_path.open("wb") as skipped_file, reuse or nullcontext():
             invalid = InvalidRows(
                 self.settings.on_invalid_row == "skip", skipped_file, spec.max_request_bytes
             )
             plan = build_shards(
                 source.batches(),
-                lambda: RequestEncoder(spec, source.columns, invalid, prebuilt=source.prebuilt),
+                lambda: RequestEncoder(
+                    spec, source.columns, invalid, prebuilt=source.prebuilt, model=self.model
+                ),
                 staging,
                 self.limits(),
                 invalid,
                 task=self.settings.task,
                 model=self.model,
+                reuse=reuse,
             )
         if plan.skipped_count:
             self.log.warning(
@@ -506,6 +543,13 @@ class SubmitRun:
                 staging.skipped_uri,
                 invalid.message(),
             )
+        if reuse is not None:
+            self.log.info(
+                "Incremental: %s row(s) reused (answered in %s for the same request), %s to send; "
+                "re-sending the reused ones would cost $%s at the batch price",
+                f"{plan.reused_count:,}", self.settings.destination_table, f"{plan.request_count:,}",
+                self.reused_cost_usd(plan),
+            )  # fmt: skip
         return plan
 
     # ---- estimate and budget (before anything is recorded or uploaded) -----------------------------------
@@ -530,6 +574,22 @@ class SubmitRun:
         self.log.info("Estimated cost: %s%s", estimate.describe(), budget)
         check_budget(estimate)
         return estimate
+
+    def reuse_check(self) -> ReuseCheck | None:
+        """The incremental check against the load's destination, or None for a full run."""
+        return ReuseCheck(self.settings.reuse_destination()) if self.settings.incremental else None
+
+    def reused_cost_usd(self, plan: ShardPlan) -> float | None:
+        """What re-sending the reused rows would have cost at the batch price (their stored tokens)."""
+        if not plan.reused_count:
+            return 0.0
+        cost = compute_cost(
+            self.model,
+            plan.reused_tokens,
+            embeddings=self.settings.task == "embed",
+            overrides=price_overrides(self.settings.prices),
+        )
+        return cost["batch"]
 
     # ---- ledger, key lists, jobs ----------------------------------------------------------------------------
 
@@ -658,6 +718,9 @@ class SubmitRun:
             skipped_keys_path=skipped_uri,
             keep_uploaded_files=bool(self.settings.keep_uploaded_files),
             estimate=estimate.to_dict() if estimate is not None else None,
+            incremental=self.settings.incremental,
+            reused=plan.reused_count,
+            reused_cost_usd=self.reused_cost_usd(plan),
         )
         if self.cache is not None:
             manifest["context_cache"] = self.cache.as_manifest()

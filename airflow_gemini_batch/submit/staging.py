@@ -4,7 +4,8 @@ Invariants:
 
 * Shard files are always on local disk: the SDK's resumable upload streams from a local path, and a shard
   can be up to 2 GB, so it must never be held in memory or staged through an object store first.
-* Key lists (one JSON-encoded key per line, in shard order) and the skipped-keys file live under
+* Key lists (one JSON-encoded key per line, in shard order), their request fingerprints (one sha256 hex per
+  line, same order) and the skipped-keys file live under
   ``staging_path`` so the results stage can reconcile every input row key by key. ``staging_path`` is an
   ``ObjectStoragePath`` URI; when it is remote (``gs://...``) the files are written locally first, then
   copied once.
@@ -37,6 +38,8 @@ from airflow_gemini_batch.storage import copy_file, file_uri, is_file, local_pat
 
 SHARD_FILE = "shard-{index:05d}.jsonl"
 KEYS_FILE = "keys-{index:05d}.jsonl"
+#: Request fingerprints of a shard's keys, one sha256 hex per line, in key-list order (``inputs.fingerprint``).
+FINGERPRINTS_FILE = "fingerprints-{index:05d}.txt"
 SKIPPED_KEYS_FILE = "skipped_keys.jsonl"
 CREATE_MARKER_FILE = "creates-{identity_hash}"
 
@@ -110,6 +113,9 @@ class Staging:
     def local_keys_path(self, index: int) -> Path:
         return self.local_dir / KEYS_FILE.format(index=index)
 
+    def local_fingerprints_path(self, index: int) -> Path:
+        return self.local_dir / FINGERPRINTS_FILE.format(index=index)
+
     def keys_uri(self, index: int) -> str:
         return f"{self.uri}/{KEYS_FILE.format(index=index)}"
 
@@ -123,7 +129,7 @@ class Staging:
 
     def clear_stale(self) -> None:
         """Remove shard, key and skipped files a previous try left, so a smaller rerun leaves no extras."""
-        for pattern in ("shard-*.jsonl", "keys-*.jsonl", SKIPPED_KEYS_FILE, "*.tmp"):
+        for pattern in ("shard-*.jsonl", "keys-*.jsonl", "fingerprints-*.txt", SKIPPED_KEYS_FILE, "*.tmp"):
             for path in self.local_dir.glob(pattern):
                 path.unlink()
         for path in self.local_dir.glob("dedupe-*"):
@@ -153,7 +159,7 @@ class Staging:
         what stays under the local folder is only what the load reads there (local staging's key lists)."""
         patterns = ["shard-*.jsonl", "*.tmp"]
         if self.remote:
-            patterns += ["keys-*.jsonl", SKIPPED_KEYS_FILE]
+            patterns += ["keys-*.jsonl", "fingerprints-*.txt", SKIPPED_KEYS_FILE]
         for pattern in patterns:
             for path in self.local_dir.glob(pattern):
                 path.unlink(missing_ok=True)

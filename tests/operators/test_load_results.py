@@ -152,7 +152,7 @@ def test_outcomes_add_up_and_a_rerun_leaves_one_row_per_key(gemini_conn, emulato
     summary, ti = run(op)
 
     assert summary["kind"] == RESULTS_SUMMARY_KIND and summary["status"] == "ok"
-    assert summary["counts"] == {"succeeded": 37, "failed": 3, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": 37, "failed": 3, "invalid_output": 0, "missing": 0, "reused": 0}
     assert sum(summary["counts"].values()) == manifest["request_count"] == 40
     assert summary["skipped_count"] == 2
     assert [j["counts"]["failed"] for j in summary["jobs"]] == [2, 1]
@@ -212,6 +212,7 @@ def test_corrupt_output_is_reported_and_the_rest_loads(
         "failed": 0,
         "invalid_output": 0,
         "missing": len(missing),
+        "reused": 0,
     }
     assert summary["malformed_lines"] == expected["malformed_lines"]
     assert summary["unknown_keys"] == expected.get("unknown_keys", 0)
@@ -237,7 +238,7 @@ def test_inline_responses(gemini_conn, emulator, warehouse, tmp_path):
 
     summary, _ = run(loader(warehouse, table, make_manifest(shards, tmp_path), max_failed_fraction=0.5))
 
-    assert summary["counts"] == {"succeeded": 5, "failed": 1, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": 5, "failed": 1, "invalid_output": 0, "missing": 0, "reused": 0}
     rows = rows_by_key(warehouse, table)
     assert rows["row-2"][0] == "failed"
     assert rows["row-4"] == ("succeeded", expected_text(items[4][1]), None)
@@ -308,7 +309,7 @@ def test_invalid_output(gemini_conn, emulator, warehouse, tmp_path):
         )
     )
 
-    assert summary["counts"] == {"succeeded": 0, "failed": 0, "invalid_output": 4, "missing": 0}
+    assert summary["counts"] == {"succeeded": 0, "failed": 0, "invalid_output": 4, "missing": 0, "reused": 0}
     rows = rows_by_key(warehouse, table)
     assert rows[0][2].startswith("output is not valid JSON")
     assert "does not match the response schema at score" in rows[1][2]
@@ -492,7 +493,7 @@ def test_jobs_that_did_not_succeed_fail_all_their_keys(gemini_conn, emulator, sq
         loader(sqlite_warehouse, table, make_manifest(shards, tmp_path), max_failed_fraction=0.5)
     )
 
-    assert summary["counts"] == {"succeeded": 3, "failed": 3, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": 3, "failed": 3, "invalid_output": 0, "missing": 0, "reused": 0}
     assert [j["state"] for j in summary["jobs"]] == ["SUCCEEDED", "EXPIRED"]
     failed = sqlite_warehouse.query(f"SELECT error_code, error_message FROM {table} WHERE outcome = 'failed'")
     assert len(failed) == 3 and all(m.startswith("job EXPIRED: Batch expired") for _, m in failed)
@@ -571,7 +572,7 @@ def test_dag_test_end_to_end(airflow_db, gemini_conn, emulator, sqlite_warehouse
     summary = values["return_value"]
     assert values[RESULTS_SUMMARY_XCOM_KEY] == summary
     assert summary["kind"] == RESULTS_SUMMARY_KIND
-    assert summary["counts"] == {"succeeded": 4, "failed": 1, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": 4, "failed": 1, "invalid_output": 0, "missing": 0, "reused": 0}
     assert sqlite_warehouse.query(f"SELECT \"key\", outcome FROM {table} WHERE outcome != 'succeeded'") == [
         (2, "failed")
     ]

@@ -267,6 +267,6 @@ def test_R15_load_dies_halfway_then_the_retry_leaves_one_row_per_key(
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
     assert emulator.control.calls()["files.download"] == 2 + SHARDS
     summary = xcom_of(run, "load")
-    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0, "reused": 0}
     assert_one_row_per_key(tables[0], tables[2])
     assert tables[0].query(f"SELECT COUNT(*) FROM {tables[2]}_errors") == [(0,)]

@@ -88,3 +88,27 @@ def test_a_key_list_on_gcs(gcs_conn, tmp_path):
     assert list(keys.iter_unmatched()) == [f"key-{n - 2:08d}", f"key-{n - 1:08d}"]
     assert keys.lookups == 1 and keys.key_count == n  # one lookup: the unknown key
     keys.close()
+
+
+def test_each_match_tells_the_fingerprint_its_key_was_sent_with(tmp_path, monkeypatch):
+    """In order, out of order (the index), by runs, across key blocks, blank lines, and for the unmatched."""
+    from airflow_gemini_batch.results import reconcile
+
+    monkeypatch.setattr(reconcile, "KEY_BLOCK_BYTES", 64)  # many blocks
+    keys = [f"k{i}" for i in range(200)]
+    fingerprints = [f"{i:064x}" for i in range(200)]
+    path = tmp_path / "keys.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(k) + b"\n" for k in keys))
+    fps = tmp_path / "fingerprints.txt"
+    fps.write_text("".join(f + "\n" for f in fingerprints))
+    with KeyReconciler(str(path), fingerprints_path=str(fps)) as rec:
+        assert rec.match_in_order(keys[:50]) == 50 and rec.run_fingerprints == fingerprints[:50]
+        assert rec.resolve("k50") == (MATCHED, "k50") and rec.fingerprint == fingerprints[50]
+        assert rec.resolve("k150") == (MATCHED, "k150") and rec.fingerprint == fingerprints[150]  # a jump
+        assert rec.resolve("k60") == (MATCHED, "k60") and rec.fingerprint == fingerprints[60]  # the index
+        unmatched = dict(rec.iter_unmatched_entries())
+    assert len(unmatched) == 200 - 53 and all(unmatched[k] == fingerprints[int(k[1:])] for k in unmatched)
+    # Without a fingerprints file (a manifest from before them): None, and nothing else changes.
+    with KeyReconciler(str(path)) as rec:
+        assert rec.match_in_order(keys[:3]) == 3 and rec.run_fingerprints is None
+        assert rec.resolve("k9") == (MATCHED, "k9") and rec.fingerprint is None

@@ -307,3 +307,22 @@ def test_object_storage_rows_carry_attempts(tmp_path, output_format):
 
         lines = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert [(r["key"], r["attempts"]) for r in lines] == [("a", 3), ("b", 3)]
+
+
+def test_a_table_made_before_fingerprints_gets_the_column_and_stores_them(warehouse):
+    table = warehouse.table("old")
+    warehouse.table(f"{table}_errors")
+    layout = TableLayout(table=table, dialect="postgresql" if warehouse.kind == "postgres" else "sqlite")
+    columns = ", ".join(f'"{n}" {t}' for n, t in layout.columns() if n != "request_fingerprint")
+    warehouse.execute(f"CREATE TABLE {table} ({columns})")
+    warehouse.execute(f"INSERT INTO {table} (\"key\", outcome) VALUES ('old', 'succeeded')")
+    load(table_sink(warehouse.conn_id, table), [ok("a", request_fingerprint="f" * 64), ok("b"), bad("c")])
+    rows = warehouse.query(f'SELECT "key", request_fingerprint FROM {table} ORDER BY "key"')
+    assert rows == [("a", "f" * 64), ("b", None), ("c", None), ("old", None)]
+
+
+def test_object_storage_rows_carry_the_fingerprint(tmp_path):
+    sink = ObjectStorageSink(str(tmp_path / "out"))
+    load(sink, [ok("a", request_fingerprint="e" * 64)])
+    (row,) = [orjson.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_bytes().splitlines()]
+    assert row["request_fingerprint"] == "e" * 64

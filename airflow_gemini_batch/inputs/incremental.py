@@ -1,0 +1,245 @@
+"""Incremental runs: leave out the rows whose answer is already in the destination for the same request.
+
+A row is *reused* when the destination table has a row for its key with ``outcome = 'succeeded'`` and the
+same ``request_fingerprint`` (:mod:`airflow_gemini_batch.inputs.fingerprint`): same model, same job-wide
+config, same request. Its destination row stays as it is; it is counted (``reused``) and never sent. Every
+other row - new, changed (prompt, model, config, schema), failed, invalid_output or missing last time - is
+sent, so a changed prompt resends exactly the rows it changed.
+
+Invariants:
+
+* The database does the work, one fetched batch at a time: a parameterised left join of the batch's
+  ``(key, fingerprint)`` pairs (at most :data:`LOOKUP_BATCH`; one JSON object ``{key: fingerprint}``, through
+  ``json_each(?)`` on SQLite, ``jsonb_each_text(%s::jsonb)`` on PostgreSQL) with the destination on its
+  primary key (index lookups, never a scan of the destination per batch), answering with one row: the
+  reused count, their token sums and the keys to send. Memory is one batch, never a set of every fingerprint
+  in the table. (Duplicate keys in one batch share one decision; they are refused later as duplicates.) Matching on the key as
+  well as the fingerprint is what makes reuse per row: two keys with the same prompt share a fingerprint, but
+  each has its own answer.
+* The check only reads. A destination that does not exist yet (a first run) or has no ``request_fingerprint``
+  column yet (written by a version before fingerprints; the load adds the column) reuses nothing: every row is
+  sent, with a log line saying why.
+* What re-sending the reused rows would have cost is known from their stored token columns, summed here.
+* Object-store destinations are refused for ``incremental=True``: their files are rewritten whole by each
+  load, so a reused row would vanish from them.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import closing
+from dataclasses import dataclass
+from itertools import compress
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.results.rows import SUCCEEDED, TOKEN_FIELDS
+from airflow_gemini_batch.sinks.schema import (
+    FINGERPRINT_COLUMN,
+    INTEGER_TYPES,
+    POSTGRES,
+    SQLITE,
+    quote,
+    quote_table,
+    split_table,
+)
+from airflow_gemini_batch.sinks.table import dialect_of, get_db_hook
+
+if TYPE_CHECKING:
+    from airflow_gemini_batch.sinks.sink import SqlHook
+
+log = logging.getLogger(__name__)
+
+#: Keys looked up per query: bounds the statement and what one answer holds in memory.
+LOOKUP_BATCH = 10_000
+#: The destination's token columns summed for ``reused_cost_usd`` (the load's names, ``TOKEN_FIELDS`` order).
+_TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
+
+#: The submit operator's parameters naming the destination: the load operator's own names (one place).
+DESTINATION_PARAMETERS = (
+    "destination_conn_id",
+    "destination_table",
+    "destination_path",
+    "destination_key_column",
+)
+
+
+@dataclass(frozen=True)
+class ReuseDestination:
+    """Where an incremental submit looks for answers: the load's destination, by the load's parameter names.
+
+    :param destination_conn_id: the load's ``destination_conn_id``.
+    :param destination_table: the load's ``destination_table``.
+    :param destination_path: the load's ``destination_path`` (refused: see the module docstring).
+    :param destination_key_column: the load's ``key_column`` (the submit's ``key_column`` names the source's).
+    """
+
+    destination_conn_id: str | None = None
+    destination_table: str | None = None
+    destination_path: str | None = None
+    destination_key_column: str = "key"
+
+    def check(self) -> ReuseDestination:
+        """Refuse what cannot be checked, before any row is read (:class:`GeminiBatchInputError`); the
+        identifiers are checked when the check is made (templates rendered)."""
+        if self.destination_path:
+            raise GeminiBatchInputError(
+                "incremental=True needs a table destination: object-store output (destination_path) is "
+                "rewritten whole by each load, so reused rows would vanish from it. Fix: load into a table "
+                "(destination_conn_id + destination_table), or set incremental=False."
+            )
+        if not self.destination_table or not self.destination_conn_id:
+            raise GeminiBatchInputError(
+                "incremental=True needs the load's destination on the submit operator too: "
+                "destination_conn_id and destination_table (and destination_key_column, the load's "
+                "key_column), so rows already answered there are not sent again."
+            )
+        return self
+
+
+class ReuseCheck:
+    """Drops, batch by batch, the rows whose answer the destination table already holds (see the module).
+
+    :param destination: the checked destination.
+    :param hook: a common-sql hook for it (default: the connection's own hook).
+    """
+
+    def __init__(self, destination: ReuseDestination, hook: SqlHook | None = None) -> None:
+        self.destination = destination.check()
+        split_table(str(destination.destination_table))  # identifiers once templates are rendered
+        quote(destination.destination_key_column)
+        self.hook = hook or get_db_hook(str(destination.destination_conn_id))
+        self.dialect = dialect_of(self.hook)
+        if self.dialect not in (SQLITE, POSTGRES):
+            raise GeminiBatchInputError(
+                f"incremental=True supports SQLite and PostgreSQL destinations, not {self.dialect!r}."
+            )
+        self.reused = 0
+        self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
+        self._conn: Any = None
+        self._sql: str | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def open(self) -> bool:
+        """Connect and find the table; False (nothing can be reused) when it or its fingerprint column is
+        missing."""
+        schema, name = split_table(str(self.destination.destination_table))
+        self._conn = self.hook.get_conn()
+        columns = self._columns(schema, name)
+        table = self.destination.destination_table
+        if not columns:
+            log.info("Incremental: %s does not exist yet; every row is sent.", table)
+            return False
+        if FINGERPRINT_COLUMN not in columns:
+            log.warning(
+                "Incremental: %s has no %s column yet (written before fingerprints were stored); every row "
+                "is sent, and this run's load adds the column.",
+                table,
+                FINGERPRINT_COLUMN,
+            )
+            return False
+        key = self.destination.destination_key_column
+        if key not in columns:
+            raise GeminiBatchInputError(
+                f"incremental=True: {table} has no column {key!r}; set destination_key_column to the load's "
+                f"key_column (columns: {sorted(columns)})."
+            )
+        integer_keys = columns[key].split("(")[0].strip().upper() in INTEGER_TYPES
+        sums = ", ".join(f"SUM(a.{quote(c)})" for c in _TOKEN_COLUMNS)
+        table_sql, key_sql, fp_sql = quote_table(schema, name), quote(key), quote(FINGERPRINT_COLUMN)
+        if self.dialect == SQLITE:
+            # The batch is one JSON object {key: fingerprint}: json_each yields (key, value) pairs with no
+            # per-row JSON path work, and a LEFT JOIN keeps it the outer loop (a primary-key lookup per key).
+            self._sql = (
+                f"SELECT COUNT(a.{key_sql}), {sums}, json_group_array(j.key) FILTER (WHERE a.{key_sql} IS NULL) "
+                f"FROM json_each(?) AS j LEFT JOIN {table_sql} AS a ON a.{key_sql} = j.key "
+                f"AND a.{fp_sql} = j.value AND a.outcome = '{SUCCEEDED}'"
+            )
+        else:
+            # One index lookup per input key, whatever the planner estimates for the batch: a hash join would
+            # scan the whole destination once per batch. LOCAL: for this read-only transaction only.
+            with closing(self._conn.cursor()) as cur:
+                cur.execute("SET LOCAL enable_hashjoin = off")
+                cur.execute("SET LOCAL enable_mergejoin = off")
+            # A key that is not an integer cannot be in an integer column: NULL, which matches nothing.
+            input_key = "CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END" if integer_keys else "u.k"
+            self._sql = (
+                f"SELECT COUNT(a.{key_sql}), {sums}, array_agg(u.k) FILTER (WHERE a.{key_sql} IS NULL) "
+                f"FROM jsonb_each_text(%s::jsonb) AS u(k, fp) LEFT JOIN {table_sql} AS a "
+                f"ON a.{key_sql} = {input_key} AND a.{fp_sql} = u.fp AND a.outcome = '{SUCCEEDED}'"
+            )
+        return True
+
+    def _columns(self, schema: str | None, name: str) -> dict[str, str]:
+        """Column name → declared type, or ``{}`` when the table does not exist."""
+        with closing(self._conn.cursor()) as cur:
+            if self.dialect == SQLITE:
+                pragma = f"PRAGMA {quote(schema)}.table_info" if schema else "PRAGMA table_info"
+                cur.execute(f"{pragma}({quote(name)})")
+                return {row[1]: str(row[2] or "") for row in cur.fetchall()}
+            cur.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+                (quote_table(schema, name),),
+            )
+            return {row[0]: str(row[1]) for row in cur.fetchall()}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()  # only read; ends the snapshot on PostgreSQL
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> ReuseCheck:
+        if not self.open():
+            self._sql = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the check ----------------------------------------------------------------------------------------
+
+    def filter(
+        self, lines: list[bytes], keys: list[bytes], fingerprints: list[str]
+    ) -> tuple[list[bytes], list[bytes], list[str]]:
+        """The batch without its reused rows (same order); counts them and sums their stored tokens.
+
+        The database matches key *and* fingerprint and answers with one row per lookup: how many were reused,
+        their token sums, and the keys to send (usually few). No Python step per row for the comparison.
+        """
+        if self._sql is None or not keys:
+            return lines, keys, fingerprints
+        send: set[str] = set()
+        reused = 0
+        decoded: list[str] = list(map(orjson.loads, keys))  # wire keys: always JSON strings
+        for start in range(0, len(keys), LOOKUP_BATCH):
+            count, *sums, to_send = self._lookup(
+                decoded[start : start + LOOKUP_BATCH], fingerprints[start : start + LOOKUP_BATCH]
+            )
+            reused += count
+            send.update(to_send)
+            for name, total in zip(TOKEN_FIELDS, sums, strict=True):
+                self.tokens[name] += int(total or 0)
+        if not reused:
+            return lines, keys, fingerprints
+        keep = list(map(send.__contains__, decoded))
+        self.reused += len(keep) - sum(keep)  # rows, so a repeated key counts as often as it appears
+        return list(compress(lines, keep)), list(compress(keys, keep)), list(compress(fingerprints, keep))
+
+    def _lookup(self, keys: list[str], fingerprints: list[str]) -> tuple[Any, ...]:
+        """``(reused count, token sums..., keys to send)`` of one part of a batch: one parameterised query."""
+        # One JSON object {key: fingerprint}: a single bound string, parsed by the database in C (a driver's
+        # array adaptation costs microseconds per element).
+        batch = orjson.dumps(dict(zip(keys, fingerprints, strict=True))).decode()
+        with closing(self._conn.cursor()) as cur:
+            cur.execute(self._sql, (batch,))
+            count, *sums, to_send = cur.fetchone()
+        if self.dialect == SQLITE:
+            return (count, *sums, orjson.loads(to_send))
+        return (count, *sums, to_send or [])

@@ -1,0 +1,80 @@
+"""The incremental check against a real SQLite / PostgreSQL destination table: per key *and* fingerprint,
+in bounded lookups, read-only, and refusing what it cannot check."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.inputs import incremental
+from airflow_gemini_batch.inputs.incremental import ReuseCheck, ReuseDestination
+from airflow_gemini_batch.operators import GeminiBatchSubmitOperator
+
+
+def _destination(wh, table: str, key_type: str = "INTEGER", fingerprints: bool = True) -> None:
+    fp = ", request_fingerprint TEXT" if fingerprints else ""
+    wh.execute(
+        f'CREATE TABLE {table} ("key" {key_type} PRIMARY KEY, outcome TEXT NOT NULL, prompt_tokens INTEGER, '
+        f"output_tokens INTEGER, thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER{fp})"
+    )
+
+
+def _batch(keys, fingerprints):
+    lines = [b'{"key":%b}\n' % orjson.dumps(str(k)) for k in keys]
+    return lines, [orjson.dumps(str(k)) for k in keys], list(fingerprints)
+
+
+def _check(wh, table: str) -> ReuseCheck:
+    return ReuseCheck(ReuseDestination(wh.conn_id, table, destination_key_column="key"))
+
+
+@pytest.mark.parametrize("key_type", ["INTEGER", "TEXT"])
+def test_reused_only_for_a_succeeded_row_of_the_same_key_and_fingerprint(warehouse, monkeypatch, key_type):
+    monkeypatch.setattr(incremental, "LOOKUP_BATCH", 7)  # many bounded lookups per batch
+    table = warehouse.table("answers")
+    _destination(warehouse, table, key_type)
+    ph = warehouse.ph
+    stored = [(i, "succeeded", 10, 20, 0, 0, 30, f"fp{i}") for i in range(30)]
+    stored[3] = (3, "failed", None, None, None, None, None, "fp3")  # failed last time: resent
+    stored[4] = (4, "succeeded", 10, 20, 0, 0, 30, None)  # stored before fingerprints: resent
+    warehouse.execute(f"INSERT INTO {table} VALUES ({', '.join([ph] * 8)})", stored, many=True)
+    keys = list(range(40))
+    fingerprints = [f"fp{i}" for i in keys]
+    fingerprints[5] = "changed"  # a changed request: resent
+    fingerprints[6] = "fp7"  # the fingerprint of another key: resent (reuse is per key)
+    with _check(warehouse, table) as check:
+        lines, sent_keys, sent_fps = check.filter(*_batch(keys, fingerprints))
+    sent = [int(orjson.loads(k)) for k in sent_keys]
+    assert sent == [3, 4, 5, 6, *range(30, 40)]
+    assert [orjson.loads(line)["key"] for line in lines] == [str(k) for k in sent]
+    assert sent_fps == [fingerprints[k] for k in sent]
+    assert check.reused == 26
+    assert check.tokens == {"prompt": 260, "output": 520, "thinking": 0, "cached": 0, "total": 780}
+
+
+def test_nothing_is_reused_from_a_missing_table_or_one_without_fingerprints(warehouse, caplog):
+    table = warehouse.table("answers")
+    with _check(warehouse, table) as check:
+        assert check.filter(*_batch([1, 2], ["a", "b"]))[1] == [b'"1"', b'"2"']
+    _destination(warehouse, table, fingerprints=False)
+    warehouse.execute(f"INSERT INTO {table} (\"key\", outcome) VALUES (1, 'succeeded')")
+    with _check(warehouse, table) as check:
+        assert check.filter(*_batch([1, 2], ["a", "b"]))[1] == [b'"1"', b'"2"']
+        assert check.reused == 0
+    assert "has no request_fingerprint column yet" in caplog.text
+
+
+def test_incremental_needs_a_table_destination(tmp_path):
+    common = {"task_id": "s", "sql": "SELECT 1", "source_conn_id": "x", "incremental": True}
+    with pytest.raises(GeminiBatchInputError, match=r"object-store output .* is rewritten whole"):
+        GeminiBatchSubmitOperator(destination_path=str(tmp_path), **common)
+    with pytest.raises(GeminiBatchInputError, match="destination_conn_id and destination_table"):
+        GeminiBatchSubmitOperator(**common)
+    # Templated destination names are checked once rendered, not at parse time.
+    GeminiBatchSubmitOperator(destination_conn_id="w", destination_table="{{ params.t }}", **common)
+
+
+def test_a_destination_name_with_sql_in_it_is_refused(sqlite_warehouse):
+    with pytest.raises(GeminiBatchInputError, match="Invalid table name"):
+        ReuseCheck(ReuseDestination(sqlite_warehouse.conn_id, "t; DROP TABLE x"))
