@@ -207,15 +207,23 @@ class BigQueryRowSource(RowSource):
             yield from stream
 
     def _tuple_batches(self, record_batches: Iterator[pa.RecordBatch]) -> Iterator[Sequence[tuple[Any, ...]]]:
-        """Arrow record batches → ``batch_size``-row lists of tuples in column order (column-wise conversion)."""
+        """Arrow record batches → ``batch_size``-row lists of tuples in column order.
+
+        A record batch is cut into ``batch_size``-row slices (zero-copy) and each slice converted column-wise
+        when it is needed, so at most one batch of Python values exists at a time, however large the server's
+        messages are (the emulator sends a whole stream in one)."""
         pending: list[tuple[Any, ...]] = []
+        size = self.batch_size
         for rb in record_batches:
-            if not rb.num_rows:
-                continue
-            pending.extend(zip(*(column.to_pylist() for column in rb.columns), strict=True))
-            while len(pending) >= self.batch_size:
-                yield pending[: self.batch_size]
-                pending = pending[self.batch_size :]
+            offset = 0
+            while offset < rb.num_rows:
+                take = min(size - len(pending), rb.num_rows - offset)
+                part = rb.slice(offset, take)
+                pending.extend(zip(*(column.to_pylist() for column in part.columns), strict=True))
+                offset += take
+                if len(pending) >= size:
+                    yield pending
+                    pending = []
         if pending:
             yield pending
 
