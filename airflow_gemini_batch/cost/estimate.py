@@ -211,10 +211,15 @@ def estimate_run(
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
     overrides: dict[str, dict[str, Any]] | None = None,
     max_cost_usd: float | None = None,
+    cached_tokens: int = 0,
+    cache_hours: float = 0.0,
 ) -> tuple[RunEstimate, InputTokenEstimate]:
     """Estimate a run from its shards (``(path, request count, bytes)`` each) without reading them whole.
 
     :param counter: one call counting a list of contents (``None``: the heuristic; embeddings always use it).
+    :param cached_tokens: tokens of the run's context cache (``shared_context``), which the request lines only
+        name: every request adds them to its prompt, billed at the cache price.
+    :param cache_hours: how long the cache is expected to be stored (its TTL), billed once per cache.
     """
     request_count = sum(n for _, n, _ in shards)
     sample = sample_requests([p for p, n, _ in shards if n])
@@ -239,12 +244,15 @@ def estimate_run(
     long_context = (
         {"prompt": round(input_tokens * share), "output": round(output_tokens * share)} if share else None
     )
+    cached_total = cached_tokens * request_count
+    input_tokens += cached_total
     cost = compute_cost(
         model,
-        {"prompt": input_tokens, "output": output_tokens},
+        {"prompt": input_tokens, "output": output_tokens, "cached": cached_total},
         embeddings=embeddings,
         overrides=overrides,
         long_context=long_context,
+        cache_token_hours=cached_tokens * cache_hours if cached_total else 0.0,
     )
     estimate = RunEstimate(
         model=cost["model"],

@@ -559,6 +559,7 @@ class SubmitRun:
         :class:`~airflow_gemini_batch.exceptions.GeminiBatchBudgetError` over ``max_cost_usd``."""
         s = self.settings
         model = self.model
+        shared = self.shared_context() if plan.shards else None
         estimate, _ = estimate_run(
             [(shard.path, shard.request_count, shard.bytes) for shard in plan.shards],
             model=model,
@@ -567,6 +568,9 @@ class SubmitRun:
             expected_output_tokens=int(s.expected_output_tokens),
             overrides=price_overrides(s.prices),
             max_cost_usd=float(s.max_cost_usd) if s.max_cost_usd is not None else None,
+            # A shared_context is cached: every request adds it to its prompt at the cache price.
+            cached_tokens=(shared.estimated_tokens() or 0) if shared is not None else 0,
+            cache_hours=shared.ttl_seconds / 3600 if shared is not None else 0.0,
         )
         budget = (
             f"; budget max_cost_usd=${estimate.max_cost_usd:.4f}" if estimate.max_cost_usd is not None else ""

@@ -98,3 +98,15 @@ def test_the_budget_refuses_with_the_estimate_the_budget_and_the_fix(tmp_path) -
     unpriced, _ = estimate_run([shard], model="my-model", embeddings=False, counter=None, max_cost_usd=100)
     with pytest.raises(GeminiBatchBudgetError, match="has no price"):
         check_budget(unpriced)
+
+
+def test_a_cached_prefix_is_estimated_at_the_cache_price_plus_its_storage(tmp_path) -> None:
+    shard = _shard(tmp_path / "s.jsonl", ["abcd" * 10] * 100, maxOutputTokens=10)
+    plain, _ = estimate_run([shard], model="gemini-2.5-flash", embeddings=False, counter=None)
+    cached, _ = estimate_run(
+        [shard], model="gemini-2.5-flash", embeddings=False, counter=None, cached_tokens=2000, cache_hours=6.0
+    )
+    assert cached.input_tokens == plain.input_tokens + 100 * 2000
+    # 200 000 cached tokens at the (standard) cache price 0.03, plus 2 000 tokens stored 6 h at 1.00.
+    extra = (200_000 * 0.03 + 2000 * 6.0 * 1.00) / 1e6
+    assert math.isclose(cached.cost_usd, plain.cost_usd + extra, abs_tol=2e-6)

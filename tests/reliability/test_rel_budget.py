@@ -90,3 +90,20 @@ def test_R68_when_count_tokens_fails_the_estimate_falls_back_and_the_run_goes_on
     assert estimate["output_basis"] == "expected_output_tokens"
     assert "countTokens failed (ClientError" in all_logs.text
     assert len(emulator.control.jobs()) == 1
+
+
+def test_R67_a_cached_prefix_is_in_the_estimate_at_the_cache_price(
+    tables, gemini_conn, emulator, tmp_path
+) -> None:
+    """With ``shared_context`` the request lines only name the cache; the estimate adds its tokens to every
+    request (at the cache price, plus storage for the TTL), so it still lands near the billed prompt tokens."""
+    wh, src, dst = tables
+    manifest, _, summary = run_inline(
+        wh, src, dst, tmp_path / "st",
+        submit={"shared_context": "The manual says: " + "use the product well. " * 220,
+                "generation_config": {"maxOutputTokens": 64}},
+    )  # fmt: skip
+    estimate, actual = manifest["estimate"], summary["tokens"]
+    assert actual["cached"] > 0
+    assert math.isclose(estimate["input_tokens"], actual["prompt"], rel_tol=0.05)
+    assert estimate["cost_usd"] >= summary["cost"]["batch"] > 0
