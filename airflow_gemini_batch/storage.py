@@ -47,6 +47,10 @@ _FILE_SCHEME = "file://"
 _COPY_BUFFER = 8 * 1024 * 1024
 #: The read buffer of a remote file (see the module docstring): what a line loop or a small read is served from.
 REMOTE_READ_BUFFER = 1024 * 1024
+#: The upload piece of a remote write (gcsfs's default is 5 MiB): each piece is one request of a resumable
+#: upload, so fewer, larger pieces cost less time per byte. 122 MB to the GCS emulator: 13.0 s in 5 MiB
+#: pieces, 6.4 s in 16 MiB ones; it is also what Google recommends (at least 8 MiB). Memory: one piece.
+REMOTE_WRITE_BLOCK = 16 * 1024 * 1024
 
 
 def uri_of(path: AnyPath) -> str:
@@ -91,10 +95,9 @@ def open_binary(uri: AnyPath, mode: str = "rb") -> IO[bytes]:
     if local is not None:
         return open(local, mode)
     obj = object_path(uri)
-    fh = obj.fs.open(obj.path, mode)
     if "r" in mode:
-        return io.BufferedReader(fh, REMOTE_READ_BUFFER)
-    return fh
+        return io.BufferedReader(obj.fs.open(obj.path, mode), REMOTE_READ_BUFFER)
+    return obj.fs.open(obj.path, mode, block_size=REMOTE_WRITE_BLOCK)
 
 
 def is_file(uri: AnyPath) -> bool:
@@ -166,7 +169,7 @@ class PendingFile:
             self._fh = open(self._local.with_name(self.temp_name), "wb")  # noqa: SIM115 - closed by publish/discard
         else:
             temp = self._remote_temp
-            self._fh = temp.fs.open(temp.path, "wb")
+            self._fh = temp.fs.open(temp.path, "wb", block_size=REMOTE_WRITE_BLOCK)
         return self._fh
 
     def publish(self) -> None:
