@@ -7,7 +7,6 @@ processed per key (no answered row is ever sent again), and the per-round and to
 from __future__ import annotations
 
 import datetime
-import uuid
 from typing import Any
 
 import pytest
@@ -17,30 +16,9 @@ from airflow_gemini_batch.exceptions import GeminiBatchInputError
 from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.operators.batch import GeminiBatchOperator
 from tests.conftest import xcom_of
+from tests.reliability.helpers import batch_dag
 
-START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 N = 40
-
-
-def batch_dag(wh: Any, src: str, dst: str, tmp_path: Any, **kw: Any) -> Any:
-    from airflow.sdk import DAG
-
-    with DAG(dag_id=f"batch_{uuid.uuid4().hex[:8]}", schedule=None, start_date=START) as dag:
-        GeminiBatchOperator(
-            task_id="batch",
-            sql=f"SELECT id, name, category FROM {src}",
-            source_conn_id=wh.conn_id,
-            prompt_template="Describe {name} ({category}).",
-            destination_conn_id=wh.conn_id,
-            destination_table=dst,
-            key_column_type="INTEGER",
-            staging_path=str(tmp_path / "staging"),
-            create_retry_base_seconds=0.01,
-            deferrable=True,
-            poll_interval=0.1,
-            **kw,
-        )
-    return dag
 
 
 @pytest.fixture
@@ -65,7 +43,7 @@ def test_a_second_round_answers_the_rows_that_failed_with_503(
     # each round really defers to the trigger.
     emulator.control.set_job_behaviour(fail_fraction=0.1, fail_status=503, count=1)
     emulator.control.hold_state("PENDING", reads=1)
-    dag = batch_dag(wh, src, dst, tmp_path)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging")
     register_dag(dag)
     run = dag.test()
     assert run.state == "success"
@@ -94,7 +72,7 @@ def test_retries_run_out_and_the_task_fails_after_loading_everything(
     wh, src, dst = source
     doomed = {k for k in range(N) if fails_by_fraction(k, 0.1)}
     emulator.control.set_job_behaviour(fail_fraction=0.1, fail_status=503)  # every round's job
-    dag = batch_dag(wh, src, dst, tmp_path, max_row_retries=1)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging", max_row_retries=1)
     register_dag(dag)
     run = dag.test()
     assert run.state == "failed"
@@ -110,7 +88,7 @@ def test_retries_run_out_and_the_task_fails_after_loading_everything(
 def test_with_enough_tolerance_exhausted_rows_pass(register_dag, source, gemini_conn, emulator, tmp_path):
     wh, src, dst = source
     emulator.control.set_job_behaviour(fail_fraction=0.1, fail_status=429)
-    dag = batch_dag(wh, src, dst, tmp_path, max_row_retries=2, max_failed_fraction=0.5)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging", max_row_retries=2, max_failed_fraction=0.5)
     register_dag(dag)
     assert dag.test().state == "success"
     assert {a for o, a in _rows(wh, dst).values() if o == "failed"} == {3}
@@ -119,7 +97,7 @@ def test_with_enough_tolerance_exhausted_rows_pass(register_dag, source, gemini_
 def test_non_retryable_failures_are_never_resent(register_dag, source, gemini_conn, emulator, tmp_path):
     wh, src, dst = source
     emulator.control.set_job_behaviour(fail_fraction=0.1, fail_status=400)
-    dag = batch_dag(wh, src, dst, tmp_path, max_failed_fraction=1.0)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging", max_failed_fraction=1.0)
     register_dag(dag)
     run = dag.test()
     assert run.state == "success"
@@ -136,7 +114,7 @@ def test_a_rerun_re_attaches_every_round_and_pays_nothing(
     display name, its load gives the same remainder, round 2 finds its job too: no create, no request."""
     wh, src, dst = source
     emulator.control.set_job_behaviour(fail_fraction=0.1, fail_status=503, count=1)
-    dag = batch_dag(wh, src, dst, tmp_path)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging")
     register_dag(dag)
     when = datetime.datetime(2026, 1, 5, tzinfo=datetime.timezone.utc)
     assert dag.test(logical_date=when, run_after=when).state == "success"

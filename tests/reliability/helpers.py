@@ -14,8 +14,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -23,11 +29,9 @@ from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperato
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 #: Fast enough for a suite that runs on 2 cores in minutes, slow enough that a wait really polls.
 POLL = 0.2
+REPO = Path(__file__).resolve().parents[2]
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -227,3 +231,52 @@ def rerun_task(dag: Any, dag_run: Any, task_id: str) -> str:
         session.expunge(ti)
     _run_task(ti=ti, task=dag.task_dict[task_id], run_triggerer=True)
     return ti_states(dag_run)[task_id]
+
+
+def sigkill_worker_when(emulator: Any, args: dict[str, Any], call: str, count: int, what: str) -> None:
+    """Run ``tests.reliability.kill_target`` with ``args`` in a real process and SIGKILL it (no finally, no
+    on_kill) as soon as the emulator has counted ``count`` calls of ``call``: the kill lands at an outcome
+    the emulator saw, never after a wall-clock margin. ``what`` names the awaited step in the failure."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.kill_target", json.dumps(args)],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while emulator.control.calls()[call] < count:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, f"the worker never {what}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def batch_dag(wh: Any, src: str, dst: str, staging: Path, **kw: Any) -> Any:
+    """One ``GeminiBatchOperator`` task from the ``id, name, category`` prompts table ``src`` into ``dst``."""
+    from airflow.sdk import DAG
+
+    from airflow_gemini_batch.operators.batch import GeminiBatchOperator
+
+    with DAG(dag_id=unique_dag_id("batch"), schedule=None, start_date=START, catchup=False) as dag:
+        GeminiBatchOperator(
+            task_id="batch",
+            sql=f"SELECT id, name, category FROM {src}",
+            source_conn_id=wh.conn_id,
+            prompt_template="Describe {name} ({category}).",
+            destination_conn_id=wh.conn_id,
+            destination_table=dst,
+            key_column_type="INTEGER",
+            staging_path=str(staging),
+            create_retry_base_seconds=0.01,
+            deferrable=True,
+            poll_interval=POLL,
+            **kw,
+        )
+    return dag

@@ -11,11 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +30,7 @@ from tests.reliability.helpers import (
     outcome_counts,
     pipeline,
     rerun_task,
+    sigkill_worker_when,
     submit_op,
     ti_states,
     try_numbers,
@@ -42,7 +38,6 @@ from tests.reliability.helpers import (
 )
 from tests.reliability.kill_target import FileStateStore
 
-REPO = Path(__file__).resolve().parents[2]
 N = 30
 PER_SHARD = 10
 SHARDS = 3
@@ -80,25 +75,7 @@ def test_R10_worker_sigkilled_after_create_before_the_name_is_saved(tables, gemi
         "slow_key": "gemini_batch_submit.shard.1",
         "submit": {"max_requests_per_job": PER_SHARD},
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.kill_target", json.dumps(args)],
-        cwd=REPO,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while emulator.control.calls()["batches.create"] < 2:
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the worker never created shard 1's job"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    sigkill_worker_when(emulator, args, "batches.create", 2, "created shard 1's job")
 
     # The kill landed in the window: shard 1's job exists, its record holds only the intent.
     assert len(emulator.control.jobs()) == 2

@@ -12,10 +12,6 @@ import asyncio
 import datetime
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from tests.reliability.helpers import (
     load_op,
     outcome_counts,
     pipeline,
+    sigkill_worker_when,
     submit_op,
     ti_states,
     try_numbers,
@@ -40,7 +37,6 @@ from tests.reliability.helpers import (
 )
 from tests.reliability.kill_target import FileStateStore
 
-REPO = Path(__file__).resolve().parents[2]
 N = 12
 PER_SHARD = 4
 SHARDS = N // PER_SHARD
@@ -153,25 +149,7 @@ def test_R70_sigkill_between_cache_create_and_record_then_the_retry_finds_it(
         "slow_key": "gemini_batch_submit.cache",
         "submit": CACHED,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.kill_target", json.dumps(args)],
-        cwd=REPO,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while emulator.control.calls()["caches.create"] < 1:
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the worker never created the cache"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    sigkill_worker_when(emulator, args, "caches.create", 1, "created the cache")
     store = FileStateStore(store_path)
     record = store.get("gemini_batch_submit.cache")
     assert record["intent"] is True and "name" not in record  # the kill landed in the window
