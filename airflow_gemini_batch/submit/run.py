@@ -343,7 +343,9 @@ class SubmitRun:
                     staging=staging,
                     known_states=admission.known_states,
                 )
-                for info, shard in zip(submitted.shards, plan.shards, strict=True):
+                by_index = {shard.index: shard for shard in plan.shards}
+                for info in submitted.shards:  # an admission round may list only the shards it reached
+                    shard = by_index[info["index"]]
                     name = shard.fingerprints_path.name
                     info["fingerprints_path"] = staging.publish(
                         shard.fingerprints_path, f"{staging.uri}/{name}"
