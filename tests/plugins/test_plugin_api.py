@@ -423,7 +423,7 @@ def test_each_run_shows_its_estimate_against_what_it_spent_once(
     assert (
         run["actual_usd"] == results["cost"]["batch"] and run["standard_usd"] == results["cost"]["standard"]
     )
-    assert run["caching_saved_usd"] == 0.0 and run["reused"] == 0 and run["reuse_saved_usd"] is None
+    assert run["caching_saved_usd"] == 0.0 and run["reused"] == 0 and run["reuse_saved_usd"] == 0.0
     assert all(j["run_cost"] == data["jobs"][0]["run_cost"] for j in data["jobs"])
     # Before the load there is an estimate and nothing spent yet.
     pending = record_run("ui_run_cost_pending", wait=None, load=False)
