@@ -93,6 +93,7 @@ def test_input_staging_and_results_on_gcs_in_a_real_dag_run(gcs_conn, gemini_con
     staged = gcs_names(gcs_conn, f"{prefix}staging/")
     markers = [name for name in staged if name.startswith("creates-")]  # one create marker per task instance
     assert len(markers) == 2 and [name for name in staged if name not in markers] == [
+        "fingerprints-00000.txt", "fingerprints-00001.txt", "fingerprints-00002.txt",
         "keys-00000.jsonl", "keys-00001.jsonl", "keys-00002.jsonl", "skipped_keys.jsonl",
     ]  # fmt: skip
     assert orjson.loads(gcs_bytes(gcs_conn, f"{prefix}staging/skipped_keys.jsonl"))["reason"] == "malformed"
