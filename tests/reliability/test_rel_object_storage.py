@@ -169,5 +169,5 @@ def test_R77_staging_on_gcs_reaches_a_load_on_another_worker(
         context(task_id="wait")
     )
     summary = load(manifest, f"{base}/results")
-    assert summary["counts"] == {"succeeded": 12, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": 12, "failed": 0, "invalid_output": 0, "missing": 0, "reused": 0}
     assert len(emulator.control.jobs()) == 3
