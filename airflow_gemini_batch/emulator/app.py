@@ -21,7 +21,7 @@ import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI
@@ -32,14 +32,12 @@ import airflow_gemini_batch.emulator.routes_batches as routes_batches
 import airflow_gemini_batch.emulator.routes_caches as routes_caches
 import airflow_gemini_batch.emulator.routes_files as routes_files
 import airflow_gemini_batch.emulator.routes_models as routes_models
-from airflow_gemini_batch.emulator.caches import CacheStore
 from airflow_gemini_batch.emulator.common import ApiError, error_response
-from airflow_gemini_batch.emulator.engine import JobEngine
-from airflow_gemini_batch.emulator.faults import Fault, Knobs
-from airflow_gemini_batch.emulator.persist import StateFile
-from airflow_gemini_batch.emulator.quota import QuotaLimits
 from airflow_gemini_batch.emulator.routes_control import control_router
-from airflow_gemini_batch.emulator.store import FileStore, advance_seq
+from airflow_gemini_batch.emulator.state import Emulator
+
+if TYPE_CHECKING:
+    from airflow_gemini_batch.emulator.faults import Fault
 
 Handler = Callable[["Emulator", Request, dict[str, Any], "Fault | None"], Awaitable[Response]]
 _V = r"(?:/(?P<v>v\d+[a-z0-9]*))?"
@@ -90,86 +88,6 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
         {},
     ),
 ]
-
-
-class Emulator:
-    """All mutable emulator state; one instance per app.
-
-    With ``persist`` the metadata of files, jobs and cached contents is saved in ``<data_dir>/state.json`` on every change and
-    loaded here, so a new process on the same data dir carries on where the last one stopped (see ``persist``).
-    """
-
-    def __init__(
-        self,
-        data_dir: Path,
-        pending_seconds: float = 0.0,
-        running_seconds: float = 0.0,
-        persist: bool = False,
-        max_concurrent_jobs: int = 0,
-        max_enqueued_tokens: int = 0,
-    ) -> None:
-        self.data_dir = data_dir
-        self.files = FileStore(data_dir)
-        self.caches = CacheStore()
-        self.engine = JobEngine(self.files, self.caches)
-        self.knobs = Knobs(
-            pending_seconds=pending_seconds,
-            running_seconds=running_seconds,
-            max_concurrent_jobs=max_concurrent_jobs,
-            max_enqueued_tokens=max_enqueued_tokens,
-        )
-        self.state: StateFile | None = None
-        if persist:
-            self.state = StateFile(
-                data_dir,
-                lambda: {
-                    "files": self.files.snapshot(),
-                    "jobs": self.engine.snapshot(),
-                    "caches": self.caches.snapshot(),
-                },
-            )
-            loaded = self.state.load()
-            top = self.files.restore(loaded["files"])
-            # Why seqs first: restored workers may finish (and create output files) at once.
-            top = max(top, self.caches.restore(loaded["caches"]))
-            advance_seq(max([top, *(int(job.get("seq") or 0) for job in loaded["jobs"])]))
-            self.engine.restore(loaded["jobs"])
-            self.files.on_change = self.engine.on_change = self.caches.on_change = self.state.save
-            self.state.save()
-
-    def reset(self) -> None:
-        self.engine.reset()
-        self.files.reset()
-        self.caches.reset()
-        self.knobs.reset()
-        if self.state is not None:
-            self.state.clear()
-
-    def shutdown(self) -> None:
-        """Process exit: stop job workers, keep (and stop writing) the persisted state."""
-        if self.state is not None:
-            self.state.close()
-        self.engine.shutdown()
-
-    def quota_limits(self) -> QuotaLimits:
-        """The batch quotas now in force (config ``max_concurrent_jobs`` / ``max_enqueued_tokens``; 0: off)."""
-        return QuotaLimits(
-            int(self.knobs.get("max_concurrent_jobs")), int(self.knobs.get("max_enqueued_tokens"))
-        )
-
-    @staticmethod
-    def version_of(request: Request) -> str:
-        match = re.search(r"/(v\d+[a-z0-9]*)/", request.url.path + "/")
-        return match.group(1) if match else "v1beta"
-
-    @staticmethod
-    def page_size(request: Request, default: int) -> int:
-        raw = request.query_params.get("pageSize")
-        try:
-            size = int(raw) if raw else default
-        except ValueError:
-            raise ApiError(400, f"Invalid pageSize: {raw!r}.") from None
-        return min(max(size, 1) if size > 0 else default, 100)
 
 
 async def _dispatch(emu: Emulator, request: Request) -> Response:

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_gemini_batch.emulator.app import Emulator
     from airflow_gemini_batch.emulator.faults import Fault
+    from airflow_gemini_batch.emulator.state import Emulator
 
 
 async def create(emu: Emulator, request: Request, params: dict[str, Any], fault: Fault | None) -> Response:

@@ -49,7 +49,7 @@ from airflow_gemini_batch.emulator.common import error_response, json_response
 from airflow_gemini_batch.emulator.faults import ValidationError
 
 if TYPE_CHECKING:
-    from airflow_gemini_batch.emulator.app import Emulator
+    from airflow_gemini_batch.emulator.state import Emulator
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

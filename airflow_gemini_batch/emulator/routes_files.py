@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-    from airflow_gemini_batch.emulator.app import Emulator
     from airflow_gemini_batch.emulator.faults import Fault
+    from airflow_gemini_batch.emulator.state import Emulator
 
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 DOWNLOAD_BLOCK = 1 << 20

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_gemini_batch.emulator.app import Emulator
     from airflow_gemini_batch.emulator.faults import Fault
+    from airflow_gemini_batch.emulator.state import Emulator
 
 
 def count_content_tokens(contents: list[Any]) -> int:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
-    from airflow_gemini_batch.emulator.app import Emulator
+    from airflow_gemini_batch.emulator.state import Emulator
 
 KEEP_ALIVE_SECONDS = 120
 

@@ -44,7 +44,7 @@ def test_create_get_list_update_delete(emu: EmulatorServer, client: genai.Client
     assert cache.model == f"models/{MODEL}"
     assert cache.usage_metadata and cache.usage_metadata.total_token_count == DOC_TOKENS
     assert cache.expire_time and cache.create_time
-    assert 590 <= (cache.expire_time - cache.create_time).total_seconds() <= 600
+    assert round((cache.expire_time - cache.create_time).total_seconds(), 3) == 600  # create + ttl, exactly
 
     got = client.caches.get(name=cache.name)
     assert got.name == cache.name and got.expire_time == cache.expire_time

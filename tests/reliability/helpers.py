@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import orjson
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
+from tests.polling import wait_until
 
 #: Fast enough for a suite that runs on 2 cores in minutes, slow enough that a wait really polls.
 POLL = 0.2
@@ -244,12 +244,13 @@ def sigkill_worker_when(emulator: Any, args: dict[str, Any], call: str, count: i
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+    def reached() -> bool:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        return emulator.control.calls()[call] >= count
+
     try:
-        deadline = time.monotonic() + 90
-        while emulator.control.calls()[call] < count:
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, f"the worker never {what}"
-            time.sleep(0.05)
+        wait_until(reached, timeout=90, what=f"the worker {what}")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
     finally:

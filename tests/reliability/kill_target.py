@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class FileStateStore:
 
     def set(self, key: str, value: Any) -> None:
         if key == self.slow_key and isinstance(value, dict) and (value.get("job_name") or value.get("name")):
-            time.sleep(60)  # the SIGKILL lands here: created (a job, a cache), name not yet saved
+            threading.Event().wait()  # blocks until the SIGKILL: created (a job, a cache), name not saved
         data = self._read()
         data[key] = value
         tmp = self.path.with_suffix(".tmp")

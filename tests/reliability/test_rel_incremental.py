@@ -7,7 +7,6 @@ counts of ``batches.create`` and uploads say what was paid for; the destination 
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -16,6 +15,7 @@ import pytest
 from airflow_gemini_batch.exceptions import GeminiBatchResultsError
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
+from tests.polling import wait_until
 from tests.reliability.helpers import RunTI, StateStore, load_op, submit_op
 
 if TYPE_CHECKING:
@@ -32,11 +32,12 @@ def _wait_done(manifest: dict[str, Any]) -> None:
     """Until each job's output is visible (the emulator's lifecycle is instant; this only reads)."""
     hook = GeminiBatchHook()
     for shard in manifest["shards"]:
-        for _ in range(600):
-            status = hook.get_job(shard["job_name"])
-            if status.output_ready or (status.done and status.state != "SUCCEEDED"):
-                break
-            time.sleep(0.05)
+
+        def settled(name: str = shard["job_name"]) -> bool:
+            status = hook.get_job(name)
+            return status.output_ready or (status.done and status.state != "SUCCEEDED")
+
+        wait_until(settled, what=f"{shard['job_name']} settled")
 
 
 def run_once(
