@@ -30,7 +30,12 @@ from airflow.sdk import BaseHook
 from google import genai
 from google.genai import types
 
-from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name, normalize_state
+from airflow_gemini_batch.hooks.job_status import (
+    JobStatus,
+    check_job_name,
+    is_vertex_job_name,
+    normalize_state,
+)
 from airflow_gemini_batch.hooks.raw_operation import get_operation
 from airflow_gemini_batch.hooks.transport_errors import (
     TRANSIENT_HTTP_CODES,
@@ -265,7 +270,12 @@ class GeminiBatchHook(BaseHook):
 
     @staticmethod
     async def aget_job(client: AsyncClient, name: str) -> JobStatus:
-        """Async twin of :meth:`get_job`, on a caller-owned async client (one client per trigger run)."""
+        """Async twin of :meth:`get_job`, on a caller-owned async client (one client per trigger run).
+
+        A Vertex AI job name is read through the SDK's ``batches.get``, which keeps ``completionStats`` there
+        (:class:`~airflow_gemini_batch.hooks.vertex.GeminiVertexBatchHook`'s client is the caller's then)."""
+        if is_vertex_job_name(name):
+            return JobStatus.from_vertex_job((await client.batches.get(name=name)).model_dump(mode="json"))
         return JobStatus.from_operation(await get_operation(client, name))
 
     def list_jobs(self, page_size: int = 100, window_seconds: float | None = None) -> Iterator[JobStatus]:

@@ -2,7 +2,9 @@
 
 Invariant: there is one definition of the job states and of which are terminal (:data:`TERMINAL_STATES`);
 every stage (wait verdict, trigger, load, UI) asks :class:`JobStatus` rather than comparing strings itself.
-The wire says ``BATCH_STATE_X`` (Developer API) or ``JOB_STATE_X`` (the SDK); we say ``X``.
+The wire says ``BATCH_STATE_X`` (Developer API) or ``JOB_STATE_X`` (the SDK, Vertex AI); we say ``X``.
+Vertex AI's finer states map onto the same six (:data:`VERTEX_STATES`), so the wait, the trigger and the UI
+need no second vocabulary.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _JOB_NAME = re.compile(r"^batches/[^/]+$")
+_VERTEX_JOB_NAME = re.compile(r"^projects/[^/]+/locations/[^/]+/batchPredictionJobs/[^/]+$")
 
 #: Normalised job states (the wire says ``BATCH_STATE_X``, the SDK ``JOB_STATE_X``; we say ``X``).
 SUCCEEDED = "SUCCEEDED"
@@ -21,6 +24,17 @@ EXPIRED = "EXPIRED"
 PENDING = "PENDING"
 RUNNING = "RUNNING"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+
+#: Vertex AI's states that are not one of ours, and what they mean here. QUEUED / PAUSED: not started (a job
+#: can queue up to 72 h); CANCELLING / UPDATING: still in flight; PARTIALLY_SUCCEEDED: done with an output
+#: table, some rows carry an error in their ``status`` (the load classifies them row by row).
+VERTEX_STATES = {
+    "QUEUED": PENDING,
+    "PAUSED": PENDING,
+    "CANCELLING": RUNNING,
+    "UPDATING": RUNNING,
+    "PARTIALLY_SUCCEEDED": SUCCEEDED,
+}
 
 
 def normalize_state(raw: str | None) -> str:
@@ -33,10 +47,18 @@ def normalize_state(raw: str | None) -> str:
     return raw
 
 
+def is_vertex_job_name(name: str) -> bool:
+    """``projects/<p>/locations/<l>/batchPredictionJobs/<id>``: a Vertex AI job (else a Developer API one)."""
+    return bool(_VERTEX_JOB_NAME.match(name or ""))
+
+
 def check_job_name(name: str) -> str:
-    """The Developer API only accepts ``batches/<id>``; fail early with the name in the message."""
-    if not _JOB_NAME.match(name or ""):
-        raise ValueError(f"Invalid Gemini batch job name {name!r}: expected 'batches/<id>'.")
+    """``batches/<id>`` (Developer API) or a Vertex AI job name; fail early with the name in the message."""
+    if not (_JOB_NAME.match(name or "") or _VERTEX_JOB_NAME.match(name or "")):
+        raise ValueError(
+            f"Invalid Gemini batch job name {name!r}: expected 'batches/<id>' or "
+            "'projects/<project>/locations/<location>/batchPredictionJobs/<id>'."
+        )
     return name
 
 
@@ -63,6 +85,9 @@ class JobStatus:
     input_file: str | None = None  # the uploaded file the job reads (``metadata.inputConfig.fileName``)
     has_inline_responses: bool = False
     error: dict[str, Any] | None = field(default=None)
+    #: Vertex AI: where the job wrote its predictions (``bq://project.dataset.table`` or a ``gs://`` folder),
+    #: known only from the job once it has run
+    output_uri: str | None = None
 
     @property
     def done(self) -> bool:
@@ -71,7 +96,9 @@ class JobStatus:
     @property
     def output_ready(self) -> bool:
         """SUCCEEDED is not enough: the responses file (or inline list) can appear after the state flips."""
-        return self.state == SUCCEEDED and (self.responses_file is not None or self.has_inline_responses)
+        return self.state == SUCCEEDED and (
+            self.responses_file is not None or self.has_inline_responses or self.output_uri is not None
+        )
 
     @property
     def settled(self) -> bool:
@@ -105,5 +132,46 @@ class JobStatus:
             input_file=(meta.get("inputConfig") or {}).get("fileName")
             or (meta.get("inputConfig") or {}).get("file_name"),
             has_inline_responses=inline is not None,
+            error={"code": error.get("code"), "message": error.get("message")} if error else None,
+        )
+
+    @classmethod
+    def from_vertex_job(cls, job: dict[str, Any]) -> JobStatus:
+        """Build from a Vertex AI ``BatchJob`` as the SDK returns it (``job.model_dump(mode="json")``).
+
+        Progress is ``completionStats`` (successful / failed / incomplete rows); the output location is
+        ``outputInfo``. The SDK keeps both on Vertex, so no raw read is needed there.
+        """
+        state = normalize_state(job.get("state"))
+        stats = job.get("completion_stats") or {}
+        info = job.get("output_info") or {}
+        error = job.get("error")
+        output_uri = info.get("gcs_output_directory")
+        bq_table = info.get("bigquery_output_table")
+        if bq_table:
+            # the service names the table alone (``predictions_<time>``) or in full; a full ``bq://`` table given
+            # as the destination is where it writes
+            dest = (job.get("dest") or {}).get("bigquery_uri") or ""
+            full = str(bq_table).removeprefix("bq://")
+            output_uri = (
+                dest if dest.count(".") == 2 else f"bq://{full}" if full.count(".") == 2 else dest or None
+            )
+        succeeded, failed = int(stats.get("successful_count") or 0), int(stats.get("failed_count") or 0)
+        pending = int(stats.get("incomplete_count") or 0)
+        src = job.get("src") or {}
+        return cls(
+            name=job.get("name") or "",
+            state=VERTEX_STATES.get(state, state),
+            display_name=job.get("display_name"),
+            model=job.get("model"),
+            create_time=job.get("create_time"),
+            update_time=job.get("update_time"),
+            end_time=job.get("end_time"),
+            request_count=succeeded + failed + pending,
+            succeeded_count=succeeded,
+            failed_count=failed,
+            pending_count=pending,
+            input_file=src.get("bigquery_uri") or ((src.get("gcs_uri") or [None])[0]),
+            output_uri=output_uri,
             error={"code": error.get("code"), "message": error.get("message")} if error else None,
         )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import AssetAlias, BaseOperator, conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTriggerEventError
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.lineage import (
     OpenLineageMixin,
@@ -139,7 +140,7 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
+        return batch_hook(self.gemini_conn_id)
 
     def rounds(self) -> RowRounds:
         if self._rounds is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.lineage import SubmitLineage
 from airflow_gemini_batch.links import GeminiBatchJobLink
@@ -214,7 +215,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
+        return batch_hook(self.gemini_conn_id)
 
     def execute(self, context: Context) -> Manifest:
         return self._admit(context, None)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_gemini_batch.cost.prices import price_for, price_overrides
 from airflow_gemini_batch.cost.pricing import compute_cost, describe_cost
 from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchInputError, GeminiBatchResultsError
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import SUCCEEDED as JOB_SUCCEEDED
 from airflow_gemini_batch.manifest import MANIFEST_KIND, RESULTS_SUMMARY_KIND
@@ -167,7 +168,9 @@ class LoadRun:
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
+        return batch_hook(
+            self.gemini_conn_id, [s["job_name"] for s in self.manifest.get("shards", []) if s.get("job_name")]
+        )
 
     def execute(self) -> dict[str, Any]:
         """Load every shard into the sink, in manifest order; return the summary (see the module docstring)."""

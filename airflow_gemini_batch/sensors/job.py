@@ -29,6 +29,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError, GeminiBatchTimeoutError
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import check_job_name
 from airflow_gemini_batch.links import GeminiBatchJobLink
@@ -131,7 +132,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.conn_id)
+        return batch_hook(self.conn_id, self.resolved_job_names())
 
     # ---- execution --------------------------------------------------------------------------------------
 

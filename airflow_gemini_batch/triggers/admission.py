@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import check_job_name
 from airflow_gemini_batch.hooks.transport_errors import describe_error, http_code, is_transient
@@ -128,7 +129,7 @@ class GeminiBatchAdmissionTrigger(BaseTrigger):
         )
 
     def _hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id)
+        return batch_hook(self.gemini_conn_id, self.pending.job_names)
 
     async def _read_round(self, client: AsyncClient) -> tuple[int, dict[str, Any] | None]:
         """Read the jobs still holding quota. Returns (transient error count, error event)."""

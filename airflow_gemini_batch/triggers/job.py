@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import JobStatus, check_job_name
 from airflow_gemini_batch.hooks.transport_errors import http_code, is_transient
@@ -137,7 +138,7 @@ class GeminiBatchJobTrigger(BaseTrigger):
         )
 
     def _hook(self) -> GeminiBatchHook:
-        return GeminiBatchHook(gemini_conn_id=self.gemini_conn_id, retry_attempts=self.retry_attempts)
+        return batch_hook(self.gemini_conn_id, self.job_names, retry_attempts=self.retry_attempts)
 
     @property
     def policy(self) -> WaitPolicy:
