@@ -8,8 +8,12 @@ Invariants:
   load's own (``<table>__gemini_batch_stage_<hex>``, in the destination's dataset, expiring in a day); on
   :meth:`abort` it is dropped and the destination was never touched. A destination this load *created* (so
   empty, and nobody else's) takes the load jobs directly, with no stage and no MERGE (that is most of a
-  first load's cost); on abort it is dropped, which is again how it was before: absent. A load job is atomic (all its rows or
-  none), and each ``MERGE`` is one statement (atomic too).
+  first load's cost); on abort it is dropped, which is again how it was before: absent. A load job is atomic
+  (all its rows or none).
+* The destination and its errors table change together or not at all: their two ``MERGE`` statements run as
+  one script job inside ``BEGIN TRANSACTION; ... COMMIT TRANSACTION;`` (:func:`merge_script`), so a failure at
+  the second rolls back the first. A load that fails there leaves both tables as they were (and the caller's
+  :meth:`abort` drops a destination this load created); the rerun merges everything again.
 * Bounded memory: :meth:`write` serialises each chunk to NDJSON in a temporary *file*; once it holds
   ``load_chunk_bytes`` it is sent as one load job (a resumable upload streamed from the file) and emptied. So
   memory is one chunk, whatever the row count; a load job per ~256 MiB keeps far under BigQuery's per-table
@@ -22,6 +26,8 @@ Invariants:
   in the load jobs' NDJSON, never in SQL.
 * ``MERGE`` lists its columns (``INSERT (cols) VALUES (s.cols)``), not ``INSERT ROW``: the same statement runs
   on BigQuery and on its emulator, which cannot parse ``INSERT ROW``.
+* A destination made before ``request_fingerprint`` or ``attempts`` existed gets the column
+  (:meth:`BigQueryTableSink._ensure_columns`), as the SQL sinks do.
 * The errors table is merged from the same staging table: non-succeeded keys upserted, keys that succeeded
   now deleted, so it lists exactly the keys that need attention.
 """
@@ -41,6 +47,7 @@ from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import (
     ATTEMPTS,
     ERROR_COLUMNS,
+    FINGERPRINT_COLUMN,
     LOADED_AT,
     RESULT_COLUMNS,
     check_identifier,
@@ -104,6 +111,14 @@ def bigquery_type(type_name: str, what: str) -> tuple[str, str]:
             "(or ARRAY<...> of one)."
         )
     return bq, mode
+
+
+def merge_script(statements: Sequence[str]) -> str:
+    """One statement as it is; several as one script job in a multi-statement transaction, so they apply
+    together or not at all (a failing statement rolls back the ones before it, and the script fails)."""
+    if len(statements) == 1:
+        return statements[0]
+    return "BEGIN TRANSACTION;\n" + "".join(f"{s};\n" for s in statements) + "COMMIT TRANSACTION;"
 
 
 class BigQueryTableSink:
@@ -240,7 +255,7 @@ class BigQueryTableSink:
         try:
             existing = client.get_table(str(table_id))
             if partitioned:
-                self._ensure_attempts_column(client, existing)
+                self._ensure_columns(client, existing)
             return False
         except NotFound:
             if not self.create_table:
@@ -260,18 +275,28 @@ class BigQueryTableSink:
         log.info("Created BigQuery table %s", table_id)
         return True
 
-    def _ensure_attempts_column(self, client: Client, table: Any) -> None:
-        """A destination made before the ``attempts`` column existed gets it (``create_table``; a NULLABLE
-        column, old rows read NULL), else the load leaves that table's schema alone and writes no attempts."""
-        if any(f.name == ATTEMPTS[0] for f in table.schema):
-            return
-        if not self.create_table:
-            log.warning("%s has no attempts column and create_table=False: loading without it", self.table)
-            self.attempts_column = False
-            return
-        log.info("Adding the attempts column to %s (made before it existed)", self.table)
-        # DDL rather than a schema patch: the emulator applies ALTER TABLE but ignores a patched schema.
-        self._run(client, f"ALTER TABLE {self.table.sql} ADD COLUMN IF NOT EXISTS `{ATTEMPTS[0]}` INT64")
+    def _ensure_columns(self, client: Client, table: Any) -> None:
+        """A destination made before a column existed gets it: ``request_fingerprint`` always (as the SQL
+        sinks do: a NULLABLE column, old rows read NULL, so an incremental run sends them once more), and
+        ``attempts`` when ``create_table`` (else the load leaves that table alone and writes no attempts).
+
+        DDL through the client (one ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` job per column) rather than
+        a schema patch: the emulator applies ALTER TABLE but ignores a patched schema, and takes only one
+        ALTER command per statement; BigQuery accepts both forms.
+        """
+        have = {f.name for f in table.schema}
+        missing = [] if FINGERPRINT_COLUMN in have else [(FINGERPRINT_COLUMN, "STRING")]
+        if ATTEMPTS[0] not in have:
+            if self.create_table:
+                missing.append((ATTEMPTS[0], "INT64"))
+            else:
+                log.warning(
+                    "%s has no attempts column and create_table=False: loading without it", self.table
+                )
+                self.attempts_column = False
+        for column, type_ in missing:
+            log.info("Adding the %s column to %s (made before it existed)", column, self.table)
+            self._run(client, f"ALTER TABLE {self.table.sql} ADD COLUMN IF NOT EXISTS `{column}` {type_}")
 
     def write(self, rows: list[ResultRow]) -> None:
         assert self._file is not None, "open() first"
@@ -367,23 +392,26 @@ class BigQueryTableSink:
         return job
 
     def close(self) -> None:
-        """Last chunk → staging; ``MERGE`` into the destination, then into the errors table; drop the stage."""
+        """Last chunk → staging; the destination's and the errors table's ``MERGE`` as one transaction; drop
+        the stage."""
         try:
             self._load_chunk()
-            if self._stage_exists and self._direct:
-                client = self.clients.client
-                if self._failed_rows or self._errors_existed:
-                    self._run(client, self._merge_sql(self.errors, self._error_names(), errors=True))
-            elif self._stage_exists:
-                client = self.clients.client
-                job = self._run(
-                    client, self._merge_sql(self.table, [n for n, _ in self.columns], errors=False)
-                )
-                log.info("MERGE into %s: %s rows affected", self.table, job.num_dml_affected_rows)
-                if self._failed_rows or self._errors_existed:
-                    self._run(client, self._merge_sql(self.errors, self._error_names(), errors=True))
+            statements = self._merge_statements() if self._stage_exists else []
+            if statements:
+                job = self._run(self.clients.client, merge_script(statements))
+                log.info("Merged %d rows into %s (job %s)", self.rows_written, self.table, job.job_id)
         finally:
             self._release()
+
+    def _merge_statements(self) -> list[str]:
+        """The destination's ``MERGE`` (none when this load created it: the rows are already there), then the
+        errors table's (when it exists or gets rows)."""
+        statements = []
+        if not self._direct:
+            statements.append(self._merge_sql(self.table, [n for n, _ in self.columns], errors=False))
+        if self._failed_rows or self._errors_existed:
+            statements.append(self._merge_sql(self.errors, self._error_names(), errors=True))
+        return statements
 
     def abort(self) -> None:
         """Drop the staging table: nothing of this load reached the destination. A destination (and errors

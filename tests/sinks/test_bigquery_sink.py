@@ -201,3 +201,28 @@ def test_a_first_load_goes_straight_into_the_new_table_and_an_abort_drops_it(
     assert sink.load_jobs == 1 and tables_of(bq_client, bq_dataset) == ["fresh", "fresh_errors"]
     assert sorted(table_rows(bq_client, table)) == ["a", "b"]
     assert sorted(table_rows(bq_client, f"{table}_errors")) == ["b"]
+
+
+def test_a_table_made_before_fingerprints_gets_the_column_and_stores_them(
+    gcp_conn: str, bq_client: Any, bq_dataset: str
+):
+    from google.cloud import bigquery
+
+    table = f"{bq_dataset}.older"
+    sink = table_sink(gcp_conn, table)
+    old = [f for f in sink.schema() if f.name not in ("request_fingerprint", "attempts")]
+    bq_client.create_table(bigquery.Table(f"{PROJECT}.{bq_dataset}.older", schema=old))
+    bq_client.query(
+        f"INSERT INTO `{table}` (`key`, outcome, text) VALUES ('old', 'succeeded', 'kept')"
+    ).result()
+
+    load(sink, [ok("a", request_fingerprint="f" * 64), ok("b"), bad("c", MISSING)])
+    # Read by a query: the emulator's table metadata (list_rows) does not show a column added by ALTER TABLE.
+    query = f"SELECT `key`, request_fingerprint, attempts FROM `{table}` ORDER BY `key`"
+    rows = [tuple(r.values()) for r in bq_client.query(query).result()]
+    assert rows == [("a", "f" * 64, 1), ("b", None, 1), ("c", None, 1), ("old", None, None)]
+
+    # The next load (its ADD COLUMN IF NOT EXISTS now a no-op) updates the fingerprint.
+    load(table_sink(gcp_conn, table), [ok("b", request_fingerprint="e" * 64)])
+    rows = [tuple(r.values()) for r in bq_client.query(query).result()]
+    assert rows[1] == ("b", "e" * 64, 1) and len(rows) == 4
