@@ -9,6 +9,10 @@ Invariants:
   postgres provider's AIP-60 form) and dataset ``postgres://host:port`` + ``db.schema.table`` (the
   OpenLineage naming spec, through the hook's own ``get_openlineage_database_info``). Files: the common-io
   ``file://`` form, or the object store's own URI (``s3://bucket/key``, ``gs://bucket/key``).
+* BigQuery: the Google provider's own names, through its helpers (``providers.google.assets.bigquery``):
+  Asset ``bigquery://project/dataset/table`` and dataset namespace ``bigquery``, name
+  ``project.dataset.table`` - what its BigQuery operators publish. A ``dataset.table`` without a project gets
+  the connection's project, as the load and the source do.
 * SQLite has no scheme in either, so it gets one of ours, documented in the README: Asset
   ``x-sqlite://localhost/<absolute db path>/<table>`` (the ``x-`` prefix is Airflow's mark for a scheme no
   provider handles) and dataset namespace ``sqlite://localhost``, name ``<absolute db path>.main.<table>``.
@@ -55,11 +59,17 @@ class LineagePlace:
 
 
 def table_place(conn_id: str, table: str) -> LineagePlace | None:
-    """The table ``table`` (``name`` or ``schema.name``) on the common-sql connection ``conn_id``."""
+    """The table ``table`` on the connection ``conn_id``: ``name`` or ``schema.name`` on a common-sql
+    connection, ``dataset.table`` or ``project.dataset.table`` on a BigQuery one."""
     from airflow.sdk import BaseHook
 
-    schema, name = table.split(".", 1) if "." in table else (None, table)
+    from airflow_gemini_batch.hooks.bigquery import GCP_CONN_TYPE
+
     conn = BaseHook.get_connection(conn_id)
+    if conn.conn_type == GCP_CONN_TYPE:
+        return bigquery_place(conn_id, table)
+    *qualifiers, name = table.split(".")  # a database part (db.schema.table) is the connection's anyway
+    schema = qualifiers[-1] if qualifiers else None
     if conn.conn_type in ("postgres", "postgresql"):
         return _postgres_place(conn, schema or "public", name)
     if conn.conn_type == "sqlite":
@@ -79,6 +89,18 @@ def _postgres_place(conn: Connection, schema: str, table: str) -> LineagePlace:
         namespace=namespace,
         name=f"{info.database}.{schema}.{table}",
     )
+
+
+def bigquery_place(conn_id: str, table: str) -> LineagePlace:
+    """A BigQuery table, named by the Google provider's asset helpers (its URI and its OpenLineage dataset)."""
+    from airflow.providers.google.assets.bigquery import convert_asset_to_openlineage, create_asset
+
+    from airflow_gemini_batch.hooks.bigquery import BigQueryClients
+
+    table_id = BigQueryClients(conn_id).table_id(table)
+    asset = create_asset(project_id=table_id.project, dataset_id=table_id.dataset, table_id=table_id.table)
+    dataset = convert_asset_to_openlineage(asset, None)
+    return LineagePlace(asset_uri=asset.uri, namespace=dataset.namespace, name=dataset.name)
 
 
 def _sqlite_place(conn: Connection, table: str) -> LineagePlace:
@@ -106,18 +128,23 @@ def path_place(uri: str) -> LineagePlace:
 
 
 def sql_source_place(conn_id: str, sql: str) -> LineagePlace | None:
-    """The table a single-table SELECT reads, parsed with the OpenLineage provider's own SQL parser."""
+    """The table a single-table SELECT reads, parsed with the OpenLineage provider's own SQL parser (in the
+    BigQuery dialect on a BigQuery connection: `project.dataset.table` in backticks is one name there)."""
     from airflow.providers.openlineage.sqlparser import SQLParser
+    from airflow.sdk import BaseHook
 
+    from airflow_gemini_batch.hooks.bigquery import GCP_CONN_TYPE
+
+    bigquery = BaseHook.get_connection(conn_id).conn_type == GCP_CONN_TYPE
     try:
-        meta = SQLParser().parse(sql)
+        meta = SQLParser(dialect="bigquery" if bigquery else None).parse(sql)
     except Exception as error:  # the parser is best effort; lineage must never fail the task
         log.debug("Could not parse the source SQL for lineage: %s", error)
         return None
     if meta is None or len(meta.in_tables) != 1:
         return None
     table = meta.in_tables[0]
-    return table_place(conn_id, f"{table.schema}.{table.name}" if table.schema else table.name)
+    return table_place(conn_id, ".".join(p for p in (table.database, table.schema, table.name) if p))
 
 
 @functools.cache
@@ -202,12 +229,20 @@ class OpenLineageMixin:
 
 
 def submit_lineage(
-    *, source_conn_id: str | None, sql: str | None, input_path: str | None, manifest: dict[str, Any] | None
+    *,
+    source_conn_id: str | None,
+    sql: str | None,
+    input_path: str | None,
+    manifest: dict[str, Any] | None,
+    source_table: str | None = None,
 ) -> tuple[list[LineagePlace | None], list[LineagePlace | None], Any]:
-    """The submit task read its source table (a single-table SELECT) or its input file."""
+    """The submit task read its source table (a single-table SELECT, or a BigQuery ``source_table``) or its
+    input file."""
     source: LineagePlace | None = None
     if sql and source_conn_id:
         source = safely(lambda: sql_source_place(source_conn_id, sql))
+    elif source_table and source_conn_id:
+        source = safely(lambda: table_place(source_conn_id, source_table))
     elif input_path:
         source = safely(lambda: path_place(input_path))
     shards = (manifest or {}).get("shards") or []
@@ -256,6 +291,7 @@ class SubmitLineage(OpenLineageMixin):
 
     source_conn_id: str | None
     sql: str | None
+    source_table: str | None
     input_path: str | None
     _manifest: Any
 
@@ -263,6 +299,7 @@ class SubmitLineage(OpenLineageMixin):
         return submit_lineage(
             source_conn_id=self.source_conn_id,
             sql=self.sql,
+            source_table=self.source_table,
             input_path=self.input_path,
             manifest=dict(self._manifest) if self._manifest else None,
         )

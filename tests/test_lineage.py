@@ -29,6 +29,8 @@ def conns(monkeypatch: pytest.MonkeyPatch, tmp_path):
         "AIRFLOW_CONN_LIN_PG",
         json.dumps({"conn_type": "postgres", "host": "db.example", "port": 6543, "schema": "shop"}),
     )
+    gcp = {"conn_type": "google_cloud_platform", "extra": {"project": "lin-project", "is_anonymous": True}}
+    monkeypatch.setenv("AIRFLOW_CONN_LIN_GCP", json.dumps(gcp))
     return db
 
 
@@ -48,6 +50,28 @@ def test_sqlite_gets_our_documented_scheme(conns):
     assert place.asset_uri == f"x-sqlite://localhost{conns}/answers"
     assert (place.namespace, place.name) == ("sqlite://localhost", f"{conns}.main.answers")
     assert place.asset().uri == place.asset_uri  # Airflow accepts it as it is
+
+
+def test_bigquery_names_are_the_google_providers(conns):
+    place = table_place("lin_gcp", "shop.reviews")  # no project: the connection's, as the load uses
+    assert place is not None
+    assert place.asset_uri == "bigquery://lin-project/shop/reviews"
+    assert (place.namespace, place.name) == ("bigquery", "lin-project.shop.reviews")
+    assert place.asset().uri == place.asset_uri  # the provider's sanitize_uri accepts it as it is
+    other = table_place("lin_gcp", "`other-project.shop.answers`")
+    assert other is not None and other.asset_uri == "bigquery://other-project/shop/answers"
+    assert (other.namespace, other.name) == ("bigquery", "other-project.shop.answers")
+    from airflow_gemini_batch.lineage import destination_place
+
+    assert destination_place("lin_gcp", "results; DROP TABLE x", None) is None, "an invalid id is left out"
+
+
+def test_a_bigquery_select_names_its_table_in_the_bigquery_dialect(conns):
+    sql = "SELECT review_id, text FROM `other-project.shop.reviews` WHERE day = @day"
+    place = sql_source_place("lin_gcp", sql)
+    assert place is not None and (place.namespace, place.name) == ("bigquery", "other-project.shop.reviews")
+    place = sql_source_place("lin_gcp", "SELECT * FROM `shop.reviews`")
+    assert place is not None and place.asset_uri == "bigquery://lin-project/shop/reviews"
 
 
 def test_paths_and_object_stores(tmp_path):
@@ -121,3 +145,20 @@ def test_the_openlineage_extractor_manager_reads_our_operators(conns):
     # On failure the same places are reported, so a failed load still shows what it was writing.
     failed = manager.get_extractor_class(load)(load).extract_on_failure(ti)
     assert [d.name for d in failed.outputs] == [f"{conns}.main.answers"]
+
+
+def test_the_extractor_names_bigquery_sources_and_destinations(conns):
+    from airflow.providers.openlineage.extractors.manager import ExtractorManager
+
+    submit = GeminiBatchSubmitOperator(
+        task_id="submit", source_conn_id="lin_gcp", source_table="shop.reviews", prompt_template="{text}"
+    )
+    load = GeminiBatchLoadResultsOperator(
+        task_id="load", manifest={}, destination_conn_id="lin_gcp", destination_table="shop.answers"
+    )
+    ti = SimpleNamespace(task_id="t", dag_id="d", run_id="r", try_number=1, map_index=-1)
+    manager = ExtractorManager()
+    got_submit = manager.get_extractor_class(submit)(submit).extract_on_complete(ti)
+    got_load = manager.get_extractor_class(load)(load).extract_on_failure(ti)
+    assert [(d.namespace, d.name) for d in got_submit.inputs] == [("bigquery", "lin-project.shop.reviews")]
+    assert [(d.namespace, d.name) for d in got_load.outputs] == [("bigquery", "lin-project.shop.answers")]
