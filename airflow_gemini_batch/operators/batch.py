@@ -5,6 +5,10 @@ submit, the wait and the load are the same code the three single-stage operators
 moves between the phases: it waits the sensor's way (one read, then a deferral to the same trigger while jobs
 are not done, so no worker slot is held), and carries the round's manifest (which names its round) and the
 records of the rounds before it in XCom (see the rounds module for why that is all the state it needs).
+Admission under the quotas defers the same way as the submit operator's: a round that cannot create all its
+jobs yet pushes which round it is admitting and defers to
+:class:`~airflow_gemini_batch.triggers.admission.GeminiBatchAdmissionTrigger`; ``execute_admitted`` resumes
+that round (the previous round's manifest, still in XCom, names its remainder).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, RESULTS_SUMMARY_XCO
 from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperator
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
 from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
+from airflow_gemini_batch.submit.admission import AdmissionPending, AdmissionState
 from airflow_gemini_batch.submit.rounds import RowRounds
 from airflow_gemini_batch.submit.run import SubmitSettings
+from airflow_gemini_batch.triggers.admission import GeminiBatchAdmissionTrigger
 from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
@@ -45,6 +51,8 @@ if TYPE_CHECKING:
 
 #: XCom key of the records of the rounds loaded so far (pushed before each deferral; small).
 ROUNDS_XCOM_KEY = "gemini_batch_rounds"
+#: XCom key of the round waiting for quota headroom (``{"round": n}``), pushed before an admission deferral.
+ADMITTING_XCOM_KEY = "gemini_batch_admitting"
 _ONE_NAME = ("key_column",)  # named alike by both stages: the source's key column names the destination's
 
 
@@ -66,8 +74,10 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
     retry rounds (``destination_path`` works with ``max_row_retries=0``).
 
     :param max_row_retries: follow-up rounds for retryable rows (default 2; 0: one batch, like the trio).
-    :param deferrable: wait in the triggerer between the phases (default ``[operators] default_deferrable``).
-    :param poll_interval: seconds between job reads while waiting.
+    :param deferrable: wait in the triggerer between the phases — for a round's jobs, and for quota headroom
+        between admission rounds (``max_concurrent_jobs``, ``max_enqueued_tokens``, a 429 on create) — so no
+        worker slot is held; otherwise on the worker (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between job reads while waiting (for the jobs, or for quota headroom).
     :param wait_timeout: seconds one round may wait before failing with ``GeminiBatchTimeoutError``.
     :param allow_partial: load a round whose jobs partly FAILED / EXPIRED / CANCELLED (their keys are loaded
         as failed); otherwise such a round fails the task, and a clear resubmits those shards alone.
@@ -170,16 +180,68 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         self._waiter_for(manifest).conclude(event)
         return self._load_and_go_on(context, int(manifest.get("round", 1)), manifest, list(records or []))
 
+    def execute_admitted(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Quota headroom appeared (the admission trigger fired): the next admission round of the round named
+        by the ``gemini_batch_admitting`` XCom, on the retry path; round n ≥ 2 finds its input through round
+        n-1's manifest, which is still this task's manifest XCom."""
+        admission = AdmissionState.from_event(event)
+        ti = context["ti"]
+        admitting = ti.xcom_pull(task_ids=ti.task_id, key=ADMITTING_XCOM_KEY, map_indexes=ti.map_index)
+        records = ti.xcom_pull(task_ids=ti.task_id, key=ROUNDS_XCOM_KEY, map_indexes=ti.map_index)
+        n = int(admitting["round"]) if isinstance(admitting, dict) and "round" in admitting else 0
+        previous = (
+            ti.xcom_pull(task_ids=ti.task_id, key=MANIFEST_XCOM_KEY, map_indexes=ti.map_index)
+            if n > 1
+            else None
+        )
+        if n < 1 or (n > 1 and (not previous or int(previous.get("round", 1)) != n - 1)):
+            raise GeminiBatchTriggerEventError(
+                f"The deferred task {ti.task_id} has no {ADMITTING_XCOM_KEY} XCom (or no manifest of the round "
+                "before) to resume admission from; clear it: every round re-attaches to its recorded jobs."
+            )
+        return self._run_from(context, n, previous, list(records or []), admission)
+
     def _run_from(
-        self, context: Context, n: int, previous: Manifest | None, records: list[dict[str, Any]]
+        self,
+        context: Context,
+        n: int,
+        previous: Manifest | None,
+        records: list[dict[str, Any]],
+        admission: AdmissionState | None = None,
     ) -> dict[str, Any]:
-        manifest = self._manifest = self.rounds().submit(context, n, previous)
+        manifest = self._manifest = self._admit(context, n, previous, records, admission)
         ti = context["ti"]
         ti.xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)  # before any deferral: the resumption reads it
         ti.xcom_push(key=ROUNDS_XCOM_KEY, value=records)
         if manifest.get("shards"):
             self._wait(manifest)
         return self._load_and_go_on(context, n, manifest, records)
+
+    def _admit(
+        self,
+        context: Context,
+        n: int,
+        previous: Manifest | None,
+        records: list[dict[str, Any]],
+        admission: AdmissionState | None,
+    ) -> Manifest:
+        """Round ``n``'s manifest once every shard has its job; between admission rounds the task defers (no
+        worker slot held) or, not deferrable, waits on the worker as the submit operator does."""
+        outcome = self.rounds().submit(context, n, previous, admission)
+        while isinstance(outcome, AdmissionPending):
+            if self.deferrable:
+                ti = context["ti"]
+                ti.xcom_push(key=ROUNDS_XCOM_KEY, value=records)
+                ti.xcom_push(key=ADMITTING_XCOM_KEY, value={"round": n})
+                self.defer(
+                    trigger=GeminiBatchAdmissionTrigger.of(
+                        outcome, self.gemini_conn_id, self.poll_interval, self.cancel_on_kill
+                    ),
+                    method_name="execute_admitted",
+                )
+            state = outcome.wait(self.hook, self.poll_interval, self.log)
+            outcome = self.rounds().submit(context, n, previous, state)
+        return outcome
 
     def _wait(self, manifest: Manifest) -> None:
         waiter = self._waiter_for(manifest, deadline=time.time() + self.wait_timeout)

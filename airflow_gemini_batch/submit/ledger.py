@@ -212,7 +212,7 @@ class SubmissionLedger:
     def clear_intent(self, index: int, rec: dict[str, Any]) -> None:
         """Every create attempt was refused (429): no job can exist, so no later try need look one up."""
         rec["intent"] = False
-        self._set(SHARD_KEY.format(index=index), rec)
+        self._set(self._shard_key.format(index=index), rec)
 
     def record_job(self, index: int, rec: dict[str, Any], job_name: str) -> None:
         rec["job_name"] = job_name
@@ -236,7 +236,7 @@ class SubmissionLedger:
             rec = self.shard(index)
             if rec.get("file_name") and not rec.get("job_name"):
                 rec.pop("file_name")
-                self._set(SHARD_KEY.format(index=index), rec)
+                self._set(self._shard_key.format(index=index), rec)
                 forgotten.append(index)
         return forgotten
 

@@ -28,11 +28,12 @@ round) and the records of the rounds loaded so far in XCom (pushed before each d
 round 1 again and replays: every round re-attaches to its recorded jobs (no create), is loaded again (same
 rows, same remainder) and leads to the same next round, until a round is not finished or the last one is.
 
-Why a phase machine: admission under the quotas (a submit that must wait in the triggerer for headroom before
-it can create the rest of a round) slots in as one more phase between *submit* and *wait* — the submit
-returns "deferred for headroom" instead of a manifest, the operator pushes a small "admitting round n" record
-and defers to the headroom trigger with ``method_name="execute_admitted"``, which calls :meth:`RowRounds.submit` for the same round again, which
-re-attaches to the jobs already created and creates the next ones.
+Admission under the quotas is one more phase between *submit* and *wait*: :meth:`RowRounds.submit` is one
+admission round of round n (:meth:`SubmitRun.admit <airflow_gemini_batch.submit.run.SubmitRun.admit>`) and
+returns :class:`~airflow_gemini_batch.submit.admission.AdmissionPending` while shards of round n wait for
+headroom; the operator pushes a small "admitting round n" record and defers to the headroom trigger
+(``method_name="execute_admitted"``), which calls :meth:`RowRounds.submit` for the same round again with the
+trigger's state — the retry path: it re-attaches to the jobs already created and creates the next ones.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from airflow_gemini_batch.manifest import RESULTS_SUMMARY_KIND
 from airflow_gemini_batch.results.load_run import LoadRun
 from airflow_gemini_batch.results.remainder import RemainderRecorder
 from airflow_gemini_batch.results.rows import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS
+from airflow_gemini_batch.submit.admission import AdmissionPending
 from airflow_gemini_batch.submit.run import SubmitRun
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from airflow_gemini_batch.manifest import Manifest
     from airflow_gemini_batch.results.load_run import LoadSettings
     from airflow_gemini_batch.sinks import Sink
+    from airflow_gemini_batch.submit.admission import AdmissionState
     from airflow_gemini_batch.submit.run import SubmitSettings
 
 REMAINDER_FILE = "remainder.jsonl"
@@ -62,6 +65,14 @@ REMAINDER_FILE = "remainder.jsonl"
 def remainder_uri(manifest: Manifest | dict[str, Any]) -> str:
     """Where a round's load lists the keys the next round sends again: beside its key lists."""
     return f"{str(manifest['staging_path']).rstrip('/')}/{REMAINDER_FILE}"
+
+
+def _admission(manifest: Manifest | dict[str, Any]) -> dict[str, int]:
+    """A round's admission in its record: how many admission rounds it took, how many waits for headroom
+    (deferrals, or waits on the worker) between them, how many of them a 429 ended."""
+    admission = manifest.get("admission") or {}
+    rounds = len(admission.get("rounds") or []) or 1
+    return {"rounds": rounds, "deferrals": rounds - 1, "rate_limited": int(admission.get("rate_limited", 0))}
 
 
 class RoundLoad(LoadRun):
@@ -102,13 +113,23 @@ class RowRounds:
         #: the current round's submission (what ``on_kill`` may cancel).
         self.current: SubmitRun | None = None
 
-    def submit(self, context: Context, n: int, previous: Manifest | dict[str, Any] | None) -> Manifest:
-        """Round ``n``'s jobs (created or re-attached); round n ≥ 2 sends ``previous``'s remainder keys."""
+    def submit(
+        self,
+        context: Context,
+        n: int,
+        previous: Manifest | dict[str, Any] | None,
+        admission: AdmissionState | None = None,
+    ) -> Manifest | AdmissionPending:
+        """One admission round of round ``n`` (:meth:`SubmitRun.admit`): its manifest once every shard has a
+        job, else :class:`AdmissionPending` (the operator defers, then calls this again with the trigger's
+        state). Round n ≥ 2 sends ``previous``'s remainder keys."""
         key_filter = remainder_uri(previous) if n > 1 and previous is not None else None
         self.current = SubmitRun(
             self.hook, self.submit_settings, self.log, round_number=n, key_filter=key_filter
         )
-        manifest = self.current.execute(context)
+        manifest = self.current.admit(context, admission)
+        if isinstance(manifest, AdmissionPending):
+            return manifest
         self.log.info(
             "Round %d: %d request(s) in %d job(s)%s",
             n,
@@ -143,6 +164,7 @@ class RowRounds:
             "cost": summary["cost"],
             "destination": summary["destination"],
             "rows_loaded": summary["rows_loaded"],
+            "admission": _admission(manifest),
             "summary_jobs": summary["jobs"],
         }
         self.log.info(

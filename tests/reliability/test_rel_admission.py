@@ -201,3 +201,47 @@ async def _fire(trigger: Any) -> dict[str, Any]:
         return (await asyncio.wait_for(anext(gen), 60)).payload
     finally:
         await gen.aclose()
+
+
+def test_R78_geminibatchoperator_defers_between_admission_rounds_of_every_row_round(
+    sqlite_warehouse, gemini_conn, emulator, run_dag, tmp_path, all_logs
+):
+    """``GeminiBatchOperator`` with ``max_concurrent_jobs=1`` (the emulator enforces 1 too): 24 rows in 6
+    shards of 4; the first 6 jobs fail 20 % of their rows with 503, so round 2 sends those 5 keys in 2
+    shards, again one at a time. Every admission round ends in a deferral to the admission trigger (no
+    worker slot held meanwhile), and resumes the same row round."""
+    from airflow_gemini_batch.emulator.faults import fails_by_fraction
+    from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
+    from tests.reliability.helpers import batch_dag
+
+    wh = sqlite_warehouse
+    src, dst = wh.table("src"), wh.table("dst")
+    wh.create_prompts_table(src, 24)
+    doomed = [k for k in range(24) if fails_by_fraction(k, 0.2)]
+    assert len(doomed) == 5
+    emulator.control.set_quota(max_concurrent_jobs=1)
+    emulator.control.set_job_behaviour(fail_fraction=0.2, fail_status=503, count=6)  # round 1's jobs
+    emulator.control.hold_state("PENDING", reads=1)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging", max_requests_per_job=4, max_concurrent_jobs=1)
+    run = run_dag(dag)
+    assert run.state == "success", ti_states(run)
+
+    quota = emulator.control.quota()
+    assert quota["high_water_jobs"] == 1 and quota["rejected_creates"] == 0  # never two unfinished at once
+    jobs = emulator.control.jobs()
+    assert len(jobs) == 6 + 2 == len({j["display_name"] for j in jobs})
+    assert emulator.control.calls()["batches.create"] == 8
+    assert sum("-a2-" in j["display_name"] for j in jobs) == 2
+    assert emulator.control.request_counts() == {str(k): 2 if k in doomed else 1 for k in range(24)}
+    got = {k: (o, a) for k, o, a in wh.query(f"SELECT id, outcome, attempts FROM {dst}")}
+    assert got == {k: ("succeeded", 2 if k in doomed else 1) for k in range(24)}
+
+    summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert [r["request_count"] for r in summary["rounds"]] == [24, 5]
+    assert [r["admission"]["rounds"] for r in summary["rounds"]] == [6, 2]
+    assert summary["counts"]["succeeded"] == 24 and summary["reconciled"]
+    # Deferred between admission rounds: 5 waits for headroom in round 1, 1 in round 2, each in the
+    # admission trigger; none on the worker.
+    logs = all_logs.text
+    assert logs.count("Waiting for quota headroom") == 6
+    assert "Waiting on the worker for quota headroom" not in logs

@@ -69,3 +69,18 @@ def test_changed_input_with_recorded_jobs_is_refused_before_anything_is_recorded
     assert store.get(HEADER_KEY)["fingerprint"] == "a" * 64  # the header still names the recorded input
     assert _begin(ledger, fingerprint="b" * 64, on_changed_input="resubmit") == 0
     assert store.get(HEADER_KEY)["fingerprint"] == "b" * 64
+
+
+def test_a_retry_round_writes_only_its_own_shard_records():
+    """A refused create (429) in round 2 clears round 2's intent; round 1's record of the same index stays."""
+    store = DictStateStore()
+    first, second = SubmissionLedger(store, 1), SubmissionLedger(store, 2)
+    first.record_job(0, {"fingerprint": "f1"}, "batches/round1")
+    rec: dict[str, Any] = {"fingerprint": "f2"}
+    second.record_intent(0, rec)
+    second.clear_intent(0, rec)
+    second.record_upload(1, {"fingerprint": "f2", "job_name": None}, "files/x")
+    assert second.forget_uploads(2) == [1]
+    assert first.shard(0) == {"fingerprint": "f1", "job_name": "batches/round1"}
+    assert second.shard(0) == {"fingerprint": "f2", "intent": False}
+    assert first.shard(1) == {} and second.shard(1) == {"fingerprint": "f2", "job_name": None}
