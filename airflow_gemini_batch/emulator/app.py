@@ -8,7 +8,8 @@ Invariants for every API call, in this order:
 
 1. unknown route → 404 NOT_FOUND (the request body is drained first, keeping the connection reusable);
 2. missing/empty ``x-goog-api-key`` → 401 UNAUTHENTICATED, except upload chunks (their ``upload_id`` is the
-   credential: the SDK sends no key on chunk requests);
+   credential: the SDK sends no key on chunk requests); Vertex routes (``batchPredictionJobs.*``) want an
+   ``Authorization: Bearer`` token instead (any non-empty one);
 3. ``reply_delay_seconds`` sleep; 4. the call is counted; 5. an injected fault (if any) answers instead;
 6. the handler runs; ``ApiError`` becomes a Google JSON error (with its extra headers, e.g. upload status).
 """
@@ -32,6 +33,7 @@ import airflow_gemini_batch.emulator.routes_batches as routes_batches
 import airflow_gemini_batch.emulator.routes_caches as routes_caches
 import airflow_gemini_batch.emulator.routes_files as routes_files
 import airflow_gemini_batch.emulator.routes_models as routes_models
+import airflow_gemini_batch.emulator.routes_vertex as routes_vertex
 from airflow_gemini_batch.emulator.common import ApiError, error_response
 from airflow_gemini_batch.emulator.routes_control import control_router
 from airflow_gemini_batch.emulator.state import Emulator
@@ -43,6 +45,7 @@ Handler = Callable[["Emulator", Request, dict[str, Any], "Fault | None"], Awaita
 _V = r"(?:/(?P<v>v\d+[a-z0-9]*))?"
 _ID = r"(?P<id>[^/:]+)"
 _MODEL = r"(?P<model>(?:models|tunedModels)/[^/:]+)"
+_VERTEX = r"/projects/(?P<project>[^/:]+)/locations/(?P<location>[^/:]+)/batchPredictionJobs"
 
 # (method, regex, endpoint name for faults/calls, handler, extra params)
 ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
@@ -87,6 +90,17 @@ ROUTES: list[tuple[str, re.Pattern[str], str, Handler, dict[str, str]]] = [
         routes_models.count_tokens,
         {},
     ),
+    ("POST", re.compile(rf"^{_V}{_VERTEX}$"), "batchPredictionJobs.create", routes_vertex.create, {}),
+    ("GET", re.compile(rf"^{_V}{_VERTEX}$"), "batchPredictionJobs.list", routes_vertex.list_jobs, {}),
+    ("GET", re.compile(rf"^{_V}{_VERTEX}/{_ID}$"), "batchPredictionJobs.get", routes_vertex.get, {}),
+    (
+        "POST",
+        re.compile(rf"^{_V}{_VERTEX}/{_ID}:cancel$"),
+        "batchPredictionJobs.cancel",
+        routes_vertex.cancel,
+        {},
+    ),
+    ("DELETE", re.compile(rf"^{_V}{_VERTEX}/{_ID}$"), "batchPredictionJobs.delete", routes_vertex.delete, {}),
 ]
 
 
@@ -101,10 +115,19 @@ async def _dispatch(emu: Emulator, request: Request) -> Response:
         if endpoint == "files.upload":
             endpoint = "files.upload_chunk" if is_chunk else "files.upload_start"
         extra_headers = routes_files.FINAL if is_chunk else {}
-        api_key = (request.headers.get("x-goog-api-key") or request.query_params.get("key") or "").strip()
-        if not is_chunk and not api_key:
-            await routes_files.drain(request)
-            return error_response(401, "Method doesn't allow unregistered callers. Provide an API key.")
+        if endpoint.startswith("batchPredictionJobs."):
+            scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                await routes_files.drain(request)
+                return error_response(
+                    401,
+                    "Request is missing required authentication credential. Expected OAuth 2 access token.",
+                )
+        else:
+            api_key = (request.headers.get("x-goog-api-key") or request.query_params.get("key") or "").strip()
+            if not is_chunk and not api_key:
+                await routes_files.drain(request)
+                return error_response(401, "Method doesn't allow unregistered callers. Provide an API key.")
         delay = emu.knobs.get("reply_delay_seconds")
         if delay > 0:
             await asyncio.sleep(delay)
@@ -142,6 +165,8 @@ def create_app(
     persist: bool | None = None,
     max_concurrent_jobs: int = 0,
     max_enqueued_tokens: int = 0,
+    bigquery_endpoint: str | None = None,
+    storage_endpoint: str | None = None,
 ) -> FastAPI:
     """The emulator ASGI app; ``app.state.emulator`` holds its state (see ``Emulator``).
 
@@ -149,6 +174,9 @@ def create_app(
         ``data_dir`` is given; a throwaway temp dir has nothing to come back to).
     :param max_concurrent_jobs: non-terminal jobs at once before a create gets 429 (0: unlimited).
     :param max_enqueued_tokens: estimated tokens of one model's non-terminal jobs before 429 (0: unlimited).
+    :param bigquery_endpoint: the BigQuery emulator (``http://127.0.0.1:P``) Vertex jobs read bq:// input
+        from and write predictions to; ``storage_endpoint``: the GCS emulator, for gs:// (see
+        ``routes_vertex``).
     """
     root = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emulator-"))
     keep = data_dir is not None if persist is None else persist
@@ -159,6 +187,8 @@ def create_app(
         persist=keep,
         max_concurrent_jobs=max_concurrent_jobs,
         max_enqueued_tokens=max_enqueued_tokens,
+        bigquery_endpoint=bigquery_endpoint,
+        storage_endpoint=storage_endpoint,
     )
     app = FastAPI(title="Gemini Batch API emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = emu

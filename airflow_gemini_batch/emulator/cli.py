@@ -53,6 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="estimated tokens (request bytes / 4) of one model's unfinished jobs before 429 (0 = off)",
     )
+    parser.add_argument(
+        "--bigquery-endpoint",
+        default=None,
+        help="BigQuery emulator URL (http://127.0.0.1:P) for Vertex batch prediction bq:// input and output",
+    )
+    parser.add_argument(
+        "--gcs-endpoint",
+        default=None,
+        help="GCS emulator URL (http://127.0.0.1:P) for Vertex batch prediction gs:// input and output",
+    )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser.parse_args(argv)
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         persist=args.data_dir is not None,
         max_concurrent_jobs=args.max_concurrent_jobs,
         max_enqueued_tokens=args.max_enqueued_tokens,
+        bigquery_endpoint=args.bigquery_endpoint,
+        storage_endpoint=args.gcs_endpoint,
     )
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]

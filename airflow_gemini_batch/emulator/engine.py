@@ -153,6 +153,16 @@ class JobEngine:
         #: How many times each key's request was processed, over all jobs since the last reset (a test's
         #: proof that an answered row was never sent again). Keys as text.
         self.requests_by_key: Counter[str] = Counter()
+        #: Job kinds processed elsewhere (kind → job class, worker body), e.g. Vertex batch prediction.
+        self._kinds: dict[str, tuple[type[Job], Callable[[Job], None]]] = {}
+
+    def register_kind(self, kind: str, job_type: type[Job], process: Callable[[Job], None]) -> None:
+        """Jobs of ``kind`` are restored as ``job_type`` and processed by ``process`` (on the worker thread).
+
+        ``process`` reports through :meth:`count_row`, :meth:`pace` and :meth:`finish`, and returns early
+        once ``job.stop`` is set; this engine keeps the lifecycle (timers, holds, cancel, quota, persistence).
+        """
+        self._kinds[kind] = (job_type, process)
 
     # ---- creation ----
 
@@ -193,7 +203,8 @@ class JobEngine:
         """Re-add persisted jobs, restarting unfinished work; returns the max seq."""
         top = 0
         for body in bodies:
-            job = Job.from_dict(body)
+            job_type = self._kinds.get(str(body.get("kind")), (Job, None))[0]
+            job = job_type.from_dict(body)
             top = max(top, job.seq)
             if job.deleted or job.cancelled_at is not None:
                 job.stop.set()  # never work on these again
@@ -224,13 +235,23 @@ class JobEngine:
         return job
 
     def list(
-        self, page_size: int, page_token: str | None, lag_seconds: float = 0.0
+        self,
+        page_size: int,
+        page_token: str | None,
+        lag_seconds: float = 0.0,
+        kinds: tuple[str, ...] = ("generate", "embed"),
+        where: Callable[[Job], bool] = lambda job: True,
     ) -> tuple[list[Job], str | None]:
-        """Newest first; ``lag_seconds`` hides jobs younger than that (an eventually consistent list)."""
+        """Newest first, of ``kinds`` (an API's own jobs) and ``where``; ``lag_seconds`` hides jobs younger
+        than that (an eventually consistent list)."""
         visible_before = time.time() - lag_seconds
         with self._lock:
             jobs = sorted(
-                (j for j in self._jobs.values() if not j.deleted and j.create_time <= visible_before),
+                (
+                    j
+                    for j in self._jobs.values()
+                    if not j.deleted and j.create_time <= visible_before and j.kind in kinds and where(j)
+                ),
                 key=lambda j: j.seq,
                 reverse=True,
             )
@@ -325,8 +346,9 @@ class JobEngine:
             thread.start()
 
     def _run(self, job: Job) -> None:
+        process = self._kinds.get(job.kind, (Job, self._process))[1]
         try:
-            self._process(job)
+            process(job)
         except Exception:
             if not job.stop.is_set():
                 log.exception("emulator job %s failed while processing", job.name)
@@ -383,15 +405,8 @@ class JobEngine:
                 elif key is not None:
                     item = {"key": key, **item}
                 writer.add(item)
-                with self._lock:
-                    if key is not None:
-                        self.requests_by_key[str(key)] += 1
-                    job.processed += 1
-                    if kind == "response":
-                        job.succeeded += 1
-                    else:
-                        job.failed += 1
-                self._pace(job, (index + 1) / total)
+                self.count_row(job, key, kind == "response")
+                self.pace(job, (index + 1) / total)
             unknown_request = {"contents": [{"parts": [{"text": "unknown"}], "role": "user"}]}
             _, unknown_body = responder.answer(unknown_request, job.model, job.kind)
             unknown: dict[str, Any] = {"response": unknown_body}
@@ -411,7 +426,23 @@ class JobEngine:
         else:
             self.files.register_generated(out_id, tmp_path, "application/jsonl")
             job.output_file = f"files/{out_id}"
+        self.finish(job)
+
+    def count_row(self, job: Job, key: Any, succeeded: bool) -> None:
+        """One request of ``job`` processed (``key`` None: a request without one)."""
         with self._lock:
+            if key is not None:
+                self.requests_by_key[str(key)] += 1
+            job.processed += 1
+            if succeeded:
+                job.succeeded += 1
+            else:
+                job.failed += 1
+
+    def finish(self, job: Job, error_message: str | None = None) -> None:
+        """The worker is done (its output published); with ``error_message`` the job ends FAILED with it."""
+        with self._lock:
+            job.error_message = error_message
             job.finished_at = time.time()
         self.on_change()
 
@@ -440,7 +471,7 @@ class JobEngine:
         return kind, body
 
     @staticmethod
-    def _pace(job: Job, fraction: float) -> None:
+    def pace(job: Job, fraction: float) -> None:
         """Spread the work over ``running_seconds`` so progress is observable."""
         if job.running_seconds <= 0:
             return

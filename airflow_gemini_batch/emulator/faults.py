@@ -48,6 +48,12 @@ ENDPOINTS: tuple[str, ...] = (
     "caches.update",
     "caches.delete",
     "models.countTokens",
+    # Vertex AI batch prediction (routes_vertex)
+    "batchPredictionJobs.create",
+    "batchPredictionJobs.get",
+    "batchPredictionJobs.list",
+    "batchPredictionJobs.cancel",
+    "batchPredictionJobs.delete",
 )
 FINAL_STATES = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED")
 #: SUCCEEDED: done, but the output is not visible yet (the real service may report SUCCEEDED first).
@@ -116,6 +122,9 @@ class JobBehaviour:
     # Raw ``metadata.state`` for the first ``report_state_reads`` batches.get reads (None = every read).
     report_state: str | None = None
     report_state_reads: int | None = 3
+    #: Vertex jobs: the pass-through column (BigQuery) or ``request.labels`` entry (JSONL) whose value is a
+    #: row's key for ``fail_keys`` / ``fail_fraction`` (None: the first pass-through column / label ``key``).
+    key_column: str | None = None
 
     def matches(self, display_name: str) -> bool:
         return self.match == "*" or self.match in display_name
@@ -132,6 +141,7 @@ class JobBehaviour:
             "count": self.count,
             "report_state": self.report_state,
             "report_state_reads": self.report_state_reads,
+            "key_column": self.key_column,
         }
 
 
@@ -258,6 +268,7 @@ class Knobs:
             "count",
             "report_state",
             "report_state_reads",
+            "key_column",
         }
         unknown = set(body) - allowed
         if unknown:
@@ -276,7 +287,10 @@ class Knobs:
             raise ValidationError("fail_status must be an HTTP error code (400-599)")
         behaviour = JobBehaviour(
             match=str(body.get("match") or "*"),
-            final_state=str(body.get("final_state") or "SUCCEEDED").upper().removeprefix("BATCH_STATE_"),
+            final_state=str(body.get("final_state") or "SUCCEEDED")
+            .upper()
+            .removeprefix("BATCH_STATE_")
+            .removeprefix("JOB_STATE_"),
             stay_pending=bool(body.get("stay_pending", False)),
             corrupt_output=body.get("corrupt_output"),
             fail_keys=[str(k) for k in body.get("fail_keys") or []],
@@ -285,6 +299,7 @@ class Knobs:
             count=None if body.get("count") is None else int(body["count"]),
             report_state=report_state,
             report_state_reads=reads,
+            key_column=None if body.get("key_column") is None else str(body["key_column"]),
         )
         if behaviour.final_state not in FINAL_STATES:
             raise ValidationError(f"final_state must be one of {list(FINAL_STATES)}")
@@ -310,7 +325,12 @@ class Knobs:
         unknown = set(body) - {"state", "reads", "match", "count"}
         if unknown:
             raise ValidationError(f"unknown hold keys: {sorted(unknown)}")
-        state = str(body.get("state") or "PENDING").upper().removeprefix("BATCH_STATE_")
+        state = (
+            str(body.get("state") or "PENDING")
+            .upper()
+            .removeprefix("BATCH_STATE_")
+            .removeprefix("JOB_STATE_")
+        )
         if state not in HOLD_STATES:
             raise ValidationError(f"state must be one of {list(HOLD_STATES)}")
         match = body.get("match")

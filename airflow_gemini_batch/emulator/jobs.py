@@ -6,7 +6,8 @@ Invariants:
   so there is no state machine to drift:
   ``PENDING`` until ``create + pending_seconds`` (forever with ``stay_pending``), then ``RUNNING`` until
   ``start + running_seconds`` *and* the worker has finished, then the behaviour's final state
-  (``SUCCEEDED`` by default). ``cancel`` freezes the job at ``CANCELLED``.
+  (``SUCCEEDED`` by default; ``FAILED`` with the worker's ``error_message`` when it could not read the
+  input). ``cancel`` freezes the job at ``CANCELLED``.
 * A held job (``hold_state``, set at creation by a hold rule) really is in that state, whatever the clock
   says: PENDING (its start is infinitely far), RUNNING (its end is), or SUCCEEDED with its output not visible
   yet (its output delay is), until the hold is released by its last counted read or through the control API.
@@ -82,6 +83,8 @@ class Job:
     reads: int = 0
     #: The input's estimated tokens (request bytes / 4), what the enqueued-token quota counts (``quota``).
     estimated_tokens: int = 0
+    #: Set by a worker that could not process the job (its input unreadable): the job ends FAILED with it.
+    error_message: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -149,7 +152,7 @@ class Job:
         if now < self.run_end or self.finished_at is None:
             return "RUNNING", self.start_time, None
         end = max(self.run_end, self.finished_at)
-        return "SUCCEEDED", end, end
+        return ("FAILED" if self.error_message is not None else "SUCCEEDED"), end, end
 
     def batch_stats(self, state: str) -> dict[str, str]:
         counts: dict[str, int] = {"requestCount": self.request_count}
@@ -194,8 +197,14 @@ class Job:
             meta["output"] = output
             op["response"] = {"@type": TYPE_PREFIX + batch_type + "Output", **output}
         if state in _ERRORS:
-            op["error"] = dict(_ERRORS[state])
+            op["error"] = self.error(state)
         return op
+
+    def error(self, state: str) -> dict[str, Any]:
+        """The google.rpc Status of a job that ended ``state`` (FAILED / EXPIRED / CANCELLED)."""
+        if state == "FAILED" and self.error_message is not None:
+            return {"code": 13, "message": self.error_message}
+        return dict(_ERRORS[state])
 
     def control_view(self, now: float) -> dict[str, Any]:
         state, _, _ = self.state_at(now)

@@ -90,7 +90,7 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
 
 def _job(emu: Emulator, params: dict[str, Any]) -> Job:
     job = emu.engine.get(str(params["id"]))
-    if job is None:
+    if job is None or job.kind not in ("generate", "embed"):  # a Vertex job is not a Developer-API batch
         raise ApiError(404, f"Batch batches/{params['id']} not found.")
     return job
 

@@ -71,8 +71,11 @@ class EmulatorServer:
         log_level: str = "warning",
         access_log: bool = False,
         persist: bool | None = None,
+        bigquery_endpoint: str | None = None,
+        storage_endpoint: str | None = None,
     ) -> None:
-        """:param persist: keep metadata across restarts in ``data_dir`` (default: when one is given)."""
+        """:param persist: keep metadata across restarts in ``data_dir`` (default: when one is given).
+        :param bigquery_endpoint: / ``storage_endpoint``: the BigQuery / GCS emulators Vertex jobs use."""
         self.host = host
         self.data_dir = (
             Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gemini-emu-"))
@@ -82,6 +85,8 @@ class EmulatorServer:
             pending_seconds=pending_seconds,
             running_seconds=running_seconds,
             persist=data_dir is not None if persist is None else persist,
+            bigquery_endpoint=bigquery_endpoint,
+            storage_endpoint=storage_endpoint,
         )
         self._requested_port = port
         self._log_level = log_level

@@ -16,6 +16,9 @@ from airflow_gemini_batch.emulator.faults import Knobs
 from airflow_gemini_batch.emulator.persist import StateFile
 from airflow_gemini_batch.emulator.quota import QuotaLimits
 from airflow_gemini_batch.emulator.store import FileStore, advance_seq
+from airflow_gemini_batch.emulator.vertex_jobs import KIND as VERTEX_KIND
+from airflow_gemini_batch.emulator.vertex_jobs import VertexJob
+from airflow_gemini_batch.emulator.vertex_worker import VertexWorker
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,11 +41,17 @@ class Emulator:
         persist: bool = False,
         max_concurrent_jobs: int = 0,
         max_enqueued_tokens: int = 0,
+        bigquery_endpoint: str | None = None,
+        storage_endpoint: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.files = FileStore(data_dir)
         self.caches = CacheStore()
         self.engine = JobEngine(self.files, self.caches)
+        #: Vertex batch prediction jobs live in the same engine (kind ``vertex``), processed by this worker
+        #: against the BigQuery / GCS emulators at these endpoints (None: that side is unavailable).
+        self.vertex = VertexWorker(self.engine, bigquery_endpoint, storage_endpoint)
+        self.engine.register_kind(VERTEX_KIND, VertexJob, self.vertex.process)
         self.knobs = Knobs(
             pending_seconds=pending_seconds,
             running_seconds=running_seconds,
