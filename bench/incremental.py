@@ -7,7 +7,7 @@ Compared in the same run, each case in a fresh process (bench/harness.py), over 
   where ``src`` holds every input key with its request fingerprint (what the submit side computes);
 * ours — :class:`~airflow_gemini_batch.inputs.incremental.ReuseCheck` (what the submit operator runs): the same
   keys and fingerprints in fetched batches of 10 000, one parameterised lookup per batch, the batch filtered,
-  the reused rows' tokens summed.
+  the reused rows' tokens summed; on PostgreSQL over psycopg 3, the driver the hook hands it.
 
 The input batches are built before timing (they are what the encoder hands the check), so the timed part is
 the check alone and the peak memory is what the check adds. 1 % of the rows have a changed fingerprint, and
@@ -137,9 +137,9 @@ def ours(dialect: str, where: str, n: int) -> Any:
         hook = _Hook("sqlite", lambda: sqlite3.connect(where))
         table = "answers"
     else:
-        import psycopg2
+        import psycopg  # what PostgresHook.get_conn() returns with SQLAlchemy 2 (this project's lock)
 
-        hook = _Hook("postgresql", lambda: psycopg2.connect(**PG_DSN))
+        hook = _Hook("postgresql", lambda: psycopg.connect(**PG_DSN))
         table = where
     batches = _batches(n)
 

@@ -25,8 +25,10 @@ from typing import Any
 
 import orjson
 
-#: Length of one line of a fingerprints file: 64 hex digits and a newline.
-FINGERPRINT_LINE_BYTES = 65
+#: Length of one fingerprint: a sha256 in hex.
+FINGERPRINT_HEX = 64
+#: Length of one line of a fingerprints file: the hex digits and a newline.
+FINGERPRINT_LINE_BYTES = FINGERPRINT_HEX + 1
 
 
 def canonical_json(model: str, task: str, request: Any) -> bytes:

@@ -8,14 +8,19 @@ sent, so a changed prompt resends exactly the rows it changed.
 
 Invariants:
 
-* The database does the work, one fetched batch at a time: a parameterised left join of the batch's
-  ``(key, fingerprint)`` pairs (at most :data:`LOOKUP_BATCH`; one JSON object ``{key: fingerprint}``, through
-  ``json_each(?)`` on SQLite, ``jsonb_each_text(%s::jsonb)`` on PostgreSQL) with the destination on its
-  primary key (index lookups, never a scan of the destination per batch), answering with one row: the
-  reused count, their token sums and the keys to send. Memory is one batch, never a set of every fingerprint
-  in the table. (Duplicate keys in one batch share one decision; they are refused later as duplicates.) Matching on the key as
-  well as the fingerprint is what makes reuse per row: two keys with the same prompt share a fingerprint, but
-  each has its own answer.
+* The database does the work, one fetched batch at a time: one parameterised left join of the batch (at most
+  :data:`LOOKUP_BATCH` rows) with the destination on its primary key (index lookups, never a scan of the
+  destination per batch), answering with one row: the reused count, their token sums and the positions of
+  the rows to send. The batch goes as two bound values built by joining what the encoder holds, with no
+  Python step per row: the wire keys as one JSON array, and the fingerprints as one string (SQLite: the
+  64-hex-digit digests back to back, row ``j``'s cut out at ``64 j``; PostgreSQL: comma-separated, zipped
+  with the keys by ``ROWS FROM``). Memory is one batch, never a set of every fingerprint in the table.
+  Matching on the key as well as the fingerprint is what makes reuse per row: two keys with the same prompt
+  share a fingerprint, but each has its own answer. (A key repeated in one batch is decided per row; the
+  repeat is refused later as a duplicate.)
+* The lookup needs an index on the destination's key: the load creates its tables with the key as primary
+  key, and its upsert (``ON CONFLICT`` on the key) needs a unique index there on any existing table too, so
+  a table the load has written to always has one.
 * The check only reads. A destination that does not exist yet (a first run) or has no ``request_fingerprint``
   column yet (written by a version before fingerprints; the load adds the column) reuses nothing: every row is
   sent, with a log line saying why.
@@ -27,14 +32,15 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
+from airflow_gemini_batch.inputs.fingerprint import FINGERPRINT_HEX
 from airflow_gemini_batch.results.rows import SUCCEEDED, TOKEN_FIELDS
 from airflow_gemini_batch.sinks.schema import (
     FINGERPRINT_COLUMN,
@@ -54,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Keys looked up per query: bounds the statement and what one answer holds in memory.
 LOOKUP_BATCH = 10_000
+#: A joined batch of wire keys that are all integers a bigint holds (PostgreSQL casts them without a check).
+_INTEGER_KEYS = re.compile(rb'"-?[0-9]{1,18}"(?:,"-?[0-9]{1,18}")*')
 #: The destination's token columns summed for ``reused_cost_usd`` (the load's names, ``TOKEN_FIELDS`` order).
 _TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
 
@@ -120,6 +128,8 @@ class ReuseCheck:
         self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
         self._conn: Any = None
         self._sql: str | None = None
+        self._sql_any: str | None = None  # PostgreSQL, integer key column: for a batch with other keys
+        self._integer_keys: re.Pattern[bytes] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -150,27 +160,34 @@ class ReuseCheck:
         integer_keys = columns[key].split("(")[0].strip().upper() in INTEGER_TYPES
         sums = ", ".join(f"SUM(a.{quote(c)})" for c in _TOKEN_COLUMNS)
         table_sql, key_sql, fp_sql = quote_table(schema, name), quote(key), quote(FINGERPRINT_COLUMN)
+        matched = f"a.{fp_sql} = {{fp}} AND a.outcome = '{SUCCEEDED}'"
         if self.dialect == SQLITE:
-            # The batch is one JSON object {key: fingerprint}: json_each yields (key, value) pairs with no
-            # per-row JSON path work, and a LEFT JOIN keeps it the outer loop (a primary-key lookup per key).
+            # json_each(keys) drives a LEFT JOIN (one primary-key lookup per key; an INTEGER key column
+            # compares the key text numerically); row j's fingerprint is bytes [64j, 64j + 64) of the blob.
+            fp = f"CAST(substr(?2, j.key * {FINGERPRINT_HEX} + 1, {FINGERPRINT_HEX}) AS TEXT)"
             self._sql = (
                 f"SELECT COUNT(a.{key_sql}), {sums}, json_group_array(j.key) FILTER (WHERE a.{key_sql} IS NULL) "
-                f"FROM json_each(?) AS j LEFT JOIN {table_sql} AS a ON a.{key_sql} = j.key "
-                f"AND a.{fp_sql} = j.value AND a.outcome = '{SUCCEEDED}'"
+                f"FROM json_each(?1) AS j LEFT JOIN {table_sql} AS a "
+                f"ON a.{key_sql} = j.value AND {matched.format(fp=fp)}"
             )
-        else:
-            # One index lookup per input key, whatever the planner estimates for the batch: a hash join would
-            # scan the whole destination once per batch. LOCAL: for this read-only transaction only.
-            with closing(self._conn.cursor()) as cur:
-                cur.execute("SET LOCAL enable_hashjoin = off")
-                cur.execute("SET LOCAL enable_mergejoin = off")
-            # A key that is not an integer cannot be in an integer column: NULL, which matches nothing.
-            input_key = "CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END" if integer_keys else "u.k"
-            self._sql = (
-                f"SELECT COUNT(a.{key_sql}), {sums}, array_agg(u.k) FILTER (WHERE a.{key_sql} IS NULL) "
-                f"FROM jsonb_each_text(%s::jsonb) AS u(k, fp) LEFT JOIN {table_sql} AS a "
-                f"ON a.{key_sql} = {input_key} AND a.{fp_sql} = u.fp AND a.outcome = '{SUCCEEDED}'"
-            )
+            return True
+        # One index lookup per input key, whatever the planner estimates for the batch: a hash join would
+        # scan the whole destination once per batch. LOCAL: for this read-only transaction only.
+        with closing(self._conn.cursor()) as cur:
+            cur.execute("SET LOCAL enable_hashjoin = off")
+            cur.execute("SET LOCAL enable_mergejoin = off")
+        # ROWS FROM zips the keys' JSON array with the split fingerprints, row for row.
+        template = (
+            f"SELECT COUNT(a.{key_sql}), {sums}, array_agg(u.i - 1) FILTER (WHERE a.{key_sql} IS NULL) "
+            "FROM ROWS FROM (json_array_elements_text(%s::json), string_to_table(%s, ',')) "
+            f"WITH ORDINALITY AS u(k, fp, i) LEFT JOIN {table_sql} AS a "
+            f"ON a.{key_sql} = {{key}} AND {matched.format(fp='u.fp')}"
+        )
+        # A batch whose keys are all integers (one regex over the joined keys, in C) casts them directly;
+        # otherwise a key that is not an integer cannot be in an integer column: NULL, which matches nothing.
+        self._sql = template.format(key="u.k::bigint" if integer_keys else "u.k")
+        self._sql_any = template.format(key="CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END")
+        self._integer_keys = _INTEGER_KEYS if integer_keys else None
         return True
 
     def _columns(self, schema: str | None, name: str) -> dict[str, str]:
@@ -211,35 +228,49 @@ class ReuseCheck:
         """The batch without its reused rows (same order); counts them and sums their stored tokens.
 
         The database matches key *and* fingerprint and answers with one row per lookup: how many were reused,
-        their token sums, and the keys to send (usually few). No Python step per row for the comparison.
+        their token sums, and the positions of the rows to send (usually few). No Python step per row: the
+        parameters are joins of what the encoder already holds, and only the sent rows are picked out.
         """
         if self._sql is None or not keys:
             return lines, keys, fingerprints
-        send: set[str] = set()
+        send: list[int] = []
         reused = 0
-        decoded: list[str] = list(map(orjson.loads, keys))  # wire keys: always JSON strings
         for start in range(0, len(keys), LOOKUP_BATCH):
             count, *sums, to_send = self._lookup(
-                decoded[start : start + LOOKUP_BATCH], fingerprints[start : start + LOOKUP_BATCH]
+                keys[start : start + LOOKUP_BATCH], fingerprints[start : start + LOOKUP_BATCH]
             )
             reused += count
-            send.update(to_send)
+            send.extend(start + i for i in to_send)
             for name, total in zip(TOKEN_FIELDS, sums, strict=True):
                 self.tokens[name] += int(total or 0)
         if not reused:
             return lines, keys, fingerprints
-        keep = list(map(send.__contains__, decoded))
-        self.reused += len(keep) - sum(keep)  # rows, so a repeated key counts as often as it appears
-        return list(compress(lines, keep)), list(compress(keys, keep)), list(compress(fingerprints, keep))
+        self.reused += reused
+        send.sort()
+        return [lines[i] for i in send], [keys[i] for i in send], [fingerprints[i] for i in send]
 
-    def _lookup(self, keys: list[str], fingerprints: list[str]) -> tuple[Any, ...]:
-        """``(reused count, token sums..., keys to send)`` of one part of a batch: one parameterised query."""
-        # One JSON object {key: fingerprint}: a single bound string, parsed by the database in C (a driver's
-        # array adaptation costs microseconds per element).
-        batch = orjson.dumps(dict(zip(keys, fingerprints, strict=True))).decode()
+    def _lookup(self, keys: list[bytes], fingerprints: list[str]) -> tuple[Any, ...]:
+        """``(reused count, token sums..., positions to send)`` of one part of a batch: one query.
+
+        The keys go as one JSON array (their wire form joined), the fingerprints as one string (SQLite: a
+        blob of fixed-width digests, cut by position; PostgreSQL: comma-separated): two bound values the
+        database parses in C, however many rows (a driver's per-element adaptation costs microseconds each).
+        """
+        joined = b",".join(keys)
+        array = b"[" + joined + b"]"
+        digests = "".join(fingerprints)
+        if len(digests) != FINGERPRINT_HEX * len(fingerprints):
+            raise ValueError(f"request fingerprints must be {FINGERPRINT_HEX} hex digits each")
         with closing(self._conn.cursor()) as cur:
-            cur.execute(self._sql, (batch,))
+            if self.dialect == SQLITE:
+                cur.execute(self._sql, (array.decode(), digests.encode()))
+                count, *sums, to_send = cur.fetchone()
+                return (count, *sums, orjson.loads(to_send))
+            sql = (
+                self._sql
+                if self._integer_keys is None or self._integer_keys.fullmatch(joined)
+                else self._sql_any
+            )
+            cur.execute(sql, (array.decode(), ",".join(fingerprints)))
             count, *sums, to_send = cur.fetchone()
-        if self.dialect == SQLITE:
-            return (count, *sums, orjson.loads(to_send))
-        return (count, *sums, to_send or [])
+            return (count, *sums, to_send or [])

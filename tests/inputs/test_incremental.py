@@ -3,6 +3,8 @@ in bounded lookups, read-only, and refusing what it cannot check."""
 
 from __future__ import annotations
 
+import hashlib
+
 import orjson
 import pytest
 
@@ -25,6 +27,11 @@ def _batch(keys, fingerprints):
     return lines, [orjson.dumps(str(k)) for k in keys], list(fingerprints)
 
 
+def _fp(name: str) -> str:
+    """A request fingerprint (64 hex digits, like the real ones) standing for ``name``."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def _check(wh, table: str) -> ReuseCheck:
     return ReuseCheck(ReuseDestination(wh.conn_id, table, destination_key_column="key"))
 
@@ -35,14 +42,14 @@ def test_reused_only_for_a_succeeded_row_of_the_same_key_and_fingerprint(warehou
     table = warehouse.table("answers")
     _destination(warehouse, table, key_type)
     ph = warehouse.ph
-    stored = [(i, "succeeded", 10, 20, 0, 0, 30, f"fp{i}") for i in range(30)]
-    stored[3] = (3, "failed", None, None, None, None, None, "fp3")  # failed last time: resent
+    stored = [(i, "succeeded", 10, 20, 0, 0, 30, _fp(f"fp{i}")) for i in range(30)]
+    stored[3] = (3, "failed", None, None, None, None, None, _fp("fp3"))  # failed last time: resent
     stored[4] = (4, "succeeded", 10, 20, 0, 0, 30, None)  # stored before fingerprints: resent
     warehouse.execute(f"INSERT INTO {table} VALUES ({', '.join([ph] * 8)})", stored, many=True)
     keys = list(range(40))
-    fingerprints = [f"fp{i}" for i in keys]
-    fingerprints[5] = "changed"  # a changed request: resent
-    fingerprints[6] = "fp7"  # the fingerprint of another key: resent (reuse is per key)
+    fingerprints = [_fp(f"fp{i}") for i in keys]
+    fingerprints[5] = _fp("changed")  # a changed request: resent
+    fingerprints[6] = _fp("fp7")  # the fingerprint of another key: resent (reuse is per key)
     with _check(warehouse, table) as check:
         lines, sent_keys, sent_fps = check.filter(*_batch(keys, fingerprints))
     sent = [int(orjson.loads(k)) for k in sent_keys]
@@ -51,6 +58,16 @@ def test_reused_only_for_a_succeeded_row_of_the_same_key_and_fingerprint(warehou
     assert sent_fps == [fingerprints[k] for k in sent]
     assert check.reused == 26
     assert check.tokens == {"prompt": 260, "output": 520, "thinking": 0, "cached": 0, "total": 780}
+
+    # Keys that are not integers (sent: an integer key column cannot hold them) beside ones that are reused.
+    with _check(warehouse, table) as check:
+        mixed = ["x", 1, "-", 2, "1e3"]
+        lines, sent_keys, _ = check.filter(*_batch(mixed, [_fp(f"fp{k}") for k in mixed]))
+        assert sent_keys == [b'"x"', b'"-"', b'"1e3"']
+        assert check.reused == 2
+        # The fingerprints are cut by position: one that is not a sha256 hex digest is refused, not misread.
+        with pytest.raises(ValueError, match="64 hex digits each"):
+            check.filter(*_batch([1, 2], ["fp1", _fp("fp2")]))
 
 
 def test_nothing_is_reused_from_a_missing_table_or_one_without_fingerprints(warehouse, caplog):
