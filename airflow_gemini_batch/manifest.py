@@ -70,6 +70,8 @@ class Manifest(TypedDict, total=False):
     incremental: bool  # rows already answered in the destination were left out
     reused: int  # those rows: not sent, their destination row kept as it is
     reused_cost_usd: float | None  # what re-sending them would have cost (batch price; None: model unpriced)
+    #: Vertex AI BigQuery runs: backend, bigquery_conn_id, request_table, prediction_table, key_column
+    vertex: dict[str, Any]
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from airflow_gemini_batch.lineage import LoadLineage, destination_alias_name, de
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
+from airflow_gemini_batch.vertex.predictions_load import VertexLoadRun
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,7 +111,11 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
         self._summary: dict[str, Any] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        run = LoadRun(self.manifest, LoadSettings.of(self), self.log, gemini_conn_id=self.gemini_conn_id)
+        # A Vertex AI BigQuery run is loaded in BigQuery (one MERGE from its prediction table), not downloaded.
+        load_run = (
+            VertexLoadRun if isinstance(self.manifest, dict) and self.manifest.get("vertex") else LoadRun
+        )
+        run = load_run(self.manifest, LoadSettings.of(self), self.log, gemini_conn_id=self.gemini_conn_id)
         summary = self._summary = run.execute()
         # Pushed before the failure check: a task failed for too many failures still shows what was loaded.
         context["ti"].xcom_push(key=RESULTS_SUMMARY_XCOM_KEY, value=summary)

@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow_gemini_batch.exceptions import GeminiBatchTriggerEventError
 from airflow_gemini_batch.hooks.backend import batch_hook
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
 from airflow_gemini_batch.lineage import SubmitLineage
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY, Manifest, job_names
@@ -27,6 +28,7 @@ from airflow_gemini_batch.submit.admission import (
 )
 from airflow_gemini_batch.submit.run import SubmitRun, SubmitSettings
 from airflow_gemini_batch.triggers.admission import GeminiBatchAdmissionTrigger
+from airflow_gemini_batch.vertex.submit_run import VertexBigQueryRun
 from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
@@ -60,6 +62,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         evaluated; ``{{``/``}}`` are literal braces. (templated: Jinja renders it once, before any row is
         read, so ``{{ ds }}`` works; a literal brace pair needs Jinja escaping: ``{% raw %}{{{% endraw %}``)
     :param request_builder: a callable ``row dict → GenerateContentRequest dict`` (REST camelCase names).
+    :param request_sql: Vertex AI with a BigQuery source only: a BigQuery expression over the source's columns
+        giving each row's whole request JSON (instead of a prompt); evaluated in BigQuery. (templated)
     :param system_instruction: text (or a Content dict) added to every request. (templated)
     :param generation_config: GenerationConfig fields (snake_case or camelCase). (templated)
     :param response_schema: a JSON-schema dict or a pydantic model class; sets ``responseMimeType``
@@ -132,7 +136,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     operator_extra_links = (GeminiBatchJobLink(),)
     template_fields: Sequence[str] = (
         "sql", "source_conn_id", "parameters", "source_table", "bigquery_temp_dataset", "requests", "input_path", "staging_path", "model",
-        "key_column", "prompt_column", "prompt_template", "system_instruction", "generation_config",
+        "key_column", "prompt_column", "prompt_template", "request_sql", "system_instruction", "generation_config",
         "cached_content", "shared_context", "gemini_conn_id", "destination_conn_id", "destination_table",
         "destination_path", "destination_key_column",
     )  # fmt: skip
@@ -157,6 +161,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         prompt_column: str | None = None,
         prompt_template: str | None = None,
         request_builder: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        request_sql: str | None = None,
         system_instruction: str | dict[str, Any] | None = None,
         generation_config: dict[str, Any] | None = None,
         response_schema: Any = None,
@@ -210,6 +215,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         self.wait_for_completion, self.deferrable = wait_for_completion, deferrable
         self.poll_interval, self.wait_timeout, self.allow_partial = poll_interval, wait_timeout, allow_partial
         self._run: SubmitRun | None = None
+        self._vertex_run: VertexBigQueryRun | None = None
         self._manifest: Manifest | None = None
         self._waiter: JobWaiter | None = None
 
@@ -225,6 +231,11 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         return self._admit(context, AdmissionState.from_event(event))
 
     def _admit(self, context: Context, admission: AdmissionState | None) -> Manifest:
+        if isinstance(
+            self.hook, GeminiVertexBatchHook
+        ):  # Vertex AI: bq:// in, bq:// out, no admission rounds
+            self._vertex_run = VertexBigQueryRun(self.hook, SubmitSettings.of(self), self.log)
+            return self._submitted(context, self._vertex_run.execute(context))
         self._run = SubmitRun(self.hook, SubmitSettings.of(self), self.log)
         outcome = self._run.admit(context, admission)
         while isinstance(outcome, AdmissionPending):
@@ -236,7 +247,10 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
                     method_name="execute_admitted",
                 )
             outcome = self._run.admit(context, outcome.wait(self.hook, self.poll_interval, self.log))
-        manifest = self._manifest = outcome
+        return self._submitted(context, outcome)
+
+    def _submitted(self, context: Context, manifest: Manifest) -> Manifest:
+        self._manifest = manifest
         context["ti"].xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)
         if self.wait_for_completion and manifest.get("shards"):  # no jobs (all reused): nothing to wait for
             self._wait(context, manifest)
@@ -287,6 +301,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         run's context cache when no job left running needs it."""
         if self.cancel_on_kill and self._waiter is not None:
             self._waiter.cancel_unfinished()
+        elif self.cancel_on_kill and self._vertex_run is not None:
+            self._vertex_run.cancel_created_jobs()
         elif self.cancel_on_kill and self._run is not None:
             self._run.cancel_created_jobs()
         elif self._run is not None:

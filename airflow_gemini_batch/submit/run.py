@@ -138,6 +138,7 @@ class SubmitSettings:
     prompt_column: str | None = None
     prompt_template: str | None = None
     request_builder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    request_sql: str | None = None  # Vertex AI BigQuery runs only: the request JSON as a BigQuery expression
     system_instruction: str | dict[str, Any] | None = None
     generation_config: dict[str, Any] | None = None
     response_schema: Any = None
