@@ -61,7 +61,9 @@ class EmulatorControl:
         applies to; None = all), ``report_state`` (any string: sent verbatim as ``metadata.state``) with
         ``report_state_reads`` (how many ``batches.get`` reads of each job report it, default 3, None = all;
         ``batches.list`` shows it meanwhile too). Only ``metadata.state`` is changed; ``done``, output and
-        errors follow the normal lifecycle, which goes on underneath.
+        errors follow the normal lifecycle, which goes on underneath. ``key_column`` (Vertex jobs): the
+        pass-through column (BigQuery) or ``request.labels`` entry (JSONL) holding a row's key for
+        ``fail_keys`` / ``fail_fraction`` (default: the first pass-through column / label ``key``).
         """
         return self._call("POST", "job_behaviour", {"match": match, **kw})["job_behaviour"]
 

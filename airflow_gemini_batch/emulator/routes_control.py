@@ -14,7 +14,8 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
 * ``POST /_emulator/faults`` - ``{"endpoint", "status"?, "count"=1, "reset_after_bytes"?, "after"=false}``;
   with ``after`` the call takes effect and the error replaces its reply (a create whose confirmation is lost).
 * ``POST /_emulator/job_behaviour`` - ``{"match", "final_state", "stay_pending", "corrupt_output",
-  "fail_keys", "fail_fraction", "fail_status", "count", "report_state", "report_state_reads"}``; ``report_state`` is any string sent verbatim
+  "fail_keys", "fail_fraction", "fail_status", "count", "report_state", "report_state_reads", "key_column"}``
+  (``key_column``: which column / label holds a Vertex row's key); ``report_state`` is any string sent verbatim
   as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``
   reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
 * ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?}``: jobs created from now

@@ -14,6 +14,11 @@ Wire contract (what google-genai 2.x and 3.x send with ``vertexai=True``; checke
   {"uris": [...]}}, "outputConfig": {"predictionsFormat": "bigquery", "bigqueryDestination": {"outputUri"}}
   | {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix"}}}``. The reply is the job
   (``vertex_jobs.VertexJob.resource``): ``JOB_STATE_*``, ``completionStats``, ``outputInfo``, ``error``.
+  ``outputInfo`` is ``{"bigqueryOutputDataset": "bq://p.d", "bigqueryOutputTable": "<table id>"}`` or
+  ``{"gcsOutputDirectory": "gs://…/prediction-<model>-<time>"}`` (``predictions.jsonl`` inside). The SDK's
+  ``BatchJob.output_info`` keeps only ``bigquery_output_table`` / ``gcs_output_directory``: the predictions
+  table is ``<dataset of job.dest.bigquery_uri>.<output_info.bigquery_output_table>`` (with a full table
+  as ``dest``, that table; it must not exist yet, else the job FAILS).
   Cancel replies ``{}``; delete replies a done Operation. Cancel of a finished job and delete of an
   unfinished one are refused with 400, as on Vertex.
 * Auth: every call needs ``Authorization: Bearer <any non-empty token>`` (else 401 UNAUTHENTICATED). Point

@@ -99,6 +99,11 @@ class VertexJob(Job):
             400, "outputConfig must set bigqueryDestination.outputUri or gcsDestination.outputUriPrefix."
         )
 
+    def error(self, state: str) -> dict[str, Any]:
+        if state == "EXPIRED":  # Vertex's own limit, not the Developer API's 48 h
+            return {"code": 4, "message": "Batch prediction job expired: it did not finish within 72 hours."}
+        return super().error(state)
+
     def completion_stats(self, state: str) -> dict[str, str] | None:
         if state == "PENDING":
             return None

@@ -20,7 +20,8 @@ from google.cloud import bigquery, storage
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials
 
-from airflow_gemini_batch.emulator import EmulatorServer, responder
+from airflow_gemini_batch.emulator import EmulatorControl, EmulatorServer, responder
+from airflow_gemini_batch.emulator.process import start_emulator_process
 from tests.gcp_emulators import PROJECT
 from tests.polling import wait_until
 
@@ -56,13 +57,7 @@ def vemu(vertex_server: EmulatorServer) -> EmulatorServer:
 
 @pytest.fixture
 def vclient(vemu: EmulatorServer) -> Iterator[genai.Client]:
-    client = genai.Client(
-        vertexai=True,
-        project=PROJECT,
-        location=LOCATION,
-        credentials=Credentials(token="emulator-token"),  # type: ignore[no-untyped-call]
-        http_options=types.HttpOptions(base_url=vemu.base_url),
-    )
+    client = _client(vemu.base_url)
     yield client
     client.close()
 
@@ -261,6 +256,10 @@ def test_http_faults_on_create_and_get(
         vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-lost"})
     [lost] = vemu.control.jobs()  # the create took effect; only its reply was lost
     assert lost["display_name"] == "vx-lost"
+    # ... and a lookup by display name finds it (what an orphan lookup does).
+    found = list(vclient.batches.list(config={"filter": 'display_name="vx-lost"'}))
+    assert [job.name for job in found] == [lost["name"]]
+    assert list(vclient.batches.list(config={"filter": 'display_name="vx-other"'})) == []
     vemu.control.inject_fault("batchPredictionJobs.get", status=500)
     with pytest.raises(errors.ServerError):
         vclient.batches.get(name=lost["name"])
@@ -316,3 +315,76 @@ def test_gcs_jsonl_in_and_predictions_jsonl_out(
     assert out[0]["response"]["candidates"][0]["content"]["parts"][0]["text"] == "echo: p0"
     assert "response" not in out[1] or out[1]["response"] is None
     assert all(line["processed_time"] for line in out)
+
+
+def _client(base_url: str) -> genai.Client:
+    return genai.Client(
+        vertexai=True,
+        project=PROJECT,
+        location=LOCATION,
+        credentials=Credentials(token="emulator-token"),  # type: ignore[no-untyped-call]
+        http_options=types.HttpOptions(base_url=base_url),
+    )
+
+
+def test_a_dropped_prediction_row_is_missing_from_the_table(
+    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+) -> None:
+    source = _input_table(bq, dataset, {1: "a", 2: "b", 3: "c"})
+    vemu.control.set_job_behaviour("vx-drop", corrupt_output="drop_key")
+    job = vclient.batches.create(
+        model=MODEL,
+        src=f"bq://{source}",
+        config={"dest": f"bq://{PROJECT}.{dataset}.dropped", "display_name": "vx-drop"},
+    )
+    assert job.name is not None
+    done = _wait_done(vclient, job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert [row["id"] for row in _predictions(bq, done)] == [2, 3]
+
+
+def test_the_cli_process_with_endpoints_persists_vertex_jobs_across_a_restart(
+    tmp_path: Any,
+    bigquery_emulator: BigQueryEmulator,
+    storage_emulator: StorageEmulator,
+    bq: bigquery.Client,
+    dataset: str,
+) -> None:
+    """``--bigquery-endpoint`` / ``--gcs-endpoint`` on the command line; a job held in PENDING survives a
+    restart on the same data dir and then finishes there."""
+    source = _input_table(bq, dataset, {1: "a", 2: "b"})
+    args = (
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--bigquery-endpoint",
+        bigquery_emulator.rest_url,
+        "--gcs-endpoint",
+        storage_emulator.base_url,
+    )
+    proc, url = start_emulator_process(tmp_path / "first.log", *args)
+    try:
+        EmulatorControl(url).hold_state("PENDING", match="vx-cli")
+        client = _client(url)
+        job = client.batches.create(
+            model=MODEL,
+            src=f"bq://{source}",
+            config={"dest": f"bq://{PROJECT}.{dataset}.cli_out", "display_name": "vx-cli"},
+        )
+        assert job.name is not None and job.state == types.JobState.JOB_STATE_PENDING
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    proc, url = start_emulator_process(tmp_path / "second.log", *args)
+    try:
+        control, client = EmulatorControl(url), _client(url)
+        assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_PENDING
+        assert control.release(job.name) == [job.name]
+        done = _wait_done(client, job.name)
+        assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+        assert [row["id"] for row in _predictions(bq, done)] == [1, 2]
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
