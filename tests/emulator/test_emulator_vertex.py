@@ -23,7 +23,7 @@ from google.oauth2.credentials import Credentials
 from airflow_gemini_batch.emulator import EmulatorControl, EmulatorServer, responder
 from airflow_gemini_batch.emulator.process import start_emulator_process
 from tests.gcp_emulators import PROJECT
-from tests.polling import wait_until
+from tests.polling import await_until, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -388,3 +388,25 @@ def test_the_cli_process_with_endpoints_persists_vertex_jobs_across_a_restart(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_the_async_client_polls_a_vertex_job_and_the_developer_api_does_not_see_it(
+    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+) -> None:
+    """What a triggerer does (``client.aio``), with the same static-token credentials; a Developer-API
+    client on the same process lists none of the Vertex jobs."""
+    source = _input_table(bq, dataset, {1: "a"})
+    vemu.control.hold_state("PENDING", reads=1, match="vx-aio")
+    job = await vclient.aio.batches.create(
+        model=MODEL, src=f"bq://{source}", config={"display_name": "vx-aio"}
+    )
+    assert job.name is not None
+    first = await vclient.aio.batches.get(name=job.name)
+    assert first.state == types.JobState.JOB_STATE_PENDING
+    done = await await_until(lambda: vemu.control.job(str(job.name))["state"] == "JOB_STATE_SUCCEEDED")
+    assert done
+    final = await vclient.aio.batches.get(name=job.name)
+    assert final.state == types.JobState.JOB_STATE_SUCCEEDED and final.output_info is not None
+    developer = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=vemu.base_url))
+    assert list(developer.batches.list()) == []
+    developer.close()
