@@ -33,6 +33,7 @@ class ShardInfo(TypedDict, total=False):
     recovery: int  # the shard's resubmissions after a FAILED/EXPIRED/CANCELLED job (absent: 0)
     previous_jobs: list[str]  # the jobs of its earlier generations, oldest first (absent: none)
     previous_files: dict[str, str]  # earlier job → its uploaded file, deleted by the load (absent: none)
+    stuck_resubmits: int  # its jobs cancelled for being stuck PENDING, then resubmitted (absent: 0)
 
 
 class ContextCacheInfo(TypedDict, total=False):
@@ -66,6 +67,7 @@ class Manifest(TypedDict, total=False):
     context_cache: ContextCacheInfo
     estimate: dict[str, Any] | None  # cost.estimate.RunEstimate: tokens and cost at the batch price, budget
     round: int  # GeminiBatchOperator's row-retry round (absent: 1, a first submission)
+    key_filter: str | None  # a retry round's input: the previous round's remainder keys (absent: none)
     admission: dict[str, Any]  # the admission rounds under the quotas (submit.admission.AdmissionState)
     incremental: bool  # rows already answered in the destination were left out
     reused: int  # those rows: not sent, their destination row kept as it is

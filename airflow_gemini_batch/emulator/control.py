@@ -73,16 +73,18 @@ class EmulatorControl:
         reads: int | None = None,
         match: str | None = None,
         count: int | None = None,
+        age_seconds: float = 0.0,
     ) -> dict[str, Any]:
         """Hold jobs created from now on in ``state`` until ``reads`` ``batches.get`` reads have reported it
         (None: until :meth:`release`); then their lifecycle goes on as configured. ``state``: PENDING,
         RUNNING, or SUCCEEDED (done, its output not visible yet, as the real service may report it).
 
-        ``match``: a display-name prefix (None: every job); ``count``: hold only the next ``count`` jobs.
+        ``match``: a display-name prefix (None: every job); ``count``: hold only the next ``count`` jobs;
+        ``age_seconds``: date their ``createTime`` that far back (a job PENDING for hours, without a clock).
         E.g. ``hold_state("PENDING", reads=1)``: a deferrable sensor's first poke sees PENDING and defers,
         the trigger's first poll sees the job go on; no wall-clock margin involved.
         """
-        body = {"state": state, "reads": reads, "match": match, "count": count}
+        body = {"state": state, "reads": reads, "match": match, "count": count, "age_seconds": age_seconds}
         return self._call("POST", "hold", body)["hold"]
 
     def release(self, job_name: str | None = None) -> list[str]:

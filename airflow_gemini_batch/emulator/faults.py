@@ -153,13 +153,16 @@ class ValidationError(ValueError):
 class HoldRule:
     """Hold jobs created from now on in ``state`` until ``reads`` ``batches.get`` reads (None: until released).
 
-    ``match``: a display-name prefix (None: every job); ``count``: how many jobs the rule holds (None: all).
+    ``match``: a display-name prefix (None: every job); ``count``: how many jobs the rule holds (None: all);
+    ``age_seconds``: the held job's ``createTime`` lies that far in the past, as if it had waited that long
+    (stuck-job tests without a clock).
     """
 
     state: str
     reads: int | None = None
     match: str | None = None
     count: int | None = None
+    age_seconds: float = 0.0
 
     def matches(self, display_name: str) -> bool:
         return (self.match is None or display_name.startswith(self.match)) and (
@@ -322,7 +325,7 @@ class Knobs:
     # ---- holds ----
 
     def add_hold(self, body: dict[str, Any]) -> HoldRule:
-        unknown = set(body) - {"state", "reads", "match", "count"}
+        unknown = set(body) - {"state", "reads", "match", "count", "age_seconds"}
         if unknown:
             raise ValidationError(f"unknown hold keys: {sorted(unknown)}")
         state = (
@@ -336,7 +339,12 @@ class Knobs:
         match = body.get("match")
         if match is not None and (not isinstance(match, str) or not match):
             raise ValidationError("match must be a non-empty display-name prefix, or null for every job")
-        rule = HoldRule(state, _positive_or_none(body, "reads"), match, _positive_or_none(body, "count"))
+        age = body.get("age_seconds") or 0.0
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 48 * 3600:
+            raise ValidationError("age_seconds must be a number of seconds >= 0 and under 48 h")
+        rule = HoldRule(
+            state, _positive_or_none(body, "reads"), match, _positive_or_none(body, "count"), float(age)
+        )
         with self._lock:
             self._holds.append(rule)
         return rule
@@ -348,7 +356,7 @@ class Knobs:
                 if rule.matches(display_name):
                     if rule.count is not None:
                         rule.count -= 1
-                    return HoldRule(rule.state, rule.reads, rule.match)
+                    return HoldRule(rule.state, rule.reads, rule.match, age_seconds=rule.age_seconds)
         return None
 
     def clear_holds(self) -> None:

@@ -83,6 +83,7 @@ async def create(emu: Emulator, request: Request, params: dict[str, Any], fault:
         hold_state=None if hold is None else hold.state,
         hold_reads=None if hold is None else hold.reads,
         estimated_tokens=tokens,
+        create_time=time.time() - (hold.age_seconds if hold is not None else 0.0),
     )
     emu.engine.add(job)
     return json_response(job.operation(time.time()))

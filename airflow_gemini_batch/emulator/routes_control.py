@@ -18,11 +18,12 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   (``key_column``: which column / label holds a Vertex row's key); ``report_state`` is any string sent verbatim
   as ``metadata.state`` for a job's first ``report_state_reads`` (default 3, null = all) ``batches.get``
   reads (``batches.list`` shows it meanwhile without using reads up), to test unknown-state handling.
-* ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?}``: jobs created from now
-  on whose display name starts with ``match`` (null: every job), at most ``count`` of them (null: all),
+* ``POST /_emulator/hold`` - ``{"state"="PENDING", "reads"?, "match"?, "count"?, "age_seconds"?}``: jobs
+  created from now on whose display name starts with ``match`` (null: every job), at most ``count`` of them (null: all),
   really stay in ``state`` (PENDING, RUNNING, or SUCCEEDED with the output not visible yet) until ``reads`` ``batches.get`` reads have reported it (null:
   until released), then their lifecycle goes on as configured. A test that needs a job in a state counts
-  reads instead of racing the clock.
+  reads instead of racing the clock. ``age_seconds`` dates a held job's ``createTime`` that far back (a job
+  that has waited for hours, without a clock).
 * ``POST /_emulator/release`` - ``{"name"?}``: end the hold of that job now (no name: of every held job, and
   forget the hold rules); returns ``{"released": [names]}``. An unknown name is a 400.
 * ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged; ``hold`` (state

@@ -36,8 +36,16 @@ from airflow_gemini_batch.operators.results import GeminiBatchLoadResultsOperato
 from airflow_gemini_batch.operators.submit import GeminiBatchSubmitOperator
 from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
 from airflow_gemini_batch.submit.admission import AdmissionPending, AdmissionState
+from airflow_gemini_batch.submit.ledger import SubmissionLedger
 from airflow_gemini_batch.submit.rounds import RowRounds
 from airflow_gemini_batch.submit.run import SubmitSettings
+from airflow_gemini_batch.submit.stuck import (
+    DEFAULT_MAX_PENDING_SECONDS,
+    DEFAULT_MAX_STUCK_RESUBMITS,
+    cancel_stuck,
+    check_stuck_settings,
+    stuck_exempt,
+)
 from airflow_gemini_batch.triggers.admission import GeminiBatchAdmissionTrigger
 from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
@@ -82,6 +90,13 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
     :param allow_partial: load a round whose jobs partly FAILED / EXPIRED / CANCELLED (their keys are loaded
         as failed); otherwise such a round fails the task, and a clear resubmits those shards alone.
     :param cancel_on_kill: on kill, cancel the round's jobs that are not finished.
+    :param max_pending_seconds: a job still PENDING this long after its creation (default 12 h, well before
+        the service's 48 h expiry and inside its 24 h target) is cancelled and its shard resubmitted alone
+        as its next generation (counted in the task state before the cancel; the new job is created only
+        once the old one reads CANCELLED); None: never. Needs a task state store and
+        ``on_failed_job="resubmit"``; otherwise only the near-expiry warning applies.
+    :param max_stuck_resubmits: how many times one shard may be resubmitted so (default 1); past it the job
+        is left to run and the near-expiry warning applies.
     :param gemini_conn_id: the ``gemini_batch`` connection. (templated)
     """
 
@@ -104,6 +119,7 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
     destination_conn_id: str | None
     destination_table: str | None
     destination_path: str | None
+    on_failed_job: str
 
     def __init__(
         self,
@@ -114,6 +130,8 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         wait_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         allow_partial: bool = False,
         cancel_on_kill: bool = True,
+        max_pending_seconds: float | None = DEFAULT_MAX_PENDING_SECONDS,
+        max_stuck_resubmits: int = DEFAULT_MAX_STUCK_RESUBMITS,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -134,7 +152,9 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         for name in LoadSettings.names():
             if name not in _ONE_NAME:
                 setattr(self, name, getattr(load, name))
+        check_stuck_settings(max_pending_seconds, max_stuck_resubmits)
         self.max_row_retries = max_row_retries
+        self.max_pending_seconds, self.max_stuck_resubmits = max_pending_seconds, max_stuck_resubmits
         self.deferrable, self.poll_interval, self.wait_timeout = deferrable, poll_interval, wait_timeout
         self.allow_partial, self.cancel_on_kill, self.gemini_conn_id = (
             allow_partial,
@@ -177,7 +197,11 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
                 "every round re-attaches to its recorded jobs."
             )
         self._manifest = manifest
-        self._waiter_for(manifest).conclude(event)
+        decision = self._waiter_for(manifest, context).decide(event)
+        if decision.stuck:
+            manifest = self._wait(context, self._unstick(context, manifest, decision.stuck))
+        else:
+            decision.raise_for_outcome()
         return self._load_and_go_on(context, int(manifest.get("round", 1)), manifest, list(records or []))
 
     def execute_admitted(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -214,7 +238,7 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         ti.xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)  # before any deferral: the resumption reads it
         ti.xcom_push(key=ROUNDS_XCOM_KEY, value=records)
         if manifest.get("shards"):
-            self._wait(manifest)
+            manifest = self._wait(context, manifest)
         return self._load_and_go_on(context, n, manifest, records)
 
     def _admit(
@@ -243,15 +267,18 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
             outcome = self.rounds().submit(context, n, previous, state)
         return outcome
 
-    def _wait(self, manifest: Manifest) -> None:
-        waiter = self._waiter_for(manifest, deadline=time.time() + self.wait_timeout)
-        if not self.deferrable:
-            waiter.wait(self.poll_interval)
-            return
-        decision = waiter.poll()  # one read: finished jobs (a replay) cost no trip to the triggerer
+    def _wait(self, context: Context, manifest: Manifest) -> Manifest:
+        """Wait for the round's jobs; the manifest waited for (a stuck job's shard changes it)."""
+        while True:
+            waiter = self._waiter_for(manifest, context, deadline=time.time() + self.wait_timeout)
+            # Deferrable: one read first (finished jobs, a replay, cost no trip to the triggerer).
+            decision = waiter.poll() if self.deferrable else waiter.until_decided(self.poll_interval)
+            if not decision.stuck:
+                break
+            manifest = self._unstick(context, manifest, decision.stuck)
         if decision.done:
             decision.raise_for_outcome()
-            return
+            return manifest
         self.defer(
             trigger=waiter.trigger(self.gemini_conn_id, self.poll_interval, self.cancel_on_kill),
             method_name="execute_complete",
@@ -286,10 +313,28 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         pricing.raise_for_failures(summary)
         return summary
 
-    def _waiter_for(self, manifest: Manifest, deadline: float | None = None) -> JobWaiter:
-        policy = WaitPolicy(allow_partial=self.allow_partial)
+    def _waiter_for(self, manifest: Manifest, context: Context, deadline: float | None = None) -> JobWaiter:
+        # Stuck jobs are cancelled only where the count is durable and a cancelled shard is resubmitted.
+        stuck_on = context.get("task_state_store") is not None and self.on_failed_job == "resubmit"
+        policy = WaitPolicy(
+            allow_partial=self.allow_partial,
+            max_pending_seconds=self.max_pending_seconds if stuck_on else None,
+            stuck_exempt=stuck_exempt(manifest, self.max_stuck_resubmits),
+        )
         self._waiter = JobWaiter(self.hook, job_names(manifest), policy, self.log, deadline)
         return self._waiter
+
+    @staticmethod
+    def _ledger(context: Context, manifest: Manifest) -> SubmissionLedger:
+        return SubmissionLedger(context.get("task_state_store"), int(manifest.get("round", 1)))
+
+    def _unstick(self, context: Context, manifest: Manifest, stuck: list[str]) -> Manifest:
+        """Count and cancel the stuck jobs, then submit the round again: their shards alone get new jobs."""
+        ledger = self._ledger(context, manifest)
+        cancel_stuck(self.hook, ledger, manifest, stuck, self.max_stuck_resubmits, self.log)
+        manifest = self._manifest = self.rounds().resubmit(context, manifest)
+        context["ti"].xcom_push(key=MANIFEST_XCOM_KEY, value=manifest)  # what a resumption waits for
+        return manifest
 
     def _publish_asset(self, context: Context, summary: dict[str, Any]) -> None:
         """An asset event for the concrete destination, through the alias this task declared."""

@@ -247,3 +247,13 @@ class SubmissionLedger:
     def record_recovery(self, index: int, rec: dict[str, Any]) -> None:
         """The shard's next generation (no file, intent or job yet), before anything is uploaded for it."""
         self._set(self._shard_key.format(index=index), rec)
+
+    def record_stuck(self, index: int, job_name: str) -> int | None:
+        """Count one stuck resubmit of the shard whose recorded job is ``job_name``, before it is cancelled;
+        the shard's count now, or None when its record names another job (nothing counted)."""
+        rec = self.shard(index)
+        if rec.get("job_name") != job_name:
+            return None
+        rec["stuck_resubmits"] = int(rec.get("stuck_resubmits", 0)) + 1
+        self._set(self._shard_key.format(index=index), rec)
+        return int(rec["stuck_resubmits"])

@@ -130,6 +130,8 @@ class RowRounds:
         manifest = self.current.admit(context, admission)
         if isinstance(manifest, AdmissionPending):
             return manifest
+        if key_filter is not None:
+            manifest["key_filter"] = key_filter
         self.log.info(
             "Round %d: %d request(s) in %d job(s)%s",
             n,
@@ -138,6 +140,20 @@ class RowRounds:
             f", the retryable remainder of round {n - 1}" if n > 1 else "",
         )
         return manifest
+
+    def resubmit(self, context: Context, manifest: Manifest | dict[str, Any]) -> Manifest:
+        """The round of ``manifest`` submitted again (the retry path: its recorded jobs re-attach, a shard
+        whose job ended CANCELLED gets its next generation): what a stuck job's cancel is followed by. Its
+        admission waits on the worker if it must (rare: the cancelled job has just freed its quota)."""
+        n = int(manifest.get("round", 1))
+        key_filter = manifest.get("key_filter")
+        self.current = SubmitRun(
+            self.hook, self.submit_settings, self.log, round_number=n, key_filter=key_filter
+        )
+        resubmitted = self.current.execute(context)
+        if key_filter is not None:
+            resubmitted["key_filter"] = key_filter
+        return resubmitted
 
     def load(self, manifest: Manifest | dict[str, Any], n: int, sent: int | None = None) -> dict[str, Any]:
         """Load round ``n`` (``attempts = n``) and return its record: counts, what moves on, tokens, cost.

@@ -229,6 +229,7 @@ class ShardSubmission:
     previous_jobs: list[str] | None = None
     previous_files: dict[str, str] | None = None  # earlier job → its uploaded file
     state: str | None = None  # the job's state when this execution read it (None: not read)
+    stuck_resubmits: int = 0  # times a job of this shard was cancelled for being stuck PENDING
 
 
 def _attached(rec: dict[str, Any], state: str | None) -> ShardSubmission:
@@ -241,6 +242,7 @@ def _attached(rec: dict[str, Any], state: str | None) -> ShardSubmission:
         previous_jobs=list(rec.get("previous_jobs", [])),
         previous_files=dict(rec.get("previous_files", {})),
         state=state,
+        stuck_resubmits=int(rec.get("stuck_resubmits", 0)),
     )
 
 
@@ -262,6 +264,7 @@ def _next_generation(
         "previous_jobs": [*rec.get("previous_jobs", []), rec["job_name"]],
         # The load deletes these once their jobs are finished (kept for now: another path may reuse one).
         "previous_files": {**rec.get("previous_files", {}), **_file_of(rec)},
+        "stuck_resubmits": int(rec.get("stuck_resubmits", 0)),
     }
     log.warning(
         "Shard %d: job %s ended %s; submitting the shard alone again as %s (on_failed_job='resubmit')",
@@ -393,6 +396,7 @@ def submit_shard(
         previous_jobs=list(rec.get("previous_jobs", [])),
         previous_files=dict(rec.get("previous_files", {})),
         state="PENDING",
+        stuck_resubmits=int(rec.get("stuck_resubmits", 0)),
     )
 
 
@@ -528,6 +532,8 @@ def submit_plan(
             info["previous_jobs"] = result.previous_jobs or []
             if result.previous_files:
                 info["previous_files"] = result.previous_files
+        if result.stuck_resubmits:
+            info["stuck_resubmits"] = result.stuck_resubmits
         shards.append(info)
     waiting = [s.index for s in plan.shards if s.index not in results]
     return PlanSubmission(shards, created, uploaded_bytes, waiting, active, rate_limited)

@@ -57,7 +57,7 @@ BACKOFF_JITTER = 0.25
 class GeminiBatchJobTrigger(BaseTrigger):
     """Poll a set of Gemini batch jobs until the wait is decided, then fire one small event.
 
-    Event: ``{"status": "success"|"failed"|"timeout"|"error", "message", "jobs": [compact JobStatus],
+    Event: ``{"status": "success"|"failed"|"timeout"|"error"|"stuck", "message", "jobs": [compact JobStatus],
     "checked_at", "deadline", "output_pending_since"}`` (+ ``job_name`` and ``code`` for ``error``).
 
     :param job_names: ``batches/<id>`` names to watch.
@@ -67,6 +67,10 @@ class GeminiBatchJobTrigger(BaseTrigger):
     :param cancel_on_kill: cancel the still-running jobs when a user kills the deferred task.
     :param allow_partial: see :class:`~airflow_gemini_batch.wait.verdict.WaitPolicy`.
     :param output_grace_seconds: see :class:`~airflow_gemini_batch.wait.verdict.WaitPolicy`.
+    :param max_pending_seconds: fire ``stuck`` when a job is PENDING this long after its creation (None:
+        never); the worker cancels it and resubmits its shard. See
+        :class:`~airflow_gemini_batch.wait.verdict.WaitPolicy`.
+    :param stuck_exempt: job names never reported stuck (their shard used up its stuck resubmits).
     :param max_concurrency: at most this many job reads in flight at once.
     :param retry_attempts: SDK-level attempts per read on transient codes before this trigger's own backoff
         takes over.
@@ -87,6 +91,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         allow_partial: bool = False,
         output_grace_seconds: float = 600.0,
+        max_pending_seconds: float | None = None,
+        stuck_exempt: list[str] | None = None,
         max_concurrency: int = 32,
         retry_attempts: int = 5,
         cache_name: str | None = None,
@@ -106,6 +112,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.allow_partial = allow_partial
         self.output_grace_seconds = float(output_grace_seconds)
+        self.max_pending_seconds = None if max_pending_seconds is None else float(max_pending_seconds)
+        self.stuck_exempt = [check_job_name(n) for n in stuck_exempt or []]
         self.max_concurrency = max_concurrency
         self.retry_attempts = retry_attempts
         self.cache_name = cache_name
@@ -129,6 +137,8 @@ class GeminiBatchJobTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "allow_partial": self.allow_partial,
                 "output_grace_seconds": self.output_grace_seconds,
+                "max_pending_seconds": self.max_pending_seconds,
+                "stuck_exempt": list(self.stuck_exempt),
                 "max_concurrency": self.max_concurrency,
                 "retry_attempts": self.retry_attempts,
                 "cache_name": self.cache_name,
@@ -142,7 +152,12 @@ class GeminiBatchJobTrigger(BaseTrigger):
 
     @property
     def policy(self) -> WaitPolicy:
-        return WaitPolicy(allow_partial=self.allow_partial, output_grace_seconds=self.output_grace_seconds)
+        return WaitPolicy(
+            allow_partial=self.allow_partial,
+            output_grace_seconds=self.output_grace_seconds,
+            max_pending_seconds=self.max_pending_seconds,
+            stuck_exempt=frozenset(self.stuck_exempt),
+        )
 
     async def _read(
         self, client: AsyncClient, sem: asyncio.Semaphore, name: str
@@ -209,6 +224,10 @@ class GeminiBatchJobTrigger(BaseTrigger):
                 decision = tracker.assess(statuses, now, self.log)
                 if decision.done:
                     message = str(decision.error) if decision.error else "All Gemini batch jobs are done."
+                    if decision.stuck:
+                        message = (
+                            f"Stuck PENDING past {self.max_pending_seconds:g} s: {', '.join(decision.stuck)}"
+                        )
                     yield TriggerEvent(
                         build_event(
                             decision.event_status,

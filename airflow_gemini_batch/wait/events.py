@@ -17,7 +17,7 @@ from airflow_gemini_batch.hooks.job_status import JobStatus
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
+EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error", "stuck"})
 
 
 def compact(s: JobStatus) -> dict[str, Any]:

@@ -17,6 +17,11 @@ Semantics (the contract the tests pin down):
   the good ones can still be loaded; if *every* job is bad, fail anyway.
 * An unknown state (``UNSPECIFIED``, or anything the service adds later) → keep waiting, with a warning.
 * Past the absolute deadline with jobs still not done → :class:`GeminiBatchTimeoutError`.
+* With ``max_pending_seconds`` (only :class:`~airflow_gemini_batch.operators.batch.GeminiBatchOperator` sets
+  it), a job still PENDING that long after its ``create_time`` (the service's clock, so the bound survives
+  restarts) and not in ``stuck_exempt`` → ``done`` with ``stuck`` naming it and no outcome: the caller
+  cancels it and resubmits its shard (:mod:`airflow_gemini_batch.submit.stuck`). Failures and the deadline
+  come first.
 
 The trigger event schema is :mod:`~airflow_gemini_batch.wait.events`'s; the progress line
 :mod:`~airflow_gemini_batch.wait.progress`'s.
@@ -63,7 +68,7 @@ DEFAULT_TIMEOUT_SECONDS = 48 * 3600 + 15 * 60
 #: How much later than the trigger's own deadline Airflow's defer timeout fires (the typed error wins).
 DEFER_TIMEOUT_SLACK_SECONDS = 120
 
-EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
+EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error", "stuck"})
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,14 @@ class WaitPolicy:
 
     :param allow_partial: succeed when some (not all) jobs end FAILED / CANCELLED / EXPIRED.
     :param output_grace_seconds: how long a SUCCEEDED job may go without a visible responses file.
+    :param max_pending_seconds: a job PENDING this long after its creation is *stuck* (None: never).
+    :param stuck_exempt: jobs never reported stuck (their shard used up its stuck resubmits).
     """
 
     allow_partial: bool = False
     output_grace_seconds: float = DEFAULT_OUTPUT_GRACE_SECONDS
+    max_pending_seconds: float | None = None
+    stuck_exempt: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -86,9 +95,12 @@ class WaitDecision:
     summary: dict[str, Any] | None = None
     error: GeminiBatchError | None = None
     unknown: list[str] = field(default_factory=list)  # "name (STATE)" of jobs in unrecognised states
+    stuck: list[str] = field(default_factory=list)  # jobs PENDING past max_pending_seconds: no outcome yet
 
     @property
     def event_status(self) -> str:
+        if self.stuck:
+            return "stuck"
         if self.error is None:
             return "success"
         return "timeout" if isinstance(self.error, GeminiBatchTimeoutError) else "failed"
@@ -97,6 +109,8 @@ class WaitDecision:
         """The success summary, or raise the typed error. Only for a finished wait."""
         if self.error is not None:
             raise self.error
+        if self.stuck:
+            raise GeminiBatchError(f"Jobs stuck PENDING were not handled: {', '.join(self.stuck)}.")
         if not self.done or self.summary is None:
             raise GeminiBatchTriggerEventError("The wait is not finished; no outcome to report yet.")
         return self.summary
@@ -154,6 +168,20 @@ def build_summary(statuses: Sequence[JobStatus], bad: Sequence[JobStatus]) -> di
         "jobs": [job_summary(s) for s in statuses],
         "bad_jobs": [{"name": s.name, "state": s.state, "error": s.error} for s in bad],
     }
+
+
+def _stuck(not_done: Sequence[JobStatus], policy: WaitPolicy, now: float) -> list[str]:
+    """Jobs PENDING for ``max_pending_seconds`` or longer since their ``create_time``, not exempt."""
+    if policy.max_pending_seconds is None:
+        return []
+    out = []
+    for s in not_done:
+        created = parse_time(s.create_time)
+        if s.state != PENDING or s.name in policy.stuck_exempt or created is None:
+            continue
+        if now - created >= policy.max_pending_seconds:
+            out.append(s.name)
+    return out
 
 
 def evaluate(
@@ -216,6 +244,9 @@ def evaluate(
                     f"not done: {'; '.join(pending)}. {progress_line(statuses)}"
                 ),
             )
+        stuck = _stuck(not_done, policy, now)
+        if stuck:
+            return WaitDecision(done=True, unknown=unknown, stuck=stuck)
         return WaitDecision(done=False, unknown=unknown)
 
     if bad and len(bad) == len(statuses):

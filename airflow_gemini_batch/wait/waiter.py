@@ -107,10 +107,14 @@ class JobWaiter:
 
     def wait(self, poll_interval: float) -> dict[str, Any]:
         """Block until the wait is decided (the non-deferrable path); return the summary or raise."""
+        return self.until_decided(poll_interval).raise_for_outcome()
+
+    def until_decided(self, poll_interval: float) -> WaitDecision:
+        """Block until the wait is decided (an outcome, or jobs stuck PENDING); the decision."""
         while True:
             decision = self.poll()
             if decision.done:
-                return decision.raise_for_outcome()
+                return decision
             time.sleep(poll_interval)
 
     def trigger(
@@ -127,6 +131,8 @@ class JobWaiter:
             cancel_on_kill=cancel_on_kill,
             allow_partial=self.policy.allow_partial,
             output_grace_seconds=self.policy.output_grace_seconds,
+            max_pending_seconds=self.policy.max_pending_seconds,
+            stuck_exempt=sorted(self.policy.stuck_exempt),
             cache_name=self.cache["name"] if self.cache else None,
             cache_ttl_seconds=float(self.cache["ttl_seconds"]) if self.cache else None,
             cache_expire_time=self.cache.get("expire_time") if self.cache else None,
@@ -134,6 +140,10 @@ class JobWaiter:
 
     def conclude(self, event: Any) -> dict[str, Any]:
         """Check a trigger's event and apply the same evaluation to the statuses it carries."""
+        return self.decide(event).raise_for_outcome()
+
+    def decide(self, event: Any) -> WaitDecision:
+        """:meth:`conclude`'s check, returning the decision (a ``stuck`` one too) instead of its outcome."""
         parsed = parse_event(event, expected_jobs=self.job_names)
         self.statuses = {s.name: s for s in parsed.statuses}
         self.log.info("Gemini batch progress: %s", progress_line(parsed.statuses))
@@ -151,7 +161,7 @@ class JobWaiter:
                 f"Trigger event says {parsed.status!r} but its job statuses evaluate to "
                 f"{decision.event_status if decision.done else 'still waiting'!r}: {parsed.message}"
             )
-        return decision.raise_for_outcome()
+        return decision
 
     def cancel_unfinished(self) -> None:
         """Best effort: cancel the jobs not known to be finished (a killed task must not leave work running)."""

@@ -145,12 +145,13 @@ def test_R08_connection_reset_mid_download(tables, gemini_conn, emulator, tmp_pa
 
 
 def test_R09_every_endpoint_faulting_in_one_real_dag_run(tables, gemini_conn, emulator, run_dag, tmp_path):
-    """A real DAG (submit → deferrable sensor → load) while every endpoint it uses fails once."""
+    """A real DAG (submit → deferrable sensor → load) while every endpoint it calls fails once. It makes no
+    ``batches.list`` call (a first try with no create marker has nothing to look up; a 429 on create is a
+    certain rejection, retried without a lookup), so a list fault is R06's, not this run's."""
     wh, src, dst = tables
     for endpoint, status in [
         ("files.upload_start", 503),
         ("files.upload_chunk", 500),
-        ("batches.list", 429),
         ("batches.create", 429),
         ("batches.get", 503),
         ("files.download", 500),
@@ -170,3 +171,8 @@ def test_R09_every_endpoint_faulting_in_one_real_dag_run(tables, gemini_conn, em
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
     assert_clean_end_state(wh, dst, emulator)
     assert outcome_counts(wh, dst) == {"succeeded": N}
+    calls = emulator.control.calls()
+    assert calls.get("batches.list", 0) == 0
+    # The injected faults were used: one create more than shards (the 429), two upload starts more (the
+    # failed start, and the restart after the failed chunk: the SDK gives up on a failed chunk).
+    assert calls["batches.create"] == SHARDS + 1 and calls["files.upload_start"] == SHARDS + 2

@@ -15,6 +15,8 @@ from airflow_gemini_batch.exceptions import GeminiBatchError, GeminiBatchJobCanc
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.sensors.job import GeminiBatchJobSensor
 from airflow_gemini_batch.triggers.job import GeminiBatchJobTrigger
+from airflow_gemini_batch.wait.verdict import WaitPolicy
+from airflow_gemini_batch.wait.waiter import JobWaiter
 from tests.polling import await_until
 
 if TYPE_CHECKING:
@@ -232,3 +234,39 @@ def test_output_never_visible_fails_after_grace(
     assert event["status"] == "failed"
     assert "responses are still not visible" in event["message"]
     assert names[0] in event["message"]
+
+
+def test_a_job_pending_past_max_pending_seconds_fires_stuck(
+    emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
+) -> None:
+    """The emulator holds both jobs PENDING with their createTime 13 h back; the second is exempt (its shard
+    used up its stuck resubmits). The trigger fires ``stuck`` naming the first, cancels nothing, and the
+    kwargs that carry it survive a JSON round trip (a triggerer restart)."""
+    emulator.control.hold_state("PENDING", age_seconds=13 * 3600)
+    stuck, exempt = make_jobs(["stuck-a", "stuck-b"])
+    trigger = trigger_for([stuck, exempt], gemini_conn, max_pending_seconds=12 * 3600, stuck_exempt=[exempt])
+    rebuilt = GeminiBatchJobTrigger(**json.loads(json.dumps(trigger.serialize()[1])))
+    assert rebuilt.max_pending_seconds == 12 * 3600 and rebuilt.stuck_exempt == [exempt]
+    event = asyncio.run(first_event(rebuilt))
+    assert event["status"] == "stuck" and stuck in event["message"] and exempt not in event["message"]
+    assert set(states(emulator).values()) == {"BATCH_STATE_PENDING"}  # the worker cancels, not the trigger
+    # The worker's check of the event reaches the same verdict with the same policy...
+    policy = WaitPolicy(max_pending_seconds=12 * 3600, stuck_exempt=frozenset([exempt]))
+    hook = GeminiBatchHook(gemini_conn_id=gemini_conn)
+    decision = JobWaiter(hook, [stuck, exempt], policy, hook.log).decide(event)
+    assert decision.stuck == [stuck]
+    # ...and a sensor, which never cancels, refuses a stuck event instead of passing or failing on it.
+    with pytest.raises(GeminiBatchError, match="stuck"):
+        GeminiBatchJobSensor(task_id="s", job_names=[stuck, exempt]).execute_complete({}, event)
+
+
+def test_a_young_pending_job_is_never_stuck(
+    emulator: Any, make_jobs: Callable[..., list[str]], gemini_conn: str
+) -> None:
+    """A job PENDING for less than max_pending_seconds (created now) keeps the wait going: the deadline ends it."""
+    emulator.control.hold_state("PENDING")
+    names = make_jobs(["young-a"])
+    event = asyncio.run(
+        first_event(trigger_for(names, gemini_conn, max_pending_seconds=3600, deadline=time.time() + 1))
+    )
+    assert event["status"] == "timeout"

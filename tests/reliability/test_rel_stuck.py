@@ -1,0 +1,90 @@
+"""Reliability: stuck jobs (issue 13 item 4, scenario e) in real DAG runs of ``GeminiBatchOperator`` — a job
+still PENDING ``max_pending_seconds`` after its creation is cancelled and its shard alone resubmitted, at
+most ``max_stuck_resubmits`` times per shard.
+
+No clock: the emulator holds the job PENDING and dates its ``createTime`` 13 h back (``hold_state(...,
+age_seconds=...)``), past the default ``max_pending_seconds`` of 12 h. End state asserted every time: the
+emulator's jobs, creates and cancels, and the destination rows (one per key, all succeeded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY
+from tests.conftest import xcom_of
+from tests.reliability.helpers import batch_dag, outcome_counts, rerun_task, ti_states
+
+N = 12
+PER_SHARD = 4
+SHARDS = N // PER_SHARD
+THIRTEEN_HOURS = 13 * 3600
+
+
+def _dag(tables: tuple[Any, str, str], tmp_path: Any, **kw: Any) -> Any:
+    wh, src, dst = tables
+    return batch_dag(
+        wh, src, dst, tmp_path / "staging", max_requests_per_job=PER_SHARD, max_row_retries=0, **kw
+    )
+
+
+def _keys(wh: Any, dst: str) -> list[int]:
+    return sorted(k for (k,) in wh.query(f"SELECT id FROM {dst}"))
+
+
+def test_R53_a_job_stuck_pending_is_cancelled_and_its_shard_resubmitted_once(
+    tables, gemini_conn, emulator, run_dag, tmp_path
+):
+    wh, _, dst = tables
+    # Every job is held PENDING for one read (so the task really defers to the triggerer); the first job
+    # created (shard 0) is held PENDING until cancelled, its createTime 13 h back: stuck.
+    emulator.control.hold_state("PENDING", reads=1)
+    emulator.control.hold_state("PENDING", count=1, age_seconds=THIRTEEN_HOURS)
+    dag = _dag(tables, tmp_path)
+    run = run_dag(dag)
+    assert run.state == "success" and ti_states(run) == {"batch": "success"}
+
+    jobs = sorted(emulator.control.jobs(), key=lambda j: j["create_time"])
+    assert len(jobs) == SHARDS + 1
+    calls = emulator.control.calls()
+    assert calls["batches.create"] == SHARDS + 1 and calls["batches.cancel"] == 1
+    stuck = jobs[0]
+    assert stuck["state"] == "BATCH_STATE_CANCELLED" and stuck["display_name"].endswith("-00000")
+    assert [j["state"] for j in jobs[1:]] == ["BATCH_STATE_SUCCEEDED"] * SHARDS
+    manifest = xcom_of(run, "batch", MANIFEST_XCOM_KEY)
+    shard = manifest["shards"][0]
+    assert shard["display_name"] == stuck["display_name"].replace("-00000", "-r1-00000")
+    assert shard["stuck_resubmits"] == 1 and shard["recovery"] == 1
+    assert shard["previous_jobs"] == [stuck["name"]]
+    assert all("stuck_resubmits" not in s for s in manifest["shards"][1:])
+    assert _keys(wh, dst) == list(range(N)) and outcome_counts(wh, dst) == {"succeeded": N}
+    # Each key was answered once: the cancelled job processed nothing.
+    assert emulator.control.request_counts() == {str(k): 1 for k in range(N)}
+
+    # The user clears the task: every shard re-attaches (the new generation succeeded), nothing is
+    # cancelled or created again.
+    assert rerun_task(dag, run, "batch") == "success"
+    calls = emulator.control.calls()
+    assert calls["batches.create"] == SHARDS + 1 and calls["batches.cancel"] == 1
+    assert _keys(wh, dst) == list(range(N)) and outcome_counts(wh, dst) == {"succeeded": N}
+
+
+def test_R56_past_the_cap_a_stuck_job_is_left_to_run(tables, gemini_conn, emulator, run_dag, tmp_path):
+    """Every job is stuck (held PENDING, 13 h old) for two reads: each shard's first job is cancelled and
+    resubmitted once; the new ones are as stuck, but their shards used up ``max_stuck_resubmits=1``: left to
+    run (the hold lets go), never a second cancel or a ``-r2`` generation."""
+    wh, _, dst = tables
+    emulator.control.hold_state("PENDING", reads=2, age_seconds=THIRTEEN_HOURS)
+    run = run_dag(_dag(tables, tmp_path, max_stuck_resubmits=1))
+    assert run.state == "success" and ti_states(run) == {"batch": "success"}
+
+    jobs = emulator.control.jobs()
+    calls = emulator.control.calls()
+    assert len(jobs) == 2 * SHARDS and calls["batches.create"] == 2 * SHARDS
+    assert calls["batches.cancel"] == SHARDS
+    states = sorted(j["state"] for j in jobs)
+    assert states == ["BATCH_STATE_CANCELLED"] * SHARDS + ["BATCH_STATE_SUCCEEDED"] * SHARDS
+    assert not any("-r2-" in j["display_name"] for j in jobs)
+    manifest = xcom_of(run, "batch", MANIFEST_XCOM_KEY)
+    assert [s["stuck_resubmits"] for s in manifest["shards"]] == [1] * SHARDS
+    assert _keys(wh, dst) == list(range(N)) and outcome_counts(wh, dst) == {"succeeded": N}
