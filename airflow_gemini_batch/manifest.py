@@ -42,6 +42,7 @@ class ContextCacheInfo(TypedDict, total=False):
     ttl_seconds: float  # what the wait renews it to while jobs run
     expire_time: float | None  # epoch seconds, when the submit last set it
     token_count: int | None
+    create_time: float | None  # epoch seconds, the service's: storage is billed from here to the delete
 
 
 class Manifest(TypedDict, total=False):

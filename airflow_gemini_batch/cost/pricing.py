@@ -126,10 +126,10 @@ def describe_cost(cost: dict[str, Any], reuse_saved: float | None = None) -> str
         return (
             f"not priced (no price for {cost.get('model')!r} in the table as of {cost.get('prices_as_of')})"
         )
-    text = (
-        f"${cost['batch']:.4f} spent at the batch price (the standard API: ${cost['standard']:.4f}; "
-        f"context caching saved ${cost.get('caching_saved') or 0.0:.4f}"
-    )
+    text = f"${cost['batch']:.4f} spent at the batch price (the standard API: ${cost['standard']:.4f}; "
+    if cost.get("cache_storage"):
+        text += f"cache storage ${cost['cache_storage']:.4f}, included; "
+    text += f"context caching saved ${cost.get('caching_saved') or 0.0:.4f}"
     if reuse_saved is not None:
         text += f"; incremental reuse saved ${reuse_saved:.4f}"
     return f"{text}; prices as of {cost['prices_as_of']})"

@@ -58,13 +58,15 @@ CACHE_GONE_CODES = (403, 404)
 
 @dataclass(frozen=True)
 class CacheStatus:
-    """A cached content as the hook reports it: names, size and expiry (epoch seconds), no contents."""
+    """A cached content as the hook reports it: names, size, creation and expiry (epoch seconds), no contents."""
 
     name: str
     display_name: str | None
     model: str | None
     expire_time: float | None
     token_count: int | None
+    #: when the service made it: where its storage billing starts (a renewed cache keeps its create time)
+    create_time: float | None = None
 
     @classmethod
     def of(cls, cache: types.CachedContent) -> CacheStatus:
@@ -75,6 +77,7 @@ class CacheStatus:
             model=cache.model,
             expire_time=cache.expire_time.timestamp() if cache.expire_time else None,
             token_count=usage.total_token_count if usage else None,
+            create_time=cache.create_time.timestamp() if cache.create_time else None,
         )
 
 

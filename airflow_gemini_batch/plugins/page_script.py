@@ -225,6 +225,7 @@ function runCostCell(r) {
     (r.estimate_method ? ` <span class="muted">by ${esc(r.estimate_method)}</span>` : ""),
     `spent ${r.actual_usd != null ? money(r.actual_usd) : "— (not loaded yet)"}`];
   if (r.standard_usd != null) parts.push(`standard API ${money(r.standard_usd)}`);
+  if (r.cache_storage_usd) parts.push(`cache storage ${money(r.cache_storage_usd)} (included)`);
   if (r.caching_saved_usd) parts.push(`caching saved ${money(r.caching_saved_usd)}`);
   if (r.reused) parts.push(`${num(r.reused)} rows reused` +
     (r.reuse_saved_usd != null ? `, saving ${money(r.reuse_saved_usd)}` : ""));
@@ -237,10 +238,11 @@ function runsTable(runs) {
     <td class="nowrap">${num(r.requests)}</td><td class="nowrap">${money(r.estimate_usd)}${
     r.max_cost_usd != null ? `<div class="muted small">budget ${money(r.max_cost_usd)}</div>` : ""}</td>
     <td class="nowrap">${money(r.actual_usd)}</td><td class="nowrap">${money(r.standard_usd)}</td>
-    <td class="nowrap">${money(r.caching_saved_usd)}</td><td class="nowrap">${num(r.reused)}${
+    <td class="nowrap">${money(r.cache_storage_usd)}</td><td class="nowrap">${money(r.caching_saved_usd)}</td><td class="nowrap">${num(r.reused)}${
     r.reuse_saved_usd != null ? `<div class="muted small">saved ${money(r.reuse_saved_usd)}</div>` : ""}</td></tr>`).join("");
   return `<h3>Runs: estimate vs actual</h3><div class="tablewrap"><table class="runs"><thead><tr><th>DAG / task / run</th>
-    <th>Requests</th><th>Estimated</th><th>Spent (batch)</th><th>Standard API</th><th>Caching saved</th>
+    <th>Requests</th><th>Estimated</th><th>Spent (batch)</th><th>Standard API</th><th>Cache storage</th>
+    <th>Caching saved</th>
     <th>Reused rows</th></tr></thead><tbody>${rows}</tbody></table></div>`;
 }
 

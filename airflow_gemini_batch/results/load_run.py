@@ -26,6 +26,12 @@ per-shard log lines and the summary it ends in, reads best in one place. The ord
 * The run's context cache (manifest ``context_cache``, made for ``shared_context``) is deleted when the load
   ends, loaded or failed — every job is finished by then, so no request needs it any more — except when a job
   was refused as not finished: it may still read the cache. A delete that fails is logged; the TTL ends it.
+  It is deleted before the summary is made, so the task's cost includes its storage as it was: the cached
+  tokens times the hours from its create time (the service's, in the manifest) to its delete (summary
+  ``context_cache``), at the model's ``cache_storage`` price. A cache already gone ended by then (billed to
+  the delete attempt: an upper bound); one whose delete failed lives until its TTL ends it (billed to its
+  recorded expiry, or the attempt if later). Storage is a cost of the task, not of a job: the task's cost is
+  its jobs' plus storage.
 * ``max_failed_fraction`` is checked **after** everything is written (and after the caller recorded the
   summary), so good rows are loaded and bad ones are queryable even when the task then fails.
 """
@@ -165,6 +171,8 @@ class LoadRun:
         )
         #: a job was found not finished: it may still need the run's context cache
         self._unfinished = False
+        #: when the run's context cache ended (epoch seconds) and whether this load deleted it; None: not yet
+        self._cache_end: tuple[float, bool | None] | None = None
 
     @cached_property
     def hook(self) -> GeminiBatchHook:
@@ -197,6 +205,7 @@ class LoadRun:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         seconds = time.monotonic() - started
+        self.release_cache()  # before the summary: its storage cost runs to the delete
         summary = self.summary(reports, totals, sink, seconds)
         self.log.info(
             "Loaded %d rows in %.1f s (%.0f rows/s): %s; tokens %s; cost: %s",
@@ -314,10 +323,34 @@ class LoadRun:
             )  # fmt: skip
 
     def release_cache(self) -> None:
-        """Delete the run's context cache, unless a job was found still running (see the module docstring)."""
+        """Delete the run's context cache (once), unless a job was found still running (see the module
+        docstring), and note when it ended."""
         cache = self.manifest.get("context_cache") or {}
-        if cache.get("name") and not self._unfinished:
-            delete_cache(self.hook, cache["name"], "the load is over", self.log)
+        if not cache.get("name") or self._unfinished or self._cache_end is not None:
+            return
+        deleted = delete_cache(self.hook, cache["name"], "the load is over", self.log)
+        now = time.time()
+        if deleted is None:  # the delete failed: the TTL ends it
+            now = max(now, float(cache.get("expire_time") or now))
+        self._cache_end = (now, deleted)
+
+    def cache_lifetime(self) -> dict[str, Any] | None:
+        """The run's context cache as billed: tokens, create and end time (epoch seconds), hours stored;
+        None for a run without one. ``hours`` is None when the manifest lacks the create time or size."""
+        cache = self.manifest.get("context_cache") or {}
+        if not cache.get("name") or self._cache_end is None:
+            return None
+        end, deleted = self._cache_end
+        created, tokens = cache.get("create_time"), cache.get("token_count")
+        hours = max(0.0, end - float(created)) / 3600 if created is not None and tokens is not None else None
+        return {
+            "name": cache["name"],
+            "token_count": tokens,
+            "create_time": created,
+            "end_time": end,
+            "deleted": deleted,
+            "hours": hours,
+        }
 
     # ---- summary and cost ---------------------------------------------------------------------------------
 
@@ -333,7 +366,9 @@ class LoadRun:
                 "Manifest request_count %s != %d keys in the key lists", request_count, keys_total
             )
         reused = int(manifest.get("reused") or 0)
-        cost = self.cost(totals.tokens, totals.long_context_tokens)
+        lifetime = self.cache_lifetime()
+        token_hours = (lifetime["token_count"] * lifetime["hours"]) if lifetime and lifetime["hours"] else 0.0
+        cost = self.cost(totals.tokens, totals.long_context_tokens, cache_token_hours=token_hours)
         jobs = [r.to_dict() for r in reports]
         for job in jobs:
             # Same model, embeddings flag and overrides as the task. An unpriced model was warned about once
@@ -369,6 +404,7 @@ class LoadRun:
             "jobs": jobs,
             "tokens": dict(totals.tokens),
             "cost": cost,
+            "context_cache": lifetime,
             "reuse_saved": self.reuse_saved(),
             "estimate": self.estimate_summary(),
             "destination": sink.describe(),
@@ -387,13 +423,19 @@ class LoadRun:
         threshold = (price or {}).get("long_context_threshold")
         return int(threshold) if threshold else None
 
-    def cost(self, tokens: dict[str, int], long_context: dict[str, int] | None = None) -> dict[str, Any]:
+    def cost(
+        self,
+        tokens: dict[str, int],
+        long_context: dict[str, int] | None = None,
+        cache_token_hours: float = 0.0,
+    ) -> dict[str, Any]:
         return compute_cost(
             self.manifest.get("model") or "",
             tokens,
             embeddings=self.manifest.get("task") == "embed",
             overrides=self.price_overrides,
             long_context=long_context,
+            cache_token_hours=cache_token_hours,
         )
 
     def estimate_summary(self) -> dict[str, Any] | None:

@@ -197,6 +197,8 @@ class RunCache:
     created: bool
     #: True when the recorded cache was gone and this one replaced it
     replaced: bool = False
+    #: the service's create time (epoch seconds): the start of what its storage costs
+    create_time: float | None = None
 
     def as_manifest(self) -> ContextCacheInfo:
         return ContextCacheInfo(
@@ -205,6 +207,7 @@ class RunCache:
             ttl_seconds=self.ttl_seconds,
             expire_time=self.expire_time,
             token_count=self.token_count,
+            create_time=self.create_time,
         )
 
 
@@ -272,16 +275,23 @@ def _run_cache(
         token_count=status.token_count,
         created=created,
         replaced=replaced,
+        create_time=status.create_time,
     )
 
 
-def delete_cache(hook: GeminiBatchHook, name: str, why: str, logger: Any = None) -> None:
-    """Best effort: a failed delete is logged, never raised (the TTL is the backstop)."""
+def delete_cache(hook: GeminiBatchHook, name: str, why: str, logger: Any = None) -> bool | None:
+    """Best effort: a failed delete is logged, never raised (the TTL is the backstop).
+
+    :returns: True when deleted now, False when it was already gone, None when the delete failed.
+    """
     logger = logger or log
     try:
-        if hook.delete_cache(name):
-            logger.info("Deleted context cache %s (%s)", name, why)
+        deleted = hook.delete_cache(name)
     except Exception as e:
         logger.warning(
             "Could not delete context cache %s (%s); its TTL ends it: %s", name, why, type(e).__name__
         )
+        return None
+    if deleted:
+        logger.info("Deleted context cache %s (%s)", name, why)
+    return deleted
