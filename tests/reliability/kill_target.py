@@ -3,7 +3,9 @@
 ``python -m tests.reliability.kill_target '<json args>'`` submits like a worker does. The store writes each
 record to disk before returning (as the real task state store commits it over the Execution API), so what
 survives the kill is exactly what a real worker would leave behind. ``slow_key`` widens the window between
-``create`` returning and the job (or cache) name being saved, so the test can land its SIGKILL inside it.
+``create`` returning and the job (or cache) name being saved, so the test can land its SIGKILL inside it;
+with ``slow_field`` it blocks instead at the first record of ``slow_key`` that carries that field. With
+``batch`` (a dict of ``GeminiBatchOperator`` arguments) it runs that operator, not deferrable, instead.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from tests.reliability.helpers import context, submit_op
 class FileStateStore:
     """``get``/``set`` over one JSON file, written atomically on every ``set``."""
 
-    def __init__(self, path: str | Path, slow_key: str | None = None) -> None:
+    def __init__(self, path: str | Path, slow_key: str | None = None, slow_field: str | None = None) -> None:
         self.path = Path(path)
         self.slow_key = slow_key
+        self.slow_field = slow_field
 
     def _read(self) -> dict[str, Any]:
         return json.loads(self.path.read_text()) if self.path.exists() else {}
@@ -32,7 +35,8 @@ class FileStateStore:
         return self._read().get(key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if key == self.slow_key and isinstance(value, dict) and (value.get("job_name") or value.get("name")):
+        fields = (self.slow_field,) if self.slow_field else ("job_name", "name")
+        if key == self.slow_key and isinstance(value, dict) and any(value.get(f) for f in fields):
             threading.Event().wait()  # blocks until the SIGKILL: created (a job, a cache), name not saved
         data = self._read()
         data[key] = value
@@ -43,7 +47,13 @@ class FileStateStore:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    store = FileStateStore(args["store"], args.get("slow_key"))
+    store = FileStateStore(args["store"], args.get("slow_key"), args.get("slow_field"))
+    if args.get("batch"):
+        from airflow_gemini_batch.operators.batch import GeminiBatchOperator
+
+        summary = GeminiBatchOperator(**args["batch"]).execute(context(store, task_id="batch"))  # type: ignore[arg-type]
+        print(json.dumps(summary, default=str))
+        return
     op = submit_op(args["conn_id"], args["sql"], Path(args["staging"]), **args.get("submit", {}))
     manifest = op.execute(context(store))  # type: ignore[arg-type]
     print(json.dumps(manifest))

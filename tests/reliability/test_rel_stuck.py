@@ -12,8 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_gemini_batch.manifest import MANIFEST_XCOM_KEY
+from airflow_gemini_batch.operators.batch import GeminiBatchOperator
 from tests.conftest import xcom_of
-from tests.reliability.helpers import batch_dag, outcome_counts, rerun_task, ti_states
+from tests.reliability.helpers import (
+    batch_dag,
+    context,
+    outcome_counts,
+    rerun_task,
+    sigkill_worker_when,
+    ti_states,
+)
+from tests.reliability.kill_target import FileStateStore
 
 N = 12
 PER_SHARD = 4
@@ -87,4 +96,58 @@ def test_R56_past_the_cap_a_stuck_job_is_left_to_run(tables, gemini_conn, emulat
     assert not any("-r2-" in j["display_name"] for j in jobs)
     manifest = xcom_of(run, "batch", MANIFEST_XCOM_KEY)
     assert [s["stuck_resubmits"] for s in manifest["shards"]] == [1] * SHARDS
+    assert _keys(wh, dst) == list(range(N)) and outcome_counts(wh, dst) == {"succeeded": N}
+
+
+def test_R55_worker_killed_between_the_cancel_and_the_create_then_the_retry(
+    tables, gemini_conn, emulator, tmp_path
+):
+    """A real worker process runs the operator (not deferrable), cancels the stuck job and is SIGKILLed
+    before its shard's next generation is recorded or created (it blocks on that record until killed). The
+    retry (same durable task state) reads the recorded job CANCELLED and resubmits that shard alone: one
+    new job, no second cancel, no two live jobs, no shard lost."""
+    wh, src, dst = tables
+    emulator.control.hold_state("PENDING", count=1, age_seconds=THIRTEEN_HOURS)
+    store_path = tmp_path / "task_state_store.json"
+    batch = {
+        "task_id": "batch",
+        "sql": f"SELECT id, name, category FROM {src}",
+        "source_conn_id": wh.conn_id,
+        "prompt_template": "Describe {name} ({category}).",
+        "destination_conn_id": wh.conn_id,
+        "destination_table": dst,
+        "key_column_type": "INTEGER",
+        "staging_path": str(tmp_path / "staging"),
+        "create_retry_base_seconds": 0.01,
+        "deferrable": False,
+        "poll_interval": 0.05,
+        "max_requests_per_job": PER_SHARD,
+        "max_row_retries": 0,
+    }
+    args = {
+        "batch": batch,
+        "store": str(store_path),
+        "slow_key": "gemini_batch_submit.shard.0",
+        "slow_field": "recovery",  # the next generation's record: after the cancel, before upload and create
+    }
+    sigkill_worker_when(emulator, args, "batches.cancel", 1, "cancelled the stuck job")
+
+    jobs = sorted(emulator.control.jobs(), key=lambda j: j["create_time"])
+    assert len(jobs) == SHARDS and emulator.control.calls()["batches.create"] == SHARDS
+    assert jobs[0]["state"] == "BATCH_STATE_CANCELLED"
+    store = FileStateStore(store_path)
+    shard0 = store.get("gemini_batch_submit.shard.0")
+    assert shard0["job_name"] == jobs[0]["name"] and shard0["stuck_resubmits"] == 1
+
+    summary = GeminiBatchOperator(**batch).execute(context(store, task_id="batch"))  # type: ignore[arg-type]
+    jobs = emulator.control.jobs()
+    calls = emulator.control.calls()
+    assert len(jobs) == SHARDS + 1 and calls["batches.create"] == SHARDS + 1
+    assert calls["batches.cancel"] == 1
+    live = [j for j in jobs if j["state"] not in ("BATCH_STATE_CANCELLED", "BATCH_STATE_SUCCEEDED")]
+    assert live == []
+    assert sum(j["state"] == "BATCH_STATE_CANCELLED" for j in jobs) == 1
+    assert any(j["display_name"].endswith("-r1-00000") for j in jobs)
+    assert store.get("gemini_batch_submit.shard.0")["stuck_resubmits"] == 1
+    assert summary["counts"]["succeeded"] == N
     assert _keys(wh, dst) == list(range(N)) and outcome_counts(wh, dst) == {"succeeded": N}
