@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # The Google Cloud emulators' fixtures (bigquery_emulator, storage_emulator, gcp_conn, gcs_conn, bq_dataset).
-pytest_plugins = ("tests.gcp_emulators",)
+pytest_plugins = ("tests.gcp_emulators", "tests.vertex_emulator")
 
 # Airflow reads its home at import time: point it at a throw-away folder before anything imports airflow.
 # Guarded, because a test module importing ``tests.conftest`` runs this module a second time.

@@ -18,6 +18,7 @@ EXAMPLE_DAG_IDS = {
     "gemini_batch_product_embeddings",
     "gemini_batch_bigquery_reviews",  # run against the BigQuery emulator in tests/reliability/test_rel_bigquery.py
     "gemini_batch_catalog_taglines",
+    "gemini_batch_vertex_bigquery_reviews",  # run against the Vertex side in tests/reliability/test_rel_vertex.py
 }
 
 

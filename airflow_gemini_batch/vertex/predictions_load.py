@@ -94,7 +94,10 @@ class PredictionsLoad:
         fields = {f.name: f.field_type for f in client.get_table(str(table)).schema}
         if column not in fields:
             return "CAST(NULL AS JSON)"
-        return f"p.`{column}`" if fields[column] == "JSON" else f"SAFE.PARSE_JSON(p.`{column}`)"
+        if fields[column] == "JSON":
+            return f"p.`{column}`"
+        # a failed row's status is "<reason>: {google.rpc error JSON}" (or JSON alone, or plain text)
+        return f"SAFE.PARSE_JSON(SUBSTR(p.`{column}`, GREATEST(STRPOS(p.`{column}`, '{{'), 1)))"
 
     def stage_sql(self, stage: TableId, predictions: TableId | None) -> str:
         sink, key = self.sink, f"`{self.sink.key_column}`"

@@ -10,8 +10,9 @@ Invariants:
   fingerprint of the run's *specification* (model, source SQL or table, parameters, prompt, job-wide request
   parts — not the rows, which the worker never reads) give the job a deterministic display name; the header,
   the intent (right before ``create``) and the job name (right after) go to the task state store. A retry or a
-  clear re-attaches to the recorded job; a recorded intent without a name is looked up by display name (a
-  first try with no records looks nothing up); a recorded job that ended FAILED, EXPIRED or CANCELLED is
+  clear re-attaches to the recorded job; a recorded intent without a name is looked up by display name, and so
+  is a job whose records are gone but whose request table exists (it is built right before the create: a
+  DAG run made again for the same logical date); a first try with neither looks nothing up; a recorded job that ended FAILED, EXPIRED or CANCELLED is
   followed by one new job (``-r<n>``, its own request and prediction tables) with ``on_failed_job="resubmit"``.
 * ``create`` is called once per attempt and not retried: an error after the intent leaves the intent, so the
   next try finds the job if the service made one before answering.
@@ -199,7 +200,11 @@ class VertexBigQueryRun:
                 job = self._create(ledger, rec, request_table, prediction_table)
         else:
             self.log.info("Re-attached to Vertex AI job %s (%s): nothing created", job.name, job.state)
+            if "request_count" not in rec:  # found by display name: its records are gone; count in BigQuery
+                request_count = rec["request_count"] = self._count(request_table)
+                ledger.record_job(0, rec, job.name)
         shard["request_count"] = request_count
+        shard["keys_path"] = f"bq://{request_table}"  # the keys are the request table's key column
         if job is not None:
             shard["job_name"] = job.name
         return self._manifest(identity, fingerprint, [shard] if job else [], request_table, prediction_table,
@@ -210,7 +215,7 @@ class VertexBigQueryRun:
         name; None when the records prove no create was attempted."""
         if rec.get("job_name"):
             return self.hook.get_job(rec["job_name"])
-        if ledger.durable and not rec.get("intent"):
+        if ledger.durable and not rec.get("intent") and not self._request_table_exists(rec["display_name"]):
             return None
         found = self.hook.find_job_by_display_name(rec["display_name"])
         if found is not None:
@@ -219,6 +224,24 @@ class VertexBigQueryRun:
             )
             ledger.record_job(0, rec, found.name)
         return found
+
+    def _count(self, table: TableId) -> int:
+        """The request table's rows, counted by BigQuery (one answer row)."""
+        job = self.clients.client.query(
+            f"SELECT COUNT(*) AS n FROM {table.sql}", location=self.clients.location
+        )
+        return int(next(iter(job.result()))["n"])
+
+    def _request_table_exists(self, display: str) -> bool:
+        """The create marker of a run whose records are gone (a DAG run made again for the same logical date):
+        the request table is built right before the create, so without it no create was attempted."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self.clients.client.get_table(str(self.tables(display)[0]))
+        except NotFound:
+            return False
+        return True
 
     def _build_requests(self, table: TableId) -> tuple[int, int]:
         self._ensure_dataset(table)

@@ -49,7 +49,7 @@ def _tables(bq_client, dataset: str) -> tuple[str, str]:
     bq_client.create_table(bigquery.Table(predictions, schema=schema))
     rows = [
         (1, _response('{"sentiment": "positive", "score": 0.9}'), ""),
-        (2, None, '{"error": {"code": 429, "message": "Resource exhausted"}}'),
+        (2, None, 'Too Many Requests: {"error": {"code": 429, "message": "Resource exhausted"}}'),
         (3, _response("not json"), ""),
         (4, _response(None, finish="SAFETY"), ""),
         (5, None, "plain text failure"),
