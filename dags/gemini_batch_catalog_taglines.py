@@ -3,7 +3,9 @@ reason (429, 5xx, no answer) sent again in a follow-up batch.
 
 ``GeminiBatchOperator`` submits, waits in the triggerer (no worker held), loads the answers into
 ``catalog_taglines`` keyed by item id, then resubmits only the retryable remainder — up to two more rounds.
-Each row records its ``attempts``; a row that succeeded is never sent again.
+Each row records its ``attempts``; a row that succeeded is never sent again. ``incremental=True``: the next
+day's run sends only the items whose request changed (or that have no succeeded tagline yet); the others are
+reported as ``reused``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def gemini_batch_catalog_taglines():
         destination_table="catalog_taglines",
         key_column_type="INTEGER",
         max_row_retries=2,
+        incremental=True,
         poll_interval=POLL_INTERVAL,
         deferrable=True,
     )

@@ -27,6 +27,9 @@ Invariants:
 * What re-sending the reused rows would have cost is known from their stored token columns, summed here.
 * Object-store destinations are refused for ``incremental=True``: their files are rewritten whole by each
   load, so a reused row would vanish from them.
+* A row answered by the task instance's own jobs (``exclude_jobs``: every job its ledger recorded, in every
+  row round) is never reused by it: a retry or a clear after a load must build the same shards as the try
+  that created the jobs (else it looks like a changed input), and it re-attaches instead of paying again.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from airflow_gemini_batch.sinks.schema import (
 from airflow_gemini_batch.sinks.table import dialect_of, get_db_hook
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow_gemini_batch.sinks.sink import SqlHook
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,8 @@ log = logging.getLogger(__name__)
 LOOKUP_BATCH = 10_000
 #: A joined batch of wire keys that are all integers a bigint holds (PostgreSQL casts them without a check).
 _INTEGER_KEYS = re.compile(rb'"-?[0-9]{1,18}"(?:,"-?[0-9]{1,18}")*')
+#: The destination's column naming the job that answered a row.
+JOB_COLUMN = "job_name"
 #: The destination's token columns summed for ``reused_cost_usd`` (the load's names, ``TOKEN_FIELDS`` order).
 _TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
 
@@ -112,10 +119,15 @@ class ReuseCheck:
 
     :param destination: the checked destination.
     :param hook: a common-sql hook for it (default: the connection's own hook).
+    :param exclude_jobs: job names whose answers are not reused (this task instance's own, see the module).
     """
 
-    def __init__(self, destination: ReuseDestination, hook: SqlHook | None = None) -> None:
+    def __init__(
+        self, destination: ReuseDestination, hook: SqlHook | None = None, exclude_jobs: Sequence[str] = ()
+    ) -> None:
         self.destination = destination.check()
+        #: one JSON array parameter, or None: no clause at all (the common first run costs nothing more)
+        self.exclude_jobs = orjson.dumps(sorted(set(exclude_jobs))).decode() if exclude_jobs else None
         split_table(str(destination.destination_table))  # identifiers once templates are rendered
         quote(destination.destination_key_column)
         self.hook = hook or get_db_hook(str(destination.destination_conn_id))
@@ -161,6 +173,13 @@ class ReuseCheck:
         sums = ", ".join(f"SUM(a.{quote(c)})" for c in _TOKEN_COLUMNS)
         table_sql, key_sql, fp_sql = quote_table(schema, name), quote(key), quote(FINGERPRINT_COLUMN)
         matched = f"a.{fp_sql} = {{fp}} AND a.outcome = '{SUCCEEDED}'"
+        if self.exclude_jobs is not None:
+            jobs = (
+                "SELECT value FROM json_each(?3)"
+                if self.dialect == SQLITE
+                else "SELECT json_array_elements_text(%s::json)"
+            )
+            matched += f" AND COALESCE(a.{quote(JOB_COLUMN)}, '') NOT IN ({jobs})"
         if self.dialect == SQLITE:
             # json_each(keys) drives a LEFT JOIN (one primary-key lookup per key; an INTEGER key column
             # compares the key text numerically); row j's fingerprint is bytes [64j, 64j + 64) of the blob.
@@ -263,7 +282,7 @@ class ReuseCheck:
             raise ValueError(f"request fingerprints must be {FINGERPRINT_HEX} hex digits each")
         with closing(self._conn.cursor()) as cur:
             if self.dialect == SQLITE:
-                cur.execute(self._sql, (array.decode(), digests.encode()))
+                cur.execute(self._sql, (array.decode(), digests.encode(), *self._own()))
                 count, *sums, to_send = cur.fetchone()
                 return (count, *sums, orjson.loads(to_send))
             sql = (
@@ -271,6 +290,10 @@ class ReuseCheck:
                 if self._integer_keys is None or self._integer_keys.fullmatch(joined)
                 else self._sql_any
             )
-            cur.execute(sql, (array.decode(), ",".join(fingerprints)))
+            cur.execute(sql, (array.decode(), ",".join(fingerprints), *self._own()))
             count, *sums, to_send = cur.fetchone()
             return (count, *sums, to_send or [])
+
+    def _own(self) -> tuple[str, ...]:
+        """The ``exclude_jobs`` parameter of a lookup, when it has that clause."""
+        return () if self.exclude_jobs is None else (self.exclude_jobs,)

@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 ROUNDS_XCOM_KEY = "gemini_batch_rounds"
 #: XCom key of the round waiting for quota headroom (``{"round": n}``), pushed before an admission deferral.
 ADMITTING_XCOM_KEY = "gemini_batch_admitting"
-_ONE_NAME = ("key_column",)  # named alike by both stages: the source's key column names the destination's
+# Named alike by both stages: the source's key column names the destination's (and incremental's lookup).
+_ONE_NAME = ("key_column",)
 
 
 class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
@@ -74,6 +75,9 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
     error (HTTP 429, 500, 503, 504; RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE) are sent again in a follow-up
     batch, up to ``max_row_retries`` rounds; a row that succeeded, or failed for good (400 INVALID_ARGUMENT,
     a blocked prompt, invalid output), is never sent again. Every destination row carries ``attempts``.
+    With ``incremental=True`` round 1 leaves out the rows whose answer the destination already holds for the
+    same request fingerprint (counted as ``reused``; their rows stay as they are); later rounds send only the
+    retryable remainder.
 
     The task succeeds when the final counts pass ``max_failed_fraction``; otherwise it fails with
     ``GeminiBatchResultsError`` after every round is loaded (rows whose retries ran out stay ``failed`` with
@@ -138,6 +142,13 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
         stage_names = set(SubmitSettings.names()) | set(LoadSettings.names())
         stage_args = {k: kwargs.pop(k) for k in list(kwargs) if k in stage_names}
         super().__init__(**kwargs)
+        if "destination_key_column" in stage_args:
+            raise GeminiBatchInputError(
+                "GeminiBatchOperator names the source's and the destination's key column with one argument: "
+                "give key_column, not destination_key_column."
+            )
+        # incremental=True looks up answers in this task's own destination, keyed by the same column.
+        stage_args["destination_key_column"] = stage_args.get("key_column", SubmitSettings.key_column)
         submit = SubmitSettings.of(stage_args).validated()
         load = LoadSettings.of({**stage_args, "key_column": submit.key_column}).validated()
         if not isinstance(max_row_retries, int) or max_row_retries < 0:

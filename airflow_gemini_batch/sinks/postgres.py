@@ -79,6 +79,8 @@ class PostgresTableSink(TableSink):
             if not self._direct_main:
                 self._ensure_attempts_column(cur)
                 self.add_fingerprint_column(cur)
+            if not self._direct_errors:
+                self._ensure_attempts_column(cur, errors=True)
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
             self._clear_errors = cur.fetchone() is not None
             for direct, stage, target in (

@@ -45,7 +45,9 @@ column existed gets it added by the next load (``ALTER TABLE ... ADD COLUMN``, N
 an incremental run therefore sends again once).
 
 The errors table ``<table>_errors`` mirrors the non-succeeded rows: key, outcome, error_code, error_message,
-job_name, loaded_at (same types), upserted on the key as well; a key that later succeeds is deleted from it.
+job_name, loaded_at, attempts (same types), upserted on the key as well; a key that later succeeds is deleted
+from it. So a row that failed in every row round shows there how many times it was sent. An errors table made
+before it had ``attempts`` gets the column the way the main table does (:attr:`TableLayout.errors_attempts_column`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ class TableLayout:
     errors_table: str | None = None
     #: Whether the main table has (or gets) the ``attempts`` column; the sink decides at ``open()``.
     attempts_column: bool = True
+    #: The same for the errors table.
+    errors_attempts_column: bool = True
 
     def __post_init__(self) -> None:
         self.schema, self.name = split_table(self.table)
@@ -202,15 +206,18 @@ class TableLayout:
         cols += list(self.output_columns.items())
         return cols
 
-    def add_attempts_sql(self) -> str:
+    def add_attempts_sql(self, errors: bool = False) -> str:
         """Give a table made before the ``attempts`` column existed that column (nullable: old rows read NULL)."""
-        return f"ALTER TABLE {self.qualified} ADD COLUMN {quote(ATTEMPTS[0])} {ATTEMPTS[1]}"
+        table = self.errors_qualified if errors else self.qualified
+        return f"ALTER TABLE {table} ADD COLUMN {quote(ATTEMPTS[0])} {ATTEMPTS[1]}"
 
     def error_columns(self) -> list[tuple[str, str]]:
         types = dict(self.columns())
         cols = [(self.key_column, self.key_column_type + " PRIMARY KEY")]
         cols += [(c, types[c]) for c in ERROR_COLUMNS]
         cols.append((LOADED_AT[0], types[LOADED_AT[0]]))
+        if self.errors_attempts_column:
+            cols.append((ATTEMPTS[0], ATTEMPTS[2] if self.dialect == POSTGRES else ATTEMPTS[1]))
         return cols
 
     def create_sql(self, errors: bool = False) -> str:

@@ -137,6 +137,7 @@ class TableSink:
                 cur.execute(layout.create_sql())
                 cur.execute(layout.create_sql(errors=True))
             self._ensure_attempts_column(cur)
+            self._ensure_attempts_column(cur, errors=True)
             self.add_fingerprint_column(cur)
             # Deleting succeeded keys from an empty errors table is pure cost (a first load): skip it.
             cur.execute(f"SELECT 1 FROM {layout.errors_qualified} LIMIT 1")
@@ -153,21 +154,30 @@ class TableSink:
         )
         self._narrow_sql: dict[tuple[tuple[int, ...], str | None], str] = {}
 
-    def _ensure_attempts_column(self, cur: Any) -> None:
-        """A table made before the ``attempts`` column existed: add it (``create_table``), else leave the
-        table as it is and write no ``attempts`` (the user manages that table's schema)."""
+    def _ensure_attempts_column(self, cur: Any, errors: bool = False) -> None:
+        """A table (the main one, or with ``errors`` the errors table) made before the ``attempts`` column
+        existed: add it (``create_table``), else leave the table as it is and write no ``attempts`` there
+        (the user manages that table's schema)."""
         layout = self.layout
-        cur.execute(f"SELECT * FROM {layout.qualified} WHERE 1 = 0")
+        cur.execute(f"SELECT * FROM {layout.errors_qualified if errors else layout.qualified} WHERE 1 = 0")
         existing = {d[0] for d in cur.description or ()}
         cur.fetchall()
         if "attempts" in existing or not existing:
             return
+        name = (
+            f"{layout.errors_schema}.{layout.errors_name}"
+            if errors and layout.errors_schema
+            else (layout.errors_name if errors else layout.table)
+        )
         if self.create_table:
-            log.info("Adding the attempts column to %s (made before it existed)", layout.table)
-            cur.execute(layout.add_attempts_sql())
+            log.info("Adding the attempts column to %s (made before it existed)", name)
+            cur.execute(layout.add_attempts_sql(errors=errors))
         else:
-            log.warning("%s has no attempts column and create_table=False: loading without it", layout.table)
-            layout.attempts_column = False
+            log.warning("%s has no attempts column and create_table=False: loading without it", name)
+            if errors:
+                layout.errors_attempts_column = False
+            else:
+                layout.attempts_column = False
 
     def _row_tail(self) -> tuple[Any, ...]:
         """The load's constants after the stored fields of every row: ``loaded_at`` (and ``attempts``)."""
@@ -324,7 +334,8 @@ class TableSink:
         if list(map(_OUTCOME, rows)).count(SUCCEEDED) == len(rows):  # the common chunk: skip the row loop
             errors = []
         else:
-            errors = [(r[0], r[1], r[12], r[13], r[14], loaded_at) for r in rows if r[1] != SUCCEEDED]
+            tail = (loaded_at, self.attempts) if self.layout.errors_attempts_column else (loaded_at,)
+            errors = [(r[0], r[1], r[12], r[13], r[14], *tail) for r in rows if r[1] != SUCCEEDED]
         succeeded_keys = [r[0] for r in rows if r[1] == SUCCEEDED] if with_succeeded else []
         return errors, succeeded_keys
 

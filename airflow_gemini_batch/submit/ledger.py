@@ -257,3 +257,18 @@ class SubmissionLedger:
         rec["stuck_resubmits"] = int(rec.get("stuck_resubmits", 0)) + 1
         self._set(self._shard_key.format(index=index), rec)
         return int(rec["stuck_resubmits"])
+
+
+def recorded_job_names(store: Any | None) -> list[str]:
+    """Every job the task instance's ledger recorded, in every row round and generation (none without a
+    store): the jobs whose answers an incremental run of the same task instance must not count as reused."""
+    names: list[str] = []
+    if store is None:
+        return names
+    n = 1
+    while (header := (ledger := SubmissionLedger(store, n)).header()) is not None:
+        for index in range(int(header.get("shard_count", 0))):
+            rec = ledger.shard(index)
+            names += [*rec.get("previous_jobs", []), *([rec["job_name"]] if rec.get("job_name") else [])]
+        n += 1
+    return names

@@ -18,9 +18,10 @@ round is the existing stages composed, nothing new in between:
   max_row_retries + 1`` for the exhausted ones).
 
 Counts add up per round and in total (:meth:`RowRounds.total`): each round's keys are its ``counts``
-(``succeeded + failed + invalid_output + missing``); the keys it resent move to the next round, the rest are
-*settled*; the task's counts are the sum of every round's settled keys and equal the first round's keys
-(reported as ``reconciled``). A key the source no longer has when a round re-reads it is counted as
+(``succeeded + failed + invalid_output + missing``, plus ``reused``: with ``incremental=True`` the keys round 1
+left out because the destination already holds their answer); the keys it resent move to the next round, the
+rest are *settled*; the task's counts are the sum of every round's settled keys and equal the first round's
+keys (reported as ``reconciled``). A key the source no longer has when a round re-reads it is counted as
 ``unsent`` and keeps its loaded row.
 
 State between the phases is small and lives where Airflow keeps it: the round's manifest (it names its
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_gemini_batch.manifest import RESULTS_SUMMARY_KIND
 from airflow_gemini_batch.results.load_run import LoadRun
 from airflow_gemini_batch.results.remainder import RemainderRecorder
-from airflow_gemini_batch.results.rows import EXAMPLES, OUTCOMES, SUCCEEDED, TOKEN_FIELDS
+from airflow_gemini_batch.results.rows import EXAMPLES, OUTCOMES, REUSED, SUCCEEDED, TOKEN_FIELDS
 from airflow_gemini_batch.submit.admission import AdmissionPending
 from airflow_gemini_batch.submit.run import SubmitRun
 
@@ -166,14 +167,16 @@ class RowRounds:
         assert recorder is not None
         last = n > self.max_row_retries
         resent = dict.fromkeys(OUTCOMES, 0) if last else dict(recorder.counts)
+        reused = int(summary.get("reused") or 0)
         record = {
             "round": n,
             "jobs": [j["job_name"] for j in summary["jobs"]],
             "request_count": summary["request_count"],
             "counts": summary["counts"],
             "resent": sum(resent.values()),
-            "settled": {o: summary["counts"][o] - resent[o] for o in OUTCOMES},
-            "unsent": max(0, (sent or 0) - summary["request_count"]) if n > 1 else 0,
+            "reused": reused,
+            "settled": {**{o: summary["counts"][o] - resent[o] for o in OUTCOMES}, REUSED: reused},
+            "unsent": max(0, (sent or 0) - summary["request_count"] - reused) if n > 1 else 0,
             "exhausted": recorder.key_count if last else 0,
             "first_failed_keys": summary["first_failed_keys"] if last else recorder.final_failure_examples,
             "tokens": summary["tokens"],
@@ -181,6 +184,7 @@ class RowRounds:
             "destination": summary["destination"],
             "rows_loaded": summary["rows_loaded"],
             "admission": _admission(manifest),
+            "reused_cost_usd": summary.get("reused_cost_usd"),
             "summary_jobs": summary["jobs"],
         }
         self.log.info(
@@ -199,16 +203,16 @@ class RowRounds:
 
     def total(self, records: list[dict[str, Any]], cost_of: LoadRun) -> dict[str, Any]:
         """The task's summary over every round (a results summary, plus ``rounds``): see the module docstring."""
-        counts = {o: sum(r["settled"][o] for r in records) for o in OUTCOMES}
+        counts = {o: sum(r["settled"].get(o, 0) for r in records) for o in (*OUTCOMES, REUSED)}
         unsent = sum(r["unsent"] for r in records)
-        first = records[0]["request_count"] if records else 0
+        first = records[0]["request_count"] + records[0].get("reused", 0) if records else 0
         keys_total = sum(counts.values()) + unsent
         if keys_total != first:
             self.log.warning(
                 "Round counts do not add up: %d settled + unsent, %d sent in round 1", keys_total, first
             )
         tokens = {t: sum(r["tokens"][t] for r in records) for t in TOKEN_FIELDS}
-        not_ok = keys_total - counts[SUCCEEDED]
+        not_ok = keys_total - counts[SUCCEEDED] - counts[REUSED]
         failed_fraction = not_ok / keys_total if keys_total else 0.0
         max_failed = self.load_settings.max_failed_fraction
         first_failed = [k for r in records for k in r["first_failed_keys"]][:EXAMPLES]
@@ -230,6 +234,8 @@ class RowRounds:
             "rows_loaded": sum(r["rows_loaded"] for r in records),
             "max_row_retries": self.max_row_retries,
             "reconciled": keys_total == first,
+            "reused": counts[REUSED],
+            "reused_cost_usd": records[0].get("reused_cost_usd") if records else None,
             "rounds": [
                 {k: v for k, v in r.items() if k not in ("summary_jobs", "destination")} for r in records
             ],

@@ -90,7 +90,7 @@ from airflow_gemini_batch.submit.context_cache import (
     fill_cache_slots,
     placeholder_name,
 )
-from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger
+from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger, recorded_job_names
 from airflow_gemini_batch.submit.round_input import KeyFilteredSource
 from airflow_gemini_batch.submit.staging import Staging, check_reachable_by_other_workers, staging_uri
 from airflow_gemini_batch.submit.submission import (
@@ -283,6 +283,8 @@ class SubmitRun:
         self._cache_fingerprint_name: str | None = None
         self._ledger: SubmissionLedger | None = None
         self._shard_count = 0
+        #: jobs of this task instance (every try, every row round): their answers are never reused by it
+        self._own_jobs: list[str] = []
 
     @property
     def model(self) -> str:
@@ -309,6 +311,8 @@ class SubmitRun:
             self._cache_placeholder = placeholder_name(identity.hash, shared)
             self._cache_fingerprint_name = f"shared-context:{shared.digest}"
         staging = self.staging(identity, executor=getattr(context.get("task"), "executor", None))
+        if self.settings.incremental:
+            self._own_jobs = recorded_job_names(context.get("task_state_store"))
         try:
             plan = self.build(staging)
             if not plan.shards and plan.reused_count:
@@ -584,7 +588,9 @@ class SubmitRun:
 
     def reuse_check(self) -> ReuseCheck | None:
         """The incremental check against the load's destination, or None for a full run."""
-        return ReuseCheck(self.settings.reuse_destination()) if self.settings.incremental else None
+        if not self.settings.incremental:
+            return None
+        return ReuseCheck(self.settings.reuse_destination(), exclude_jobs=self._own_jobs)
 
     def reused_cost_usd(self, plan: ShardPlan) -> float | None:
         """What re-sending the reused rows would have cost at the batch price (their stored tokens)."""

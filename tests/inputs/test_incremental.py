@@ -95,3 +95,25 @@ def test_incremental_needs_a_table_destination(tmp_path):
 def test_a_destination_name_with_sql_in_it_is_refused(sqlite_warehouse):
     with pytest.raises(GeminiBatchInputError, match="Invalid table name"):
         ReuseCheck(ReuseDestination(sqlite_warehouse.conn_id, "t; DROP TABLE x"))
+
+
+def test_answers_of_the_task_instances_own_jobs_are_not_reused(warehouse):
+    """A retry or clear must rebuild the shards its recorded jobs were made from: rows its own jobs answered
+    (``exclude_jobs``) are sent, i.e. re-attached to, not reused."""
+    table = warehouse.table("answers")
+    warehouse.execute(
+        f'CREATE TABLE {table} ("key" INTEGER PRIMARY KEY, outcome TEXT NOT NULL, prompt_tokens INTEGER, '
+        "output_tokens INTEGER, thinking_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER, "
+        "job_name TEXT, request_fingerprint TEXT)"
+    )
+    ph = warehouse.ph
+    stored = [
+        (i, "succeeded", 1, 1, 0, 0, 2, f"batches/{'own' if i < 2 else 'old'}", _fp(f"fp{i}"))
+        for i in range(4)
+    ]
+    stored.append((4, "succeeded", 1, 1, 0, 0, 2, None, _fp("fp4")))  # no job recorded: an earlier run's
+    warehouse.execute(f"INSERT INTO {table} VALUES ({', '.join([ph] * 9)})", stored, many=True)
+    destination = ReuseDestination(warehouse.conn_id, table, destination_key_column="key")
+    with ReuseCheck(destination, exclude_jobs=["batches/own", "batches/other"]) as check:
+        _, sent_keys, _ = check.filter(*_batch(range(5), [_fp(f"fp{i}") for i in range(5)]))
+    assert [int(orjson.loads(k)) for k in sent_keys] == [0, 1] and check.reused == 3

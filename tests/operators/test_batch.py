@@ -56,7 +56,7 @@ def test_a_second_round_answers_the_rows_that_failed_with_503(
     assert [j["display_name"].split("-")[2] for j in sorted(jobs, key=lambda j: j["create_time"])][1] == "a2"
 
     summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
-    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0, "reused": 0}
     assert summary["request_count"] == N and summary["reconciled"] and summary["status"] == "ok"
     first, second = summary["rounds"]
     assert first["request_count"] == N and first["counts"]["failed"] == len(doomed)
@@ -134,5 +134,13 @@ def test_arguments_are_checked_when_the_dag_is_built(sqlite_warehouse, tmp_path)
         GeminiBatchOperator(destination_table="t", max_row_retries=-1, **common)
     with pytest.raises(ValueError, match="exactly one"):
         GeminiBatchOperator(destination_table="t", sql="SELECT 1", **common)
+    with pytest.raises(GeminiBatchInputError, match="give key_column, not destination_key_column"):
+        GeminiBatchOperator(destination_table="t", destination_key_column="k", **common)
+    with pytest.raises(GeminiBatchInputError, match="incremental=True needs a table destination"):
+        GeminiBatchOperator(
+            destination_path=str(tmp_path), max_row_retries=0, incremental=True, task_id="i", requests=["a"]
+        )
+    incremental = GeminiBatchOperator(destination_table="t", key_column="sku", incremental=True, **common)
+    assert incremental.destination_key_column == "sku"  # the lookup keys the destination like the load
     op = GeminiBatchOperator(destination_path=str(tmp_path), max_row_retries=0, task_id="p", requests=["a"])
     assert op.key_column == "id" and "sql" in op.template_fields and "destination_table" in op.template_fields

@@ -66,7 +66,7 @@ def test_R57_five_percent_503_are_answered_by_a_second_round_and_a_clear_pays_no
     assert first["resent"] == len(DOOMED) == second["request_count"] == sum(second["counts"].values())
     assert second["counts"]["succeeded"] == len(DOOMED) and second["resent"] == 0
     # In total: every key settled once, in the round that answered it.
-    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0}
+    assert summary["counts"] == {"succeeded": N, "failed": 0, "invalid_output": 0, "missing": 0, "reused": 0}
     assert (
         summary["request_count"] == N and summary["reconciled"] and summary["rows_loaded"] == N + len(DOOMED)
     )
@@ -93,6 +93,9 @@ def test_R58_retries_run_out_the_rows_end_failed_and_the_task_fails_after_loadin
     }
     assert emulator.control.request_counts() == {str(k): 3 if k in DOOMED else 1 for k in range(N)}
     assert emulator.control.calls()["batches.create"] == 3
+    # The errors table lists exactly those keys, with their attempts too.
+    errors = wh.query(f"SELECT id, outcome, attempts, error_code FROM {dst}_errors ORDER BY id")
+    assert errors == [(k, "failed", 3, 503) for k in DOOMED]
     summary = xcom_of(run, "batch", RESULTS_SUMMARY_XCOM_KEY)
     assert [r["request_count"] for r in summary["rounds"]] == [N, len(DOOMED), len(DOOMED)]
     assert summary["rounds"][-1]["exhausted"] == len(DOOMED) and summary["rounds"][-1]["resent"] == 0
@@ -101,6 +104,7 @@ def test_R58_retries_run_out_the_rows_end_failed_and_the_task_fails_after_loadin
         "failed": len(DOOMED),
         "invalid_output": 0,
         "missing": 0,
+        "reused": 0,
     }
     assert summary["status"] == "too_many_failures" and summary["reconciled"]
     assert f"GeminiBatchResultsError: {len(DOOMED)} of {N} keys did not succeed" in all_logs.text
@@ -145,3 +149,65 @@ def test_R57_a_rerun_with_the_task_state_lost_finds_both_rounds_by_name(
     assert emulator.control.calls()["batches.create"] == 2
     assert emulator.control.request_counts() == {str(k): 2 if k in DOOMED else 1 for k in range(N)}
     assert _rows(wh, dst) == {k: ("succeeded", 2 if k in DOOMED else 1, None) for k in range(N)}
+
+
+def test_R79_incremental_runs_skip_answered_rows_in_round_1_and_resend_only_the_remainder(
+    sqlite_warehouse, gemini_conn, emulator, run_dag, tmp_path
+):
+    """``GeminiBatchOperator(incremental=True)`` over 20 rows: run 1 answers 4 of them in round 2 (503 in
+    round 1); a clear of run 1 pays nothing; run 2 over the unchanged rows sends nothing; after 3 prompts
+    change, run 3 sends exactly those 3."""
+    wh = sqlite_warehouse
+    src, dst = wh.table("src"), wh.table("dst")
+    n = 20
+    wh.create_prompts_table(src, n)
+    doomed = [k for k in range(n) if fails_by_fraction(k, 0.2)]
+    assert 2 <= len(doomed) <= 8
+    emulator.control.set_job_behaviour(fail_fraction=0.2, fail_status=503, count=1)
+    emulator.control.hold_state("PENDING", reads=1)
+    dag = batch_dag(wh, src, dst, tmp_path / "staging", incremental=True)
+
+    def day(d: int) -> datetime.datetime:
+        return datetime.datetime(2026, 2, d, tzinfo=datetime.timezone.utc)
+
+    first = run_dag(dag, logical_date=day(1))
+    assert first.state == "success", ti_states(first)
+    assert emulator.control.calls()["batches.create"] == 2
+    summary = xcom_of(first, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert summary["counts"]["succeeded"] == n and summary["reused"] == 0 and summary["reconciled"]
+
+    # A clear of run 1: its own jobs' answers are not "reused" by it, so round 1 builds the same shards,
+    # re-attaches both rounds and pays nothing (and loads the same rows again).
+    assert rerun_task(dag, first, "batch") == "success"
+    assert emulator.control.calls()["batches.create"] == 2
+    stored = {r[0]: r[1:] for r in wh.query(f"SELECT id, outcome, attempts, loaded_at, job_name FROM {dst}")}
+    assert {k: v[:2] for k, v in stored.items()} == {
+        k: ("succeeded", 2 if k in doomed else 1) for k in range(n)
+    }
+
+    second = run_dag(dag, logical_date=day(2))
+    assert second.state == "success", ti_states(second)
+    calls = emulator.control.calls()
+    assert calls["batches.create"] == 2 and calls.get("files.upload_start", 0) == 2  # nothing new sent
+    summary = xcom_of(second, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert summary["counts"] == {"succeeded": 0, "failed": 0, "invalid_output": 0, "missing": 0, "reused": n}
+    assert summary["reused"] == n and summary["request_count"] == n and summary["reconciled"]
+    assert len(summary["rounds"]) == 1 and summary["rounds"][0]["request_count"] == 0
+    assert summary["status"] == "ok"
+    assert {
+        r[0]: r[1:] for r in wh.query(f"SELECT id, outcome, attempts, loaded_at, job_name FROM {dst}")
+    } == (stored)  # reused rows stay as they are
+
+    changed = [k for k in range(n) if k not in doomed][:3]
+    wh.execute(f"UPDATE {src} SET name = name || ' v2' WHERE id IN ({', '.join(map(str, changed))})")
+    third = run_dag(dag, logical_date=day(3))
+    assert third.state == "success", ti_states(third)
+    assert emulator.control.calls()["batches.create"] == 3
+    newest = max(emulator.control.jobs(), key=lambda j: j["create_time"])
+    assert newest["request_count"] == 3
+    assert emulator.control.request_counts() == {
+        str(k): 2 if k in doomed or k in changed else 1 for k in range(n)
+    }
+    summary = xcom_of(third, "batch", RESULTS_SUMMARY_XCOM_KEY)
+    assert summary["counts"]["succeeded"] == 3 and summary["counts"]["reused"] == n - 3
+    assert summary["request_count"] == n and summary["reconciled"]

@@ -260,12 +260,15 @@ def test_attempts_is_the_loads_constant_and_an_upsert_replaces_it(warehouse):
     load(table_sink(warehouse.conn_id, table, key_column_type="INTEGER", attempts=2), [ok(2), bad(3)])
     rows = warehouse.query(f'SELECT "key", outcome, attempts FROM {table} ORDER BY "key"')
     assert rows == [(1, SUCCEEDED, 1), (2, SUCCEEDED, 2), (3, FAILED, 2)]
+    # The errors table says the same: key 3 failed after 2 attempts; key 2 succeeded and left it.
+    errors = warehouse.query(f'SELECT "key", outcome, attempts FROM {table}_errors ORDER BY "key"')
+    assert errors == [(3, FAILED, 2)]
 
 
 def _legacy_table(warehouse, table: str) -> None:
     """A destination made before the attempts column existed: the layout of that time, one row in it."""
     legacy = TableLayout(table=table, dialect=warehouse_dialect(warehouse), key_column_type="INTEGER")
-    legacy.attempts_column = False
+    legacy.attempts_column = legacy.errors_attempts_column = False
     warehouse.execute(legacy.create_sql())
     warehouse.execute(legacy.create_sql(errors=True))
     warehouse.execute(f"INSERT INTO {table} (\"key\", outcome, text) VALUES (9, 'succeeded', 'old')")
@@ -282,6 +285,7 @@ def test_a_table_made_before_attempts_gets_the_column(warehouse):
     load(table_sink(warehouse.conn_id, table, key_column_type="INTEGER"), [ok(1), bad(2)])
     rows = warehouse.query(f'SELECT "key", outcome, text, attempts FROM {table} ORDER BY "key"')
     assert rows == [(1, SUCCEEDED, "t", 1), (2, FAILED, None, 1), (9, SUCCEEDED, "old", None)]
+    assert warehouse.query(f'SELECT "key", attempts FROM {table}_errors') == [(2, 1)]  # its errors table too
 
 
 def test_a_user_managed_table_without_attempts_keeps_loading(warehouse):
@@ -294,6 +298,9 @@ def test_a_user_managed_table_without_attempts_keeps_loading(warehouse):
     assert sorted(columns) == [FAILED, SUCCEEDED, SUCCEEDED]
     with pytest.raises(Exception, match="attempts"):
         warehouse.query(f"SELECT attempts FROM {table}")
+    assert warehouse.query(f'SELECT "key", outcome FROM {table}_errors') == [(2, FAILED)]
+    with pytest.raises(Exception, match="attempts"):
+        warehouse.query(f"SELECT attempts FROM {table}_errors")
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
