@@ -121,8 +121,12 @@ def keys_floor(remote: str, local: str) -> Any:
 
 
 def main() -> None:
-    from tests.e2e.deployment import stop_process
-    from tests.gcp_emulators import connection_extras, emulator_env, start_storage_emulator
+    from airflow_gemini_batch.emulator.gcp_processes import (
+        connection_extras,
+        emulator_env,
+        start_storage_emulator,
+        stop_process,
+    )
 
     rows = int(os.environ.get("BENCH_ROWS", "200000"))
     repeats = int(os.environ.get("BENCH_REPEATS", "2"))

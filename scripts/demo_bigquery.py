@@ -1,10 +1,10 @@
 """``make demo-bigquery``: the BigQuery example DAG (``dags/example_bigquery.py``) end to end, offline.
 
 Starts the Gemini Batch emulator, the BigQuery emulator and the GCS emulator (from the tool environment
-``.venv-gcp-emulators``, as the tests do), points ``google_cloud_default`` at them (anonymous), stages the run
-on ``gs://test-bucket/gemini-batch`` when the GCS staging path works, runs ``gemini_batch_bigquery_reviews``
-with ``airflow dags test`` and prints what landed in ``gemini_batch_demo.review_answers``. The default
-``make demo`` stays on SQLite.
+``.venv-gcp-emulators``, through ``airflow_gemini_batch.emulator.gcp_processes``, as the tests do), points
+``google_cloud_default`` at them (anonymous), stages the run on ``gs://test-bucket/gemini-batch`` when the GCS
+staging path works, runs ``gemini_batch_bigquery_reviews`` with ``airflow dags test`` and prints what landed in
+``gemini_batch_demo.review_answers``. The default ``make demo`` stays on SQLite.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ sys.path.insert(0, str(REPO))
 
 import demo  # noqa: E402 - scripts/demo.py, beside this file
 
-from tests.e2e.deployment import stop_process  # noqa: E402
-from tests.gcp_emulators import (  # noqa: E402
+from airflow_gemini_batch.emulator.gcp_processes import (  # noqa: E402
     BUCKET,
     GCP_CONN_ID,
     PROJECT,
@@ -28,6 +27,7 @@ from tests.gcp_emulators import (  # noqa: E402
     emulator_env,
     start_bigquery_emulator,
     start_storage_emulator,
+    stop_process,
 )
 
 DAG_ID = "gemini_batch_bigquery_reviews"

@@ -1,19 +1,17 @@
-"""The Google Cloud emulators as processes, and the pytest fixtures that start them (a plugin of tests/conftest.py).
+"""The pytest fixtures that start the Google Cloud emulators (a plugin of tests/conftest.py).
 
-Real wire protocols, offline: ``bqemulator`` (DuckDB behind the BigQuery REST and Storage Read gRPC APIs) and
-``gcp-storage-emulator`` (the GCS JSON API), installed into a TOOL environment of their own
-(``.venv-gcp-emulators``, from ``requirements/gcp-emulators.lock``; ``make test`` builds it), never into the
-product's environment. Each emulator is started once per session on free ports, waited for by polling its
-health endpoint (bounded), and stopped by PID at the end (also at exit or on SIGTERM: tests/e2e/deployment.py).
+The processes themselves (tool environment, free ports, health wait, stop) are
+``airflow_gemini_batch.emulator.gcp_processes``, shared with ``make demo-bigquery`` and the benchmarks. Each
+emulator is started once per session and registered with the tests' process bookkeeping as soon as it exists
+(tests/e2e/deployment.py: stopped by PID at the end, also at exit or on SIGTERM).
 
 Policy, like PostgreSQL's: in CI (``GEMINI_BATCH_REQUIRE_GCP=1``, set by ``.ci/run``) an emulator that cannot
 run FAILS the tests that need it; elsewhere they are skipped and the session ends with a line saying so.
 
-Per test, :func:`gcp_conn` sets the variables the clients read (``BIGQUERY_EMULATOR_HOST`` for
-google-cloud-bigquery, ``BIGQUERY_STORAGE_EMULATOR_HOST`` for the product's Storage Read client,
-``STORAGE_EMULATOR_HOST`` for google-cloud-storage, ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` so gcsfs does
-not first retry a TLS gRPC bucket-type probe for 60 s) and the ``google_cloud_default`` connection (type
-``google_cloud_platform``, anonymous, project ``test-project``, ``gcs.endpoint`` for ObjectStoragePath).
+Per test, :func:`gcp_conn` sets the variables the clients read (``emulator_env``: ``BIGQUERY_EMULATOR_HOST``,
+``BIGQUERY_STORAGE_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``, ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``) and
+the ``google_cloud_default`` connection (type ``google_cloud_platform``, anonymous, project ``test-project``,
+``gcs.endpoint`` for ObjectStoragePath).
 """
 
 from __future__ import annotations
@@ -23,113 +21,30 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.deployment import free_port, poll, spawn, stop_process
+from airflow_gemini_batch.emulator.gcp_processes import (
+    BUCKET,
+    GCP_CONN_ID,
+    PROJECT,
+    BigQueryEmulator,
+    EmulatorUnavailable,
+    StorageEmulator,
+    connection_extras,
+    emulator_env,
+    start_bigquery_emulator,
+    start_storage_emulator,
+)
+from tests.e2e.deployment import register, stop_process
 
-REPO = Path(__file__).resolve().parent.parent
-TOOL_VENV = REPO / ".venv-gcp-emulators"
-PROJECT = "test-project"
-BUCKET = "test-bucket"
-GCP_CONN_ID = "google_cloud_default"
+__all__ = ["BUCKET", "GCP_CONN_ID", "PROJECT", "bq_read_client", "connection_extras", "emulator_env"]
+
 REQUIRE_GCP = os.environ.get("GEMINI_BATCH_REQUIRE_GCP") == "1"
-#: bqemulator answers /healthz after ~5-6 s on an idle machine; generous for two busy cores.
-START_TIMEOUT = 120.0
 
 _gcp_skips: list[str] = []
-
-
-class EmulatorUnavailable(RuntimeError):
-    """The tool environment is missing or an emulator did not come up; the message says which and why."""
-
-
-@dataclass
-class BigQueryEmulator:
-    rest_url: str  # http://127.0.0.1:P (BIGQUERY_EMULATOR_HOST wants the scheme)
-    grpc_target: str  # 127.0.0.1:G (the Storage Read API)
-    project: str = PROJECT
-
-
-@dataclass
-class StorageEmulator:
-    base_url: str  # http://127.0.0.1:P
-    data_dir: Path
-    bucket: str = BUCKET
-
-
-def _tool(name: str) -> Path:
-    path = TOOL_VENV / "bin" / name
-    if not path.exists():
-        raise EmulatorUnavailable(
-            f"{path.relative_to(REPO)} is missing: the GCP emulators' tool environment is not built "
-            "(`make test` builds it from requirements/gcp-emulators.lock; bqemulator needs Python 3.11+)"
-        )
-    return path
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _wait_healthy(what: str, url: str, proc: Any, log: Path) -> None:
-    def probe() -> bool:
-        if proc.poll() is not None:
-            raise EmulatorUnavailable(f"{what} exited with {proc.returncode}:\n{_log_tail(log)}")
-        return httpx.get(url, timeout=2.0).status_code < 500
-
-    try:
-        poll(f"{what} at {url}", probe, timeout=START_TIMEOUT, interval=0.2)
-    except EmulatorUnavailable:
-        raise
-    except AssertionError as e:
-        raise EmulatorUnavailable(f"{what} did not answer {url}: {e}\n{_log_tail(log)}") from e
-
-
-def start_bigquery_emulator(
-    workdir: Path, gcs_local_root: Path | None = None
-) -> tuple[Any, BigQueryEmulator]:
-    """``bqemulator start`` on free ports with the HOME the tool environment's setup INSTALLed DuckDB's
-    spatial/avro extensions into (offline it would otherwise try to download them and exit)."""
-    exe = _tool("bqemulator")
-    rest, grpc = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIGQUERY_", "STORAGE_EMULATOR"))}
-    env["HOME"] = str(TOOL_VENV / "home")
-    if gcs_local_root is not None:
-        env["BQEMU_GCS_LOCAL_ROOT"] = str(gcs_local_root)
-    argv = [str(exe), "start", "--rest-port", str(rest), "--grpc-port", str(grpc), "--project", PROJECT]
-    log = workdir / "bqemulator.log"
-    proc = spawn([*argv, "--log-level", "warning"], log, env, workdir)
-    try:
-        _wait_healthy("bqemulator", f"http://127.0.0.1:{rest}/healthz", proc, log)
-    except BaseException:
-        stop_process(proc, grace=5.0)
-        raise
-    return proc, BigQueryEmulator(f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc}")
-
-
-def start_storage_emulator(workdir: Path) -> tuple[Any, StorageEmulator]:
-    """``gcp-storage-emulator`` on disk (so BigQuery load jobs could read its objects) with ``test-bucket``."""
-    exe = _tool("gcp-storage-emulator")
-    port = free_port()
-    data = workdir / "gcs-data"
-    data.mkdir(parents=True, exist_ok=True)
-    argv = [str(exe), "-d", str(data), "start", "--host", "127.0.0.1", "--port", str(port)]
-    log = workdir / "gcs-emulator.log"
-    proc = spawn([*argv, "--default-bucket", BUCKET, "-q"], log, dict(os.environ), workdir)
-    try:
-        _wait_healthy("gcp-storage-emulator", f"http://127.0.0.1:{port}/storage/v1/b", proc, log)
-    except BaseException:
-        stop_process(proc, grace=5.0)
-        raise
-    return proc, StorageEmulator(f"http://127.0.0.1:{port}", data)
 
 
 def _unavailable(reason: str) -> None:
@@ -147,7 +62,7 @@ def gcp_workdir() -> Path:
 @pytest.fixture(scope="session")
 def storage_emulator(gcp_workdir: Path) -> Iterator[StorageEmulator]:
     try:
-        proc, emulator = start_storage_emulator(gcp_workdir)
+        proc, emulator = start_storage_emulator(gcp_workdir, on_start=register)
     except EmulatorUnavailable as e:
         _unavailable(str(e))
     try:
@@ -159,36 +74,15 @@ def storage_emulator(gcp_workdir: Path) -> Iterator[StorageEmulator]:
 @pytest.fixture(scope="session")
 def bigquery_emulator(gcp_workdir: Path) -> Iterator[BigQueryEmulator]:
     try:
-        proc, emulator = start_bigquery_emulator(gcp_workdir, gcp_workdir / "gcs-data" / ".cloudstorage")
+        proc, emulator = start_bigquery_emulator(
+            gcp_workdir, gcp_workdir / "gcs-data" / ".cloudstorage", on_start=register
+        )
     except EmulatorUnavailable as e:
         _unavailable(str(e))
     try:
         yield emulator
     finally:
         stop_process(proc, grace=10.0)
-
-
-def connection_extras(storage: StorageEmulator | None) -> dict[str, Any]:
-    extras: dict[str, Any] = {
-        "project": PROJECT,
-        "is_anonymous": True,
-        "use_legacy_sql": False,
-        "location": "US",
-    }
-    if storage is not None:
-        extras["gcs.endpoint"] = storage.base_url
-    return extras
-
-
-def emulator_env(bigquery: BigQueryEmulator | None, storage: StorageEmulator | None) -> dict[str, str]:
-    """The environment variables the official clients (and the product's Storage Read seam) read."""
-    env = {"GOOGLE_CLOUD_PROJECT": PROJECT, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    if bigquery is not None:
-        env["BIGQUERY_EMULATOR_HOST"] = bigquery.rest_url
-        env["BIGQUERY_STORAGE_EMULATOR_HOST"] = bigquery.grpc_target
-    if storage is not None:
-        env["STORAGE_EMULATOR_HOST"] = storage.base_url
-    return env
 
 
 def _set_gcp_conn(monkeypatch: pytest.MonkeyPatch, bigquery: Any, storage: Any) -> str:
