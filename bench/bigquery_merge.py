@@ -158,8 +158,12 @@ def seed_destination(table: str, rows: int) -> None:
 
 
 def main() -> None:
-    from tests.e2e.deployment import stop_process
-    from tests.gcp_emulators import connection_extras, emulator_env, start_bigquery_emulator
+    from airflow_gemini_batch.emulator.gcp_processes import (
+        connection_extras,
+        emulator_env,
+        start_bigquery_emulator,
+        stop_process,
+    )
 
     full = int(os.environ.get("BENCH_ROWS", "1000000"))
     small = min(100_000, full)

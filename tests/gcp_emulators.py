@@ -40,7 +40,16 @@ from airflow_gemini_batch.emulator.gcp_processes import (
 )
 from tests.e2e.deployment import register, stop_process
 
-__all__ = ["BUCKET", "GCP_CONN_ID", "PROJECT", "bq_read_client", "connection_extras", "emulator_env"]
+__all__ = [
+    "BUCKET",
+    "GCP_CONN_ID",
+    "PROJECT",
+    "BigQueryEmulator",
+    "StorageEmulator",
+    "bq_read_client",
+    "connection_extras",
+    "emulator_env",
+]
 
 REQUIRE_GCP = os.environ.get("GEMINI_BATCH_REQUIRE_GCP") == "1"
 
