@@ -285,7 +285,22 @@ UI_TIMEOUT_SECONDS = 10.0
 
 
 def _default_hook(conn_id: str) -> GeminiBatchHook:
+    from airflow_gemini_batch.hooks.backend import is_vertex_connection
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
+    from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
+
+    if is_vertex_connection(conn_id):
+
+        class _PageVertexHook(GeminiVertexBatchHook):
+            """The Vertex AI hook with the page's bounded timeout."""
+
+            def vertex_kwargs(self) -> dict[str, Any]:
+                kwargs = super().vertex_kwargs()
+                if kwargs["http_options"].timeout is None:
+                    kwargs["http_options"].timeout = int(UI_TIMEOUT_SECONDS * 1000)
+                return kwargs
+
+        return _PageVertexHook(conn_id, retry_attempts=2)
 
     class _PageHook(GeminiBatchHook):
         """The workers' hook with a bounded timeout: a page must answer even when the API hangs."""

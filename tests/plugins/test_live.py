@@ -58,3 +58,23 @@ def test_a_cancel_does_not_wait_for_a_slow_refresh_nor_see_its_older_read(
     after = live.lookup([(gemini_conn, name)])
     assert live.calls == 2  # the read from before the cancel was not kept
     assert after[name].status["state"] == "SUCCEEDED" and not after[name].deferred
+
+
+def test_the_page_reads_vertex_jobs_through_the_vertex_hook(
+    vertex_conn, vertex_emulator, bq_client, bq_dataset
+):
+    """A google_cloud_platform connection (Vertex AI) gets the Vertex hook, with the page's bounded timeout."""
+    from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
+    from airflow_gemini_batch.plugins.live import UI_TIMEOUT_SECONDS, _default_hook
+
+    hook = _default_hook(vertex_conn)
+    assert isinstance(hook, GeminiVertexBatchHook)
+    assert hook.vertex_kwargs()["http_options"].timeout == int(UI_TIMEOUT_SECONDS * 1000)
+    table = f"{bq_client.project}.{bq_dataset}.requests"
+    bq_client.query(
+        f"CREATE TABLE `{table}` AS SELECT 1 AS id, "
+        """'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}' AS request"""
+    ).result()
+    job = hook.create_job(model="gemini-2.5-flash", display_name="agb-page", src=f"bq://{table}", dest=None)
+    state = LiveStates().lookup([(vertex_conn, job.name)])[job.name]
+    assert state.error is None and state.status is not None and state.status["name"] == job.name
