@@ -30,11 +30,23 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow.sdk import conf
 
 from airflow_gemini_batch.exceptions import GeminiBatchStagingError
-from airflow_gemini_batch.storage import copy_file, file_uri, is_file, local_path, make_dirs, open_binary
+from airflow_gemini_batch.storage import (
+    copy_file,
+    file_uri,
+    is_file,
+    local_path,
+    make_dirs,
+    open_binary,
+    uri_of,
+)
+
+if TYPE_CHECKING:
+    from airflow_gemini_batch.storage import AnyPath
 
 SHARD_FILE = "shard-{index:05d}.jsonl"
 KEYS_FILE = "keys-{index:05d}.jsonl"
@@ -48,11 +60,12 @@ CREATE_MARKER_FILE = "creates-{identity_hash}"
 LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
 
 
-def staging_uri(staging_path: str | None, identity_hash: str) -> str:
-    """The operator's ``staging_path``, else ``[gemini_batch] staging_path`` (with the task's identity hash
-    appended, so task instances never share files), else the machine-local default."""
+def staging_uri(staging_path: AnyPath | None, identity_hash: str) -> str:
+    """The operator's ``staging_path`` (an ``ObjectStoragePath`` as its URI with its connection: the form the
+    manifest carries), else ``[gemini_batch] staging_path`` (with the task's identity hash appended, so task
+    instances never share files), else the machine-local default."""
     if staging_path:
-        return staging_path
+        return uri_of(staging_path)
     configured = conf.get("gemini_batch", "staging_path", fallback="") or ""
     if configured.strip():
         return f"{configured.strip().rstrip('/')}/{identity_hash}"
