@@ -155,8 +155,12 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
             raise GeminiBatchInputError(f"max_row_retries must be an integer >= 0, not {max_row_retries!r}")
         if max_row_retries and load.destination_path is not None:
             raise GeminiBatchInputError(
-                "Row-retry rounds need a table destination (a round upserts the rows it resent); with "
-                "destination_path use max_row_retries=0, or load into destination_table."
+                f"GeminiBatchOperator with destination_path={load.destination_path!r} and "
+                f"max_row_retries={max_row_retries}: row-retry rounds need a table destination. Each load "
+                "rewrites an object-store folder whole (one file set, one row per key), so a retry round's "
+                "load would replace round 1's file with only the rows it resent; a table takes the resent "
+                "rows as an upsert on the key. Fix: set max_row_retries=0 (one round, like the three "
+                "operators), or load into a table (destination_conn_id + destination_table)."
             )
         for name in SubmitSettings.names():
             setattr(self, name, getattr(submit, name))

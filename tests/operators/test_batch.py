@@ -128,7 +128,9 @@ def test_a_rerun_re_attaches_every_round_and_pays_nothing(
 
 def test_arguments_are_checked_when_the_dag_is_built(sqlite_warehouse, tmp_path):
     common = {"task_id": "b", "requests": ["a"], "destination_conn_id": sqlite_warehouse.conn_id}
-    with pytest.raises(GeminiBatchInputError, match="max_row_retries=0"):
+    with pytest.raises(
+        GeminiBatchInputError, match=r"rewrites an object-store folder whole.*max_row_retries=0"
+    ):
         GeminiBatchOperator(destination_path=str(tmp_path), **{**common, "destination_conn_id": None})
     with pytest.raises(GeminiBatchInputError, match="max_row_retries"):
         GeminiBatchOperator(destination_table="t", max_row_retries=-1, **common)
