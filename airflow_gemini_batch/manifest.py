@@ -75,6 +75,8 @@ class Manifest(TypedDict, total=False):
     reused_cost_usd: float | None  # what re-sending them would have cost (batch price; None: model unpriced)
     #: Vertex AI BigQuery runs: backend, bigquery_conn_id, request_table, prediction_table, key_column
     vertex: dict[str, Any]
+    #: Vertex AI gs:// runs (vertex.gcs_run): row_label, the request label holding a line's shard index
+    vertex_gcs: dict[str, Any]
 
 
 def job_names(manifest: Manifest | dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from airflow_gemini_batch.lineage import LoadLineage, destination_alias_name, de
 from airflow_gemini_batch.links import GeminiBatchJobLink
 from airflow_gemini_batch.manifest import RESULTS_SUMMARY_XCOM_KEY
 from airflow_gemini_batch.results.load_run import LoadRun, LoadSettings
+from airflow_gemini_batch.vertex.gcs_predictions import VertexGcsLoadRun
 from airflow_gemini_batch.vertex.predictions_load import VertexLoadRun
 
 if TYPE_CHECKING:
@@ -112,8 +113,13 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         # A Vertex AI BigQuery run is loaded in BigQuery (one MERGE from its prediction table), not downloaded.
+        vertex = self.manifest if isinstance(self.manifest, dict) else {}
         load_run = (
-            VertexLoadRun if isinstance(self.manifest, dict) and self.manifest.get("vertex") else LoadRun
+            VertexLoadRun
+            if vertex.get("vertex")
+            else VertexGcsLoadRun
+            if vertex.get("vertex_gcs")
+            else LoadRun
         )
         run = load_run(self.manifest, LoadSettings.of(self), self.log, gemini_conn_id=self.gemini_conn_id)
         summary = self._summary = run.execute()

@@ -28,7 +28,8 @@ from airflow_gemini_batch.submit.admission import (
 )
 from airflow_gemini_batch.submit.run import SubmitRun, SubmitSettings
 from airflow_gemini_batch.triggers.admission import GeminiBatchAdmissionTrigger
-from airflow_gemini_batch.vertex.submit_run import VertexBigQueryRun
+from airflow_gemini_batch.vertex.gcs_run import VertexGcsRun
+from airflow_gemini_batch.vertex.submit_run import VertexBigQueryRun, is_bigquery_source
 from airflow_gemini_batch.wait.verdict import DEFAULT_TIMEOUT_SECONDS, DEFER_TIMEOUT_SLACK_SECONDS, WaitPolicy
 from airflow_gemini_batch.wait.waiter import JobWaiter
 
@@ -231,12 +232,15 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         return self._admit(context, AdmissionState.from_event(event))
 
     def _admit(self, context: Context, admission: AdmissionState | None) -> Manifest:
-        if isinstance(
-            self.hook, GeminiVertexBatchHook
-        ):  # Vertex AI: bq:// in, bq:// out, no admission rounds
-            self._vertex_run = VertexBigQueryRun(self.hook, SubmitSettings.of(self), self.log)
+        settings = SubmitSettings.of(self)
+        if isinstance(self.hook, GeminiVertexBatchHook) and is_bigquery_source(settings):
+            # Vertex AI with a BigQuery source: bq:// in, bq:// out, no admission rounds
+            self._vertex_run = VertexBigQueryRun(self.hook, settings, self.log)
             return self._submitted(context, self._vertex_run.execute(context))
-        self._run = SubmitRun(self.hook, SubmitSettings.of(self), self.log)
+        if isinstance(self.hook, GeminiVertexBatchHook):  # any other source: gs:// shards in, gs:// out
+            self._run = VertexGcsRun(self.hook, settings, self.log)
+        else:
+            self._run = SubmitRun(self.hook, settings, self.log)
         outcome = self._run.admit(context, admission)
         while isinstance(outcome, AdmissionPending):
             if self.deferrable:

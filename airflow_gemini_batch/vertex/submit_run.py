@@ -48,6 +48,12 @@ DEFAULT_VERTEX_DATASET = "gemini_batch_vertex"
 BAD_STATES = frozenset({FAILED, EXPIRED, CANCELLED})
 
 
+def is_bigquery_source(settings: SubmitSettings) -> bool:
+    """A BigQuery table or query (``sql`` / ``source_table`` on a ``google_cloud_platform`` connection): this
+    path; any other source goes through Cloud Storage (:mod:`~airflow_gemini_batch.vertex.gcs_run`)."""
+    return bool(settings.sql or settings.source_table) and is_bigquery_connection(settings.source_conn_id)
+
+
 def refuse_unsupported(settings: SubmitSettings) -> None:
     """What the Vertex AI BigQuery path does not do, refused before any call, with the alternative."""
     s = settings
@@ -64,7 +70,7 @@ def refuse_unsupported(settings: SubmitSettings) -> None:
         )
     if s.incremental:
         problems.append("incremental runs are not built for the Vertex AI path yet")
-    if not (s.sql or s.source_table) or not is_bigquery_connection(s.source_conn_id):
+    if not is_bigquery_source(s):
         problems.append(
             "the source must be a BigQuery table or query (sql / source_table on a google_cloud_platform "
             "source_conn_id); other sources need the gs:// path"

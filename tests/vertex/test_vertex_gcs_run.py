@@ -1,0 +1,78 @@
+"""A SQLite source with the Vertex AI backend: shards written to a gs:// staging path, one batch prediction
+job per shard reading it, predictions.jsonl read back from each job's output directory and loaded into a
+SQLite table, in a real ``dag.test()`` against the emulator over the GCS emulator."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+
+from airflow_gemini_batch.vertex.gcs_predictions import convert_predictions, status_error
+from airflow_gemini_batch.vertex.gcs_run import ROW_LABEL
+from tests.reliability.helpers import outcome_counts, rows, ti_states
+from tests.vertex.vertex_gcs_env import gcs_pipeline, set_vertex_conn, vertex_gcs_server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_gemini_batch.emulator import EmulatorServer
+    from tests.gcp_emulators import StorageEmulator
+
+
+@pytest.fixture(scope="module")
+def vertex_server_gcs(
+    tmp_path_factory: pytest.TempPathFactory, storage_emulator: StorageEmulator
+) -> Iterator[EmulatorServer]:
+    with vertex_gcs_server(tmp_path_factory.mktemp("vertex-gcs"), storage_emulator) as server:
+        yield server
+
+
+@pytest.fixture
+def vemu(vertex_server_gcs, storage_emulator, gcs_conn, monkeypatch) -> EmulatorServer:
+    vertex_server_gcs.control.reset()
+    set_vertex_conn(monkeypatch, vertex_server_gcs, storage_emulator)
+    return vertex_server_gcs
+
+
+def test_three_shards_on_gcs_give_one_row_per_key(vemu, gcs_conn, sqlite_warehouse, run_dag):
+    wh = sqlite_warehouse
+    src, dst = wh.table("src"), wh.table("dst")
+    wh.create_prompts_table(src, 10)
+    run = run_dag(gcs_pipeline(wh, gcs_conn, src, dst, max_requests_per_job=4))
+
+    assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
+    jobs = vemu.control.jobs()
+    assert len(jobs) == 3 and {j["state"] for j in jobs} == {"JOB_STATE_SUCCEEDED"}
+    assert vemu.control.calls().get("batchPredictionJobs.create") == 3
+    assert outcome_counts(wh, dst) == {"succeeded": 10}
+    got = rows(wh, dst)
+    assert sorted(got) == list(range(10)) and all(text for _, text, _ in got.values())
+
+
+def test_predictions_map_back_by_label_in_any_order_and_status_is_parsed(tmp_path):
+    keys = [b'"K-\xc3\xa9 long key ' + b"x" * 80 + b'"', b"17"]
+    answer = {"candidates": [{"content": {"parts": [{"text": "hi"}]}}]}
+    lines = [
+        {"request": {"labels": {ROW_LABEL: "1"}}, "response": answer, "status": ""},
+        {
+            "request": {"labels": {ROW_LABEL: "0"}},
+            "response": None,
+            "status": 'Internal Server Error: {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}}',
+        },
+        {"request": {"labels": {}}, "response": answer, "status": ""},
+    ]
+    source = tmp_path / "p.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    out = tmp_path / "r.jsonl"
+    with source.open("rb") as f, out.open("wb") as o:
+        assert convert_predictions(f, keys, o) == 3
+    got = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert got[0] == {"key": 17, "response": answer}
+    assert got[1] == {
+        "key": orjson.loads(keys[0]),
+        "error": {"code": 500, "message": "boom", "status": "INTERNAL"},
+    }
+    assert "key" not in got[2]  # no row label: no key (the load reports the line malformed, the key missing)
+    assert status_error("Bad Request: not json") == {"message": "Bad Request: not json"}
