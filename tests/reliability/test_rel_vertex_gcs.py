@@ -68,7 +68,8 @@ def test_R89_rows_vertex_failed_load_as_failed_with_its_error_every_key_once(
     wh.create_prompts_table(src, 8)
     # Line 1 of each shard fails with a 400 row error (Vertex writes it into the row's status text).
     vemu.control.set_job_behaviour("*", fail_keys=["1"], fail_status=400, key_column=ROW_LABEL)
-    run = run_dag(gcs_pipeline(wh, gcs_conn, src, dst, max_requests_per_job=4))
+    load = {"max_failed_fraction": 0.5}  # the failures are the point: the load loads them and succeeds
+    run = run_dag(gcs_pipeline(wh, gcs_conn, src, dst, load=load, max_requests_per_job=4))
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
 
     got = rows(wh, dst)

@@ -36,11 +36,13 @@ def vemu(vertex_server_gcs, storage_emulator, gcs_conn, monkeypatch) -> Emulator
     return vertex_server_gcs
 
 
-def test_three_shards_on_gcs_give_one_row_per_key(vemu, gcs_conn, sqlite_warehouse, run_dag):
+def test_three_shards_on_gcs_give_one_row_per_key(vemu, gcs_conn, sqlite_warehouse, register_dag):
     wh = sqlite_warehouse
     src, dst = wh.table("src"), wh.table("dst")
     wh.create_prompts_table(src, 10)
-    run = run_dag(gcs_pipeline(wh, gcs_conn, src, dst, max_requests_per_job=4))
+    dag = gcs_pipeline(wh, gcs_conn, src, dst, max_requests_per_job=4)
+    register_dag(dag)
+    run = dag.test()
 
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
     jobs = vemu.control.jobs()

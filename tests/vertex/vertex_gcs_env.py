@@ -31,7 +31,9 @@ def set_vertex_conn(monkeypatch: pytest.MonkeyPatch, server: EmulatorServer, sto
     return VERTEX_CONN_ID
 
 
-def gcs_pipeline(wh: Any, gcs_conn: str, src: str, dst: str, **submit: Any) -> Any:
+def gcs_pipeline(
+    wh: Any, gcs_conn: str, src: str, dst: str, load: dict[str, Any] | None = None, **submit: Any
+) -> Any:
     """submit (SQLite/PostgreSQL source, gs:// staging, the Vertex connection) → wait → load into ``dst``."""
     staging = f"gs://{gcs_conn}@{BUCKET}/vx-{uuid.uuid4().hex[:8]}/staging"
     return pipeline(
@@ -42,7 +44,7 @@ def gcs_pipeline(wh: Any, gcs_conn: str, src: str, dst: str, **submit: Any) -> A
         staging=staging,  # type: ignore[arg-type]
         submit={"gemini_conn_id": VERTEX_CONN_ID, "model": "gemini-2.5-flash", **submit},
         wait={"gemini_conn_id": VERTEX_CONN_ID},
-        load={"gemini_conn_id": VERTEX_CONN_ID},
+        load={"gemini_conn_id": VERTEX_CONN_ID, **(load or {})},
     )
 
 
