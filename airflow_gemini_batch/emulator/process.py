@@ -20,7 +20,7 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 def start_emulator_process(
-    log: Path, *args: str, timeout: float = 30.0
+    log: Path, *args: str, timeout: float = 120.0
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``python -m airflow_gemini_batch.emulator --port 0 *args``; return the process and its base URL.
 

@@ -41,9 +41,6 @@ import orjson
 from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import GoogleAPIError
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery
-from google.cloud.storage import Blob
-from google.cloud.storage import Client as StorageClient
 
 import airflow_gemini_batch.emulator.responder as responder
 from airflow_gemini_batch.emulator.common import CANONICAL_STATUS
@@ -54,6 +51,10 @@ from airflow_gemini_batch.emulator.vertex_jobs import VertexJob, parse_bq_uri
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from google.cloud import bigquery
+    from google.cloud.storage import Blob
+    from google.cloud.storage import Client as StorageClient
+
     from airflow_gemini_batch.emulator.engine import JobEngine
     from airflow_gemini_batch.emulator.jobs import Job
 
@@ -62,7 +63,17 @@ RESERVED = ("request", "response", "status", "processed_time")
 NOT_PASSED = ("RECORD", "STRUCT", "RANGE", "DATETIME", "GEOGRAPHY")
 #: BigQuery row errors that Vertex keeps per row rather than failing the job (key column values never).
 _ROW_CORRUPTIONS = ("drop_key", "duplicate_key")
-_RETRY = bigquery.DEFAULT_RETRY.with_deadline(30.0)
+
+
+def _retry() -> Any:
+    """google-cloud-bigquery's retry, capped at 30 s (a 500 would otherwise be retried for 10 minutes).
+
+    ``google.cloud.bigquery`` and ``google.cloud.storage`` are imported where used, not at module level: they
+    take seconds to import, and every emulator process (most never see a Vertex job) would pay that at start.
+    """
+    from google.cloud import bigquery
+
+    return bigquery.DEFAULT_RETRY.with_deadline(30.0)
 
 
 class VertexInputError(Exception):
@@ -117,6 +128,8 @@ class VertexWorker:
             raise VertexInputError(
                 "the emulator was started without a BigQuery endpoint (--bigquery-endpoint)"
             )
+        from google.cloud import bigquery
+
         return bigquery.Client(
             project=project,
             client_options=ClientOptions(api_endpoint=self.bigquery_endpoint),
@@ -126,6 +139,8 @@ class VertexWorker:
     def storage_client(self, project: str) -> StorageClient:
         if self.storage_endpoint is None:
             raise VertexInputError("the emulator was started without a GCS endpoint (--gcs-endpoint)")
+        from google.cloud.storage import Client as StorageClient
+
         return StorageClient(
             project=project,
             client_options=ClientOptions(api_endpoint=self.storage_endpoint),
@@ -195,7 +210,7 @@ class VertexWorker:
                 f"the input {job.input_uris[0]} must name a table (bq://project.dataset.table)"
             )
         client = self.bigquery_client(project)
-        source = client.get_table(f"{project}.{dataset}.{table}", retry=_RETRY)
+        source = client.get_table(f"{project}.{dataset}.{table}", retry=_retry())
         by_name = {f.name: f for f in source.schema}
         if "request" not in by_name:
             raise VertexInputError(
@@ -216,7 +231,7 @@ class VertexWorker:
         job.request_count = int(source.num_rows or 0)
 
         def rows() -> Iterator[tuple[Any, dict[str, Any] | None, str | None, dict[str, Any]]]:
-            for row in client.list_rows(source, page_size=1000, retry=_RETRY):
+            for row in client.list_rows(source, page_size=1000, retry=_retry()):
                 values = dict(row.items())
                 raw = values.get("request")
                 request, error = raw, None
@@ -236,6 +251,8 @@ class VertexWorker:
             self._rows(job, rows(), fh)
         if job.stop.is_set():
             return
+        from google.cloud import bigquery
+
         schema = [
             *passed,
             by_name["request"],
@@ -243,7 +260,7 @@ class VertexWorker:
             bigquery.SchemaField("status", "STRING"),
             bigquery.SchemaField("processed_time", "TIMESTAMP"),
         ]
-        out_client.create_dataset(f"{out_project}.{out_dataset}", exists_ok=True, retry=_RETRY)
+        out_client.create_dataset(f"{out_project}.{out_dataset}", exists_ok=True, retry=_retry())
         config = bigquery.LoadJobConfig(
             schema=schema, source_format="NEWLINE_DELIMITED_JSON", write_disposition="WRITE_EMPTY"
         )
@@ -253,7 +270,7 @@ class VertexWorker:
     @staticmethod
     def _exists(client: bigquery.Client, table: str) -> bool:
         try:
-            client.get_table(table, retry=_RETRY)
+            client.get_table(table, retry=_retry())
         except GoogleAPIError as exc:
             if getattr(exc, "code", None) == 404:
                 return False
