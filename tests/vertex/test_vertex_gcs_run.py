@@ -78,3 +78,20 @@ def test_predictions_map_back_by_label_in_any_order_and_status_is_parsed(tmp_pat
     }
     assert "key" not in got[2]  # no row label: no key (the load reports the line malformed, the key missing)
     assert status_error("Bad Request: not json") == {"message": "Bad Request: not json"}
+
+
+def test_a_staging_path_that_is_not_gcs_is_refused_before_any_call(vemu, sqlite_warehouse, tmp_path):
+    from airflow_gemini_batch.exceptions import GeminiBatchInputError
+    from tests.reliability.helpers import context, submit_op
+    from tests.vertex.vertex_gcs_env import VERTEX_CONN_ID
+
+    wh = sqlite_warehouse
+    src = wh.table("src")
+    wh.create_prompts_table(src, 3)
+    op = submit_op(
+        wh.conn_id, f"SELECT id, name, category FROM {src}", tmp_path, gemini_conn_id=VERTEX_CONN_ID
+    )
+    with pytest.raises(GeminiBatchInputError, match=r"staging_path='gs://"):
+        op.execute(context())
+    assert vemu.control.jobs() == []
+    assert not vemu.control.calls().get("batchPredictionJobs.create")
