@@ -31,6 +31,7 @@ from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
 from airflow_gemini_batch.storage import object_path, open_binary
 from airflow_gemini_batch.submit.run import SubmitRun
 from airflow_gemini_batch.submit.staging import staging_uri
+from airflow_gemini_batch.vertex.limits import refuse_on_vertex
 
 if TYPE_CHECKING:
     import logging
@@ -116,21 +117,13 @@ class GcsStagedVertexHook(GeminiVertexBatchHook):
 
 def refuse_unsupported(settings: SubmitSettings) -> None:
     """What the Vertex AI gs:// path does not do, refused before any call, with the fix."""
-    s = settings
     problems = []
-    if s.task == "embed":
-        problems.append("embeddings batches are Developer-API only (use a gemini_batch connection)")
-    if s.shared_context is not None or s.cached_content:
-        problems.append(
-            "context caches: on Vertex the cache discount replaces the batch discount (they do not stack)"
-        )
-    if not staging_uri(s.staging_path, "identity").startswith("gs://"):
+    if not staging_uri(settings.staging_path, "identity").startswith("gs://"):
         problems.append(
             "Vertex AI reads its input from Cloud Storage: set staging_path='gs://<connection>@<bucket>/<prefix>' "
             "(or [gemini_batch] staging_path) to a bucket the Vertex AI service agent can read and write"
         )
-    if problems:
-        raise GeminiBatchInputError("Not available with a Vertex AI connection: " + "; ".join(problems) + ".")
+    refuse_on_vertex(settings, problems)
 
 
 class VertexGcsRun(SubmitRun):

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.exceptions import GeminiBatchInputError
 from airflow_gemini_batch.hooks.bigquery import BigQueryClients, is_bigquery_connection
 from airflow_gemini_batch.hooks.job_status import CANCELLED, EXPIRED, FAILED
 from airflow_gemini_batch.inputs.requests import RequestSpec
 from airflow_gemini_batch.manifest import MANIFEST_KIND, Manifest, ShardInfo
 from airflow_gemini_batch.sinks.schema import check_identifier
 from airflow_gemini_batch.submit.ledger import RunIdentity, SubmissionLedger, display_name
+from airflow_gemini_batch.vertex.limits import refuse_on_vertex
 from airflow_gemini_batch.vertex.request_table import RequestSql, RequestTable
 
 if TYPE_CHECKING:
@@ -56,27 +56,19 @@ def is_bigquery_source(settings: SubmitSettings) -> bool:
 
 def refuse_unsupported(settings: SubmitSettings) -> None:
     """What the Vertex AI BigQuery path does not do, refused before any call, with the alternative."""
-    s = settings
     problems = []
-    if s.task == "embed":
-        problems.append("embeddings batches are Developer-API only (use a gemini_batch connection)")
-    if s.shared_context is not None or s.cached_content:
-        problems.append(
-            "context caches: on Vertex the cache discount replaces the batch discount (they do not stack)"
-        )
-    if s.request_builder is not None:
+    if settings.request_builder is not None:
         problems.append(
             "request_builder runs Python per row; give request_sql (a BigQuery expression) instead"
         )
-    if s.incremental:
+    if settings.incremental:
         problems.append("incremental runs are not built for the Vertex AI path yet")
-    if not is_bigquery_source(s):
+    if not is_bigquery_source(settings):
         problems.append(
             "the source must be a BigQuery table or query (sql / source_table on a google_cloud_platform "
             "source_conn_id); other sources need the gs:// path"
         )
-    if problems:
-        raise GeminiBatchInputError("Not available with a Vertex AI connection: " + "; ".join(problems) + ".")
+    refuse_on_vertex(settings, problems)
 
 
 class VertexBigQueryRun:
