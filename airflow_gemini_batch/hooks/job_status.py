@@ -47,6 +47,17 @@ def normalize_state(raw: str | None) -> str:
     return raw
 
 
+#: How long a job may stay unfinished: the Developer API expires a job 48 h after its creation (pending or
+#: running, with no results); Vertex AI lets a batch prediction job queue for up to 72 h.
+DEVELOPER_API_EXPIRY_HOURS = 48.0
+VERTEX_EXPIRY_HOURS = 72.0
+
+
+def expiry_hours(job_name: str) -> float:
+    """The hours after its creation at which the service ends ``job_name`` if it has not finished."""
+    return VERTEX_EXPIRY_HOURS if is_vertex_job_name(job_name) else DEVELOPER_API_EXPIRY_HOURS
+
+
 def is_vertex_job_name(name: str) -> bool:
     """``projects/<p>/locations/<l>/batchPredictionJobs/<id>``: a Vertex AI job (else a Developer API one)."""
     return bool(_VERTEX_JOB_NAME.match(name or ""))

@@ -190,7 +190,7 @@ def _with_live(live: LiveStates, records: list[JobRecord], user: BaseUser) -> li
     for r in records:
         view = _job_view(r, states[r.job_name].to_dict(), editable[r.dag_id])
         view["previous"] = previous_generations(r.previous_jobs, states)
-        view.update(expiry_view(view["create_time"], view["state"]))
+        view.update(expiry_view(r.job_name, view["create_time"], view["state"]))
         views.append(view)
     return views
 

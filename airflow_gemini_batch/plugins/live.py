@@ -11,9 +11,9 @@ Invariants:
   recorded one) and are read on a later refresh. Running jobs, then the longest unread, go first.
 * A broken connection costs one call per refresh, not one per job: after a connection-level failure the
   remaining jobs of that connection get the same error without calling.
-* A job the service will soon expire is flagged (:func:`expiry_view`): it expires every job 48 h after its
-  creation, pending or running, with no results; past :data:`EXPIRY_WARNING_HOURS` a job not finished is
-  shown as nearing that end, so someone can act (shard smaller, cancel and resubmit) while there is time.
+* A job the service will soon expire is flagged (:func:`expiry_view`): the Developer API expires every job 48 h
+  after its creation, pending or running, with no results (Vertex AI: 72 h of queueing); within
+  :data:`EXPIRY_WARNING_MARGIN_HOURS` of that a job not finished is shown as nearing that end, so someone can act (shard smaller, cancel and resubmit) while there is time.
 * Error texts never carry the API key: they are built from exception types, API codes and messages, and the
   connection's password is scrubbed from them anyway.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES
+from airflow_gemini_batch.hooks.job_status import TERMINAL_STATES, expiry_hours
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -38,10 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The service expires a batch job this many hours after its creation, whatever its state.
-EXPIRY_HOURS = 48.0
-#: A job not finished this many hours after its creation is flagged as nearing its expiry.
-EXPIRY_WARNING_HOURS = 40.0
+#: A job not finished this many hours before the service would end it is flagged as nearing its expiry.
+EXPIRY_WARNING_MARGIN_HOURS = 8.0
 
 _KEY_PATTERNS = (re.compile(r"AIza[0-9A-Za-z_\-]{20,}"), re.compile(r"(?i)(key=)[^&\s'\"]+"))
 
@@ -233,18 +231,23 @@ def _scrub(text: str, password: str | None) -> str:
     return text
 
 
-def expiry_view(create_time: str | None, state: str, now: datetime | None = None) -> dict[str, Any]:
-    """``age_hours`` since the job's creation, and ``nearing_expiry`` when it is not finished past
-    :data:`EXPIRY_WARNING_HOURS` (with ``expires_in_hours`` left before the service's 48 h)."""
+def expiry_view(
+    job_name: str, create_time: str | None, state: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """``age_hours`` since the job's creation, and ``nearing_expiry`` when it is not finished within
+    :data:`EXPIRY_WARNING_MARGIN_HOURS` of its backend's expiry (``expiry_hours``, with ``expires_in_hours``
+    left before it)."""
+    horizon = expiry_hours(job_name)
     created = _parse_time(create_time)
     if created is None:
-        return {"age_hours": None, "nearing_expiry": False, "expires_in_hours": None}
+        return {"age_hours": None, "nearing_expiry": False, "expires_in_hours": None, "expiry_hours": horizon}
     age = ((now or datetime.now(timezone.utc)) - created).total_seconds() / 3600.0
-    nearing = state not in TERMINAL_STATES and age >= EXPIRY_WARNING_HOURS
+    nearing = state not in TERMINAL_STATES and age >= horizon - EXPIRY_WARNING_MARGIN_HOURS
     return {
         "age_hours": round(age, 2),
         "nearing_expiry": nearing,
-        "expires_in_hours": round(max(EXPIRY_HOURS - age, 0.0), 2) if nearing else None,
+        "expires_in_hours": round(max(horizon - age, 0.0), 2) if nearing else None,
+        "expiry_hours": horizon,
     }
 
 

@@ -76,7 +76,7 @@ function stateCell(j) {
   }
   if (j.error) h += `<div class="warnbox">${esc(j.error)}</div>`;
   if (j.nearing_expiry) {
-    h += `<div class="warnbox expiry" title="the service expires every job 48 h after its creation, with no results">` +
+    h += `<div class="warnbox expiry" title="the service ends a job not finished ${Number(j.expiry_hours).toFixed(0)} h after its creation, with no results">` +
       `nearing expiry: created ${Number(j.age_hours).toFixed(1)} h ago, expires in ` +
       `${Number(j.expires_in_hours).toFixed(1)} h unless it finishes</div>`;
   }

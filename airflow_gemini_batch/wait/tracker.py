@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_gemini_batch.hooks.job_status import SUCCEEDED
+from airflow_gemini_batch.hooks.job_status import SUCCEEDED, expiry_hours
 from airflow_gemini_batch.wait.progress import ProgressLog
 from airflow_gemini_batch.wait.verdict import WaitDecision, WaitPolicy, evaluate, parse_time
 
@@ -13,11 +13,10 @@ if TYPE_CHECKING:
 
     from airflow_gemini_batch.hooks.job_status import JobStatus
 
-#: The service expires a job 48 h after its creation, pending or running, with no results.
-EXPIRY_SECONDS = 48 * 3600
-#: A job not done this long after its creation (by its ``create_time``, not the wait's start) is logged as
-#: nearing expiry, once per wait: 42 h leaves six hours to act (cancel and resubmit smaller shards).
-NEAR_EXPIRY_SECONDS = 42 * 3600
+#: A job not done this long before the service would end it (by its ``create_time``, not the wait's start;
+#: 48 h on the Developer API, 72 h on Vertex AI) is logged as nearing expiry, once per wait: six hours to
+#: act (cancel and resubmit smaller shards).
+NEAR_EXPIRY_MARGIN_SECONDS = 6 * 3600
 
 
 class WaitTracker:
@@ -25,7 +24,7 @@ class WaitTracker:
 
     Shared by the worker (``job_waiter.JobWaiter``) and the triggerer (``triggers.job.GeminiBatchJobTrigger``)
     so both note a SUCCEEDED-without-output job the same way, log progress only when it changes, warn about
-    unknown states and about jobs nearing the 48 h expiry, and hand the same inputs to :func:`evaluate`.
+    unknown states and about jobs nearing their expiry, and hand the same inputs to :func:`evaluate`.
     """
 
     def __init__(self, policy: WaitPolicy, deadline: float | None) -> None:
@@ -60,15 +59,17 @@ class WaitTracker:
             if s.done or created is None or s.name in self._near_expiry_logged:
                 continue
             age = now - created
-            if age >= NEAR_EXPIRY_SECONDS:
+            expiry = expiry_hours(s.name) * 3600
+            if age >= expiry - NEAR_EXPIRY_MARGIN_SECONDS:
                 self._near_expiry_logged.add(s.name)
                 log.warning(
                     "GEMINI BATCH JOB NEAR EXPIRY: %s (%s) is still %s %.1f h after its creation; the service "
-                    "expires it at 48 h with no results (in %.1f h). Consider cancelling it and resubmitting "
+                    "expires it at %.0f h with no results (in %.1f h). Consider cancelling it and resubmitting "
                     "smaller shards; a cleared submit resubmits an EXPIRED or CANCELLED shard alone.",
                     s.name,
                     s.display_name or "-",
                     s.state,
                     age / 3600,
-                    max(0.0, (created + EXPIRY_SECONDS - now) / 3600),
+                    expiry / 3600,
+                    max(0.0, (created + expiry - now) / 3600),
                 )

@@ -78,3 +78,24 @@ def test_the_page_reads_vertex_jobs_through_the_vertex_hook(
     job = hook.create_job(model="gemini-2.5-flash", display_name="agb-page", src=f"bq://{table}", dest=None)
     state = LiveStates().lookup([(vertex_conn, job.name)])[job.name]
     assert state.error is None and state.status is not None and state.status["name"] == job.name
+
+
+def test_the_expiry_flag_follows_the_jobs_backend() -> None:
+    """The Developer API ends a job at 48 h, Vertex AI lets one queue for 72 h: the flag comes 8 h before each."""
+    from datetime import datetime, timedelta, timezone
+
+    from airflow_gemini_batch.plugins.live import expiry_view
+
+    now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    created = (now - timedelta(hours=41)).isoformat()
+    vertex = "projects/p/locations/us-central1/batchPredictionJobs/7"
+    assert expiry_view("batches/7", created, "PENDING", now) == {
+        "age_hours": 41.0,
+        "nearing_expiry": True,
+        "expires_in_hours": 7.0,
+        "expiry_hours": 48.0,
+    }
+    assert expiry_view(vertex, created, "PENDING", now)["nearing_expiry"] is False
+    late = (now - timedelta(hours=65)).isoformat()
+    assert expiry_view(vertex, late, "RUNNING", now)["expires_in_hours"] == 7.0
+    assert expiry_view(vertex, late, "SUCCEEDED", now)["nearing_expiry"] is False

@@ -33,3 +33,16 @@ def test_near_expiry_is_logged_once_per_job(caplog: pytest.LogCaptureFixture) ->
     loud = [r.getMessage() for r in caplog.records if "NEAR EXPIRY" in r.getMessage()]
     assert len(loud) == 1 and "batches/a" in loud[0] and "PENDING 43.0 h" in loud[0]
     assert "(in 5.0 h)" in loud[0]
+
+
+def test_a_vertex_job_is_near_expiry_only_near_its_72_hours(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("test.tracker.vertex")
+    tracker = WaitTracker(WaitPolicy(), deadline=None)
+    vertex = "projects/p/locations/us-central1/batchPredictionJobs/"
+    statuses = [_job(f"{vertex}1", "PENDING", 43), _job(f"{vertex}2", "PENDING", 67)]
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    with caplog.at_level(logging.WARNING, logger="test.tracker.vertex"):
+        tracker.assess(statuses, now, log)
+    loud = [r.getMessage() for r in caplog.records if "NEAR EXPIRY" in r.getMessage()]
+    assert len(loud) == 1 and f"{vertex}2" in loud[0]
+    assert "expires it at 72 h" in loud[0] and "(in 5.0 h)" in loud[0]
