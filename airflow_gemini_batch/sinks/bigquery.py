@@ -26,8 +26,8 @@ Invariants:
   in the load jobs' NDJSON, never in SQL.
 * ``MERGE`` lists its columns (``INSERT (cols) VALUES (s.cols)``), not ``INSERT ROW``: the same statement runs
   on BigQuery and on its emulator, which cannot parse ``INSERT ROW``.
-* A destination made before ``request_fingerprint`` or ``attempts`` existed gets the column
-  (:meth:`BigQueryTableSink._ensure_columns`), as the SQL sinks do.
+* A destination made before ``request_fingerprint`` or ``attempts`` existed, or an errors table made before
+  ``attempts``, gets the column (:meth:`BigQueryTableSink._ensure_columns`), as the SQL sinks do.
 * The errors table is merged from the same staging table: non-succeeded keys upserted, keys that succeeded
   now deleted, so it lists exactly the keys that need attention.
 """
@@ -177,6 +177,8 @@ class BigQueryTableSink:
         self.attempts = int(attempts)
         #: Whether the destination has (or gets) the ``attempts`` column; decided at ``open()``.
         self.attempts_column = True
+        #: The same for the errors table (a row that failed in every round shows how many it had).
+        self.errors_attempts_column = True
         self._key_type = key_type
         self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         self.rows_written = 0
@@ -223,7 +225,10 @@ class BigQueryTableSink:
         ]
 
     def _error_names(self) -> list[str]:
-        return [self.key_column, *ERROR_COLUMNS, LOADED_AT[0]]
+        names = [self.key_column, *ERROR_COLUMNS, LOADED_AT[0]]
+        # The stage carries attempts only when the destination does (``columns``), and the errors table takes
+        # them from the stage.
+        return [*names, ATTEMPTS[0]] if self.attempts_column and self.errors_attempts_column else names
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -254,8 +259,7 @@ class BigQueryTableSink:
 
         try:
             existing = client.get_table(str(table_id))
-            if partitioned:
-                self._ensure_columns(client, existing)
+            self._ensure_columns(client, table_id, existing, errors=not partitioned)
             return False
         except NotFound:
             if not self.create_table:
@@ -275,28 +279,30 @@ class BigQueryTableSink:
         log.info("Created BigQuery table %s", table_id)
         return True
 
-    def _ensure_columns(self, client: Client, table: Any) -> None:
-        """A destination made before a column existed gets it: ``request_fingerprint`` always (as the SQL
-        sinks do: a NULLABLE column, old rows read NULL, so an incremental run sends them once more), and
-        ``attempts`` when ``create_table`` (else the load leaves that table alone and writes no attempts).
+    def _ensure_columns(self, client: Client, table_id: TableId, table: Any, errors: bool) -> None:
+        """A table made before a column existed gets it: the destination ``request_fingerprint`` always (as
+        the SQL sinks do: a NULLABLE column, old rows read NULL, so an incremental run sends them once more),
+        and either table ``attempts`` when ``create_table`` (else the load leaves that table alone and writes
+        no attempts there).
 
         DDL through the client (one ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` job per column) rather than
         a schema patch: the emulator applies ALTER TABLE but ignores a patched schema, and takes only one
         ALTER command per statement; BigQuery accepts both forms.
         """
         have = {f.name for f in table.schema}
-        missing = [] if FINGERPRINT_COLUMN in have else [(FINGERPRINT_COLUMN, "STRING")]
+        missing = [] if errors or FINGERPRINT_COLUMN in have else [(FINGERPRINT_COLUMN, "STRING")]
         if ATTEMPTS[0] not in have:
             if self.create_table:
                 missing.append((ATTEMPTS[0], "INT64"))
             else:
-                log.warning(
-                    "%s has no attempts column and create_table=False: loading without it", self.table
-                )
-                self.attempts_column = False
+                log.warning("%s has no attempts column and create_table=False: loading without it", table_id)
+                if errors:
+                    self.errors_attempts_column = False
+                else:
+                    self.attempts_column = False
         for column, type_ in missing:
-            log.info("Adding the %s column to %s (made before it existed)", column, self.table)
-            self._run(client, f"ALTER TABLE {self.table.sql} ADD COLUMN IF NOT EXISTS `{column}` {type_}")
+            log.info("Adding the %s column to %s (made before it existed)", column, table_id)
+            self._run(client, f"ALTER TABLE {table_id.sql} ADD COLUMN IF NOT EXISTS `{column}` {type_}")
 
     def write(self, rows: list[ResultRow]) -> None:
         assert self._file is not None, "open() first"

@@ -73,7 +73,7 @@ def test_schema_is_derived_from_the_documented_columns(gcp_conn: str, bq_client:
     assert schema["loaded_at"][0] == "TIMESTAMP" and schema["text"][0] == "STRING"
     assert schema["score"][0] == "FLOAT64"
     errors = [f.name for f in bq_client.get_table(f"{bq_dataset}.results_errors").schema]
-    assert errors == ["key", "outcome", "error_code", "error_message", "job_name", "loaded_at"]
+    assert errors == ["key", "outcome", "error_code", "error_message", "job_name", "loaded_at", "attempts"]
     assert len(STORED_FIELDS) == N_STORED == 1 + len(RESULT_COLUMNS)
 
 
@@ -226,3 +226,24 @@ def test_a_table_made_before_fingerprints_gets_the_column_and_stores_them(
     load(table_sink(gcp_conn, table), [ok("b", request_fingerprint="e" * 64)])
     rows = [tuple(r.values()) for r in bq_client.query(query).result()]
     assert rows[1] == ("b", "e" * 64, 1) and len(rows) == 4
+
+
+def test_the_errors_table_carries_attempts_also_when_made_before_them(
+    gcp_conn: str, bq_client: Any, bq_dataset: str
+):
+    from google.cloud import bigquery
+
+    table = f"{bq_dataset}.rounds"
+    load(table_sink(gcp_conn, table, attempts=1), [ok("a"), bad("b")])
+    query = f"SELECT `key`, attempts FROM `{table}_errors` ORDER BY `key`"
+    assert [tuple(r.values()) for r in bq_client.query(query).result()] == [("b", 1)]
+    load(table_sink(gcp_conn, table, attempts=3), [bad("b")])
+    assert [tuple(r.values()) for r in bq_client.query(query).result()] == [("b", 3)]
+
+    sink = table_sink(gcp_conn, f"{bq_dataset}.older_errors", attempts=2)
+    old_errors = [f for f in sink.schema(sink._error_names()) if f.name != "attempts"]
+    bq_client.create_table(bigquery.Table(f"{PROJECT}.{bq_dataset}.older_errors_errors", schema=old_errors))
+    load(sink, [bad("c")])
+    # Read by a query: the emulator's table metadata (list_rows) does not show a column added by ALTER TABLE.
+    rows = bq_client.query(f"SELECT `key`, attempts FROM `{bq_dataset}.older_errors_errors`").result()
+    assert [tuple(r.values()) for r in rows] == [("c", 2)]
