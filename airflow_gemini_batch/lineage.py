@@ -29,9 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_gemini_batch.storage import uri_of
+
 if TYPE_CHECKING:
     from airflow.sdk import Asset
     from airflow.sdk.definitions.connection import Connection
+
+    from airflow_gemini_batch.storage import AnyPath
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +116,12 @@ def _sqlite_place(conn: Connection, table: str) -> LineagePlace:
     )
 
 
-def path_place(uri: str) -> LineagePlace:
-    """A file or folder: a local path, a ``file://`` URI, or an object-store URI."""
-    parts = urlsplit(str(uri))
+def path_place(where: AnyPath) -> LineagePlace:
+    """A file or folder: a local path, a ``file://`` URI, an object-store URI or an ``ObjectStoragePath``."""
+    uri = uri_of(where)
+    parts = urlsplit(uri)
     if parts.scheme in ("", "file"):
-        path = os.path.abspath(parts.path if parts.scheme else str(uri))
+        path = os.path.abspath(parts.path if parts.scheme else uri)
         return LineagePlace(asset_uri=f"file://{path}", namespace="file", name=path)
     path = parts.path or "/"
     bucket = parts.netloc.rpartition("@")[2]  # gs://<conn_id>@bucket/...: the connection is not the place
@@ -232,7 +237,7 @@ def submit_lineage(
     *,
     source_conn_id: str | None,
     sql: str | None,
-    input_path: str | None,
+    input_path: AnyPath | None,
     manifest: dict[str, Any] | None,
     source_table: str | None = None,
 ) -> tuple[list[LineagePlace | None], list[LineagePlace | None], Any]:
@@ -257,7 +262,7 @@ def load_lineage(
     *,
     destination_conn_id: str | None,
     destination_table: str | None,
-    destination_path: str | None,
+    destination_path: AnyPath | None,
     summary: dict[str, Any] | None,
 ) -> tuple[list[LineagePlace | None], list[LineagePlace | None], Any]:
     """The load task wrote its destination table or folder."""
@@ -272,7 +277,7 @@ def load_lineage(
     return [], [destination_place(destination_conn_id, destination_table, destination_path)], facet
 
 
-def destination_place(conn_id: str | None, table: str | None, path: str | None) -> LineagePlace | None:
+def destination_place(conn_id: str | None, table: str | None, path: AnyPath | None) -> LineagePlace | None:
     """The load's destination: a table on a common-sql connection, or a folder."""
     if table and conn_id:
         return safely(lambda: table_place(conn_id, table))
@@ -292,7 +297,7 @@ class SubmitLineage(OpenLineageMixin):
     source_conn_id: str | None
     sql: str | None
     source_table: str | None
-    input_path: str | None
+    input_path: AnyPath | None
     _manifest: Any
 
     def lineage(self) -> tuple[list[LineagePlace | None], list[LineagePlace | None], Any]:
@@ -310,7 +315,7 @@ class LoadLineage(OpenLineageMixin):
 
     destination_conn_id: str | None
     destination_table: str | None
-    destination_path: str | None
+    destination_path: AnyPath | None
     _summary: dict[str, Any] | None
 
     def lineage(self) -> tuple[list[LineagePlace | None], list[LineagePlace | None], Any]:

@@ -89,6 +89,14 @@ def test_paths_and_object_stores(tmp_path):
     )  # fmt: skip
 
 
+def test_object_storage_paths_name_the_same_places_as_their_uris(tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    gcs = ObjectStoragePath("gs://bucket/results/run1", conn_id="google_cloud_default")
+    assert path_place(gcs) == path_place("gs://bucket/results/run1")
+    assert path_place(ObjectStoragePath(f"file://{tmp_path}/out")) == path_place(str(tmp_path / "out"))
+
+
 def test_a_single_table_select_names_its_table_and_anything_else_none(conns):
     place = sql_source_place("lin_sqlite", "SELECT id, name FROM products WHERE price > 3")
     assert place is not None and place.name == f"{conns}.main.products"

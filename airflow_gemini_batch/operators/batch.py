@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_gemini_batch.manifest import Manifest
+    from airflow_gemini_batch.storage import AnyPath
 
 #: XCom key of the records of the rounds loaded so far (pushed before each deferral; small).
 ROUNDS_XCOM_KEY = "gemini_batch_rounds"
@@ -119,10 +120,10 @@ class GeminiBatchOperator(OpenLineageMixin, BaseOperator):
     # Set from the settings in __init__ (one attribute per field), declared here for the type checker.
     source_conn_id: str | None
     sql: str | None
-    input_path: str | None
+    input_path: AnyPath | None
     destination_conn_id: str | None
     destination_table: str | None
-    destination_path: str | None
+    destination_path: AnyPath | None
     on_failed_job: str
 
     def __init__(

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_gemini_batch.storage import AnyPath
+
 
 class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
     """Load the results of the batch jobs in a submit manifest into a table or onto object storage.
@@ -76,7 +78,7 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
     # Set from LoadSettings in __init__ (one attribute per field), declared here for the type checker.
     destination_conn_id: str | None
     destination_table: str | None
-    destination_path: str | None
+    destination_path: AnyPath | None
 
     def __init__(
         self,
@@ -86,7 +88,7 @@ class GeminiBatchLoadResultsOperator(LoadLineage, BaseOperator):
         destination_conn_id: str | None = None,
         destination_table: str | None = None,
         errors_table: str | None = None,
-        destination_path: str | None = None,
+        destination_path: AnyPath | None = None,
         output_format: str = "jsonl",
         key_column: str = "key",
         key_column_type: str = "TEXT",

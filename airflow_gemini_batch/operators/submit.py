@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_gemini_batch.storage import AnyPath
+
 
 class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     """Submit rows as Gemini Batch Mode jobs (half price, answers within 24 h) and return a small manifest.
@@ -155,7 +157,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         source_columns: Sequence[str] | None = None,
         bigquery_temp_dataset: str | None = None,
         requests: Any = None,
-        input_path: str | None = None,
+        input_path: AnyPath | None = None,
         task: str = "generate",
         model: str | None = None,
         key_column: str = "id",
@@ -182,7 +184,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS,
         max_enqueued_tokens: int | None = None,
         inline_threshold_bytes: int = 0,
-        staging_path: str | None = None,
+        staging_path: AnyPath | None = None,
         fetch_batch_size: int = SubmitSettings.fetch_batch_size,
         on_changed_input: str = "fail",
         force_resubmit: bool = False,
@@ -196,7 +198,7 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
         incremental: bool = False,
         destination_conn_id: str | None = None,
         destination_table: str | None = None,
-        destination_path: str | None = None,
+        destination_path: AnyPath | None = None,
         destination_key_column: str = "key",
         cancel_on_kill: bool = True,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
