@@ -57,3 +57,26 @@ def vertex_conn(
     conn = {"conn_type": "google_cloud_platform", "extra": extras}
     monkeypatch.setenv(f"AIRFLOW_CONN_{GCP_CONN_ID.upper()}", json.dumps(conn))
     return gcp_conn
+
+
+@pytest.fixture(scope="session")
+def vertex_gcs_emulator_server(
+    tmp_path_factory: pytest.TempPathFactory, storage_emulator: StorageEmulator
+) -> Iterator[Any]:
+    """The emulator with its Vertex worker on the GCS emulator only (gs:// jobs need no BigQuery)."""
+    from tests.vertex.vertex_gcs_env import vertex_gcs_server
+
+    with vertex_gcs_server(tmp_path_factory.mktemp("vertex-gcs"), storage_emulator) as server:
+        yield server
+
+
+@pytest.fixture
+def vertex_gcs_emulator(
+    vertex_gcs_emulator_server: Any, storage_emulator: Any, gcs_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """That emulator, reset, with the Vertex AI connection pointing at it."""
+    from tests.vertex.vertex_gcs_env import set_vertex_conn
+
+    vertex_gcs_emulator_server.control.reset()
+    set_vertex_conn(monkeypatch, vertex_gcs_emulator_server, storage_emulator)
+    return vertex_gcs_emulator_server

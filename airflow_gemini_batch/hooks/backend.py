@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
+from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
 from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
 from airflow_gemini_batch.hooks.job_status import is_vertex_job_name
 from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
@@ -20,18 +19,13 @@ from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-GCP_CONN_TYPE = "google_cloud_platform"
-
-
-def is_vertex_connection(conn_id: str) -> bool:
-    return BaseHook.get_connection(conn_id).conn_type == GCP_CONN_TYPE
-
 
 def batch_hook(conn_id: str, job_names: Iterable[str] | None = None, **kwargs: Any) -> GeminiBatchHook:
     """The hook for ``conn_id``: Vertex AI when the jobs are Vertex jobs (or, with no names, when the
     connection is ``google_cloud_platform``), the Developer API otherwise."""
     names = list(job_names or ())
-    vertex = any(is_vertex_job_name(n) for n in names) if names else is_vertex_connection(conn_id)
+    # One rule for "a google_cloud_platform connection", shared with the BigQuery source and sink.
+    vertex = any(is_vertex_job_name(n) for n in names) if names else is_bigquery_connection(conn_id)
     if vertex:
         return GeminiVertexBatchHook(gemini_conn_id=conn_id, **kwargs)
     return GeminiBatchHook(gemini_conn_id=conn_id, **kwargs)

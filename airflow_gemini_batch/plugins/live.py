@@ -288,11 +288,11 @@ UI_TIMEOUT_SECONDS = 10.0
 
 
 def _default_hook(conn_id: str) -> GeminiBatchHook:
-    from airflow_gemini_batch.hooks.backend import is_vertex_connection
+    from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
     from airflow_gemini_batch.hooks.gemini import GeminiBatchHook
     from airflow_gemini_batch.hooks.vertex import GeminiVertexBatchHook
 
-    if is_vertex_connection(conn_id):
+    if is_bigquery_connection(conn_id):
 
         class _PageVertexHook(GeminiVertexBatchHook):
             """The Vertex AI hook with the page's bounded timeout."""

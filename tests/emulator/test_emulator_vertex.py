@@ -34,30 +34,9 @@ LOCATION = "us-central1"
 MODEL = "gemini-2.5-flash"
 
 
-@pytest.fixture(scope="module")
-def vertex_server(
-    tmp_path_factory: pytest.TempPathFactory,
-    bigquery_emulator: BigQueryEmulator,
-    storage_emulator: StorageEmulator,
-) -> Iterator[EmulatorServer]:
-    server = EmulatorServer(
-        data_dir=tmp_path_factory.mktemp("vertex-emulator"),
-        bigquery_endpoint=bigquery_emulator.rest_url,
-        storage_endpoint=storage_emulator.base_url,
-    )
-    with server:
-        yield server
-
-
 @pytest.fixture
-def vemu(vertex_server: EmulatorServer) -> EmulatorServer:
-    vertex_server.control.reset()
-    return vertex_server
-
-
-@pytest.fixture
-def vclient(vemu: EmulatorServer) -> Iterator[genai.Client]:
-    client = _client(vemu.base_url)
+def vclient(vertex_emulator: EmulatorServer) -> Iterator[genai.Client]:
+    client = _client(vertex_emulator.base_url)
     yield client
     client.close()
 
@@ -121,7 +100,7 @@ def _predictions(bq: bigquery.Client, job: types.BatchJob) -> list[dict[str, Any
 
 
 def test_bq_to_bq_succeeds_with_one_prediction_row_per_input_row(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     prompts = {1: "kettle", 2: "spade", 3: "rake"}
     source = _input_table(bq, dataset, prompts)
@@ -151,15 +130,15 @@ def test_bq_to_bq_succeeds_with_one_prediction_row_per_input_row(
     # The pass-through columns are the input's but ARRAY ones (Vertex passes no ARRAY/STRUCT columns).
     out = bq.get_table(f"{PROJECT}.{dataset}.predictions")
     assert [f.name for f in out.schema] == ["id", "request", "response", "status", "processed_time"]
-    assert vemu.control.request_counts() == {"1": 1, "2": 1, "3": 1}
-    assert vemu.control.calls()["batchPredictionJobs.create"] == 1
+    assert vertex_emulator.control.request_counts() == {"1": 1, "2": 1, "3": 1}
+    assert vertex_emulator.control.calls()["batchPredictionJobs.create"] == 1
 
 
 def test_get_list_cancel_delete_and_the_sdk_default_destination(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a"})
-    vemu.control.hold_state("PENDING", match="vx-held")
+    vertex_emulator.control.hold_state("PENDING", match="vx-held")
     held = vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-held"})
     assert held.name is not None and held.dest is not None
     # The SDK picks a sibling table with a timestamp when no dest is given.
@@ -178,15 +157,19 @@ def test_get_list_cancel_delete_and_the_sdk_default_destination(
     with pytest.raises(errors.ClientError) as gone:
         vclient.batches.get(name=held.name)
     assert gone.value.code == 404
-    assert vemu.control.job(held.name)["deleted"] is True
+    assert vertex_emulator.control.job(held.name)["deleted"] is True
 
 
 @pytest.mark.parametrize("final_state", ["FAILED", "EXPIRED", "CANCELLED"])
 def test_a_job_ends_in_the_final_state_its_behaviour_sets(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str, final_state: str
+    vertex_emulator: EmulatorServer,
+    vclient: genai.Client,
+    bq: bigquery.Client,
+    dataset: str,
+    final_state: str,
 ) -> None:
     source = _input_table(bq, dataset, {1: "a"})
-    vemu.control.set_job_behaviour("vx-doomed", final_state=final_state)
+    vertex_emulator.control.set_job_behaviour("vx-doomed", final_state=final_state)
     job = vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-doomed"})
     assert job.name is not None
     done = _wait_done(vclient, job.name)
@@ -199,10 +182,10 @@ def test_a_job_ends_in_the_final_state_its_behaviour_sets(
 
 
 def test_per_row_errors_land_in_status_and_completion_stats(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a", 2: "b PLEASE_FAIL", 3: "c"})
-    vemu.control.set_job_behaviour("vx-rows", fail_keys=["3"], fail_status=503, key_column="id")
+    vertex_emulator.control.set_job_behaviour("vx-rows", fail_keys=["3"], fail_status=503, key_column="id")
     job = vclient.batches.create(
         model=MODEL,
         src=f"bq://{source}",
@@ -224,7 +207,7 @@ def test_per_row_errors_land_in_status_and_completion_stats(
 
 
 def test_an_existing_destination_table_or_a_missing_input_fails_the_job(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a"})
     taken = vclient.batches.create(
@@ -243,34 +226,34 @@ def test_an_existing_destination_table_or_a_missing_input_fails_the_job(
 
 
 def test_http_faults_on_create_and_get(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a"})
-    vemu.control.inject_fault("batchPredictionJobs.create", status=429)
+    vertex_emulator.control.inject_fault("batchPredictionJobs.create", status=429)
     with pytest.raises(errors.ClientError) as limited:
         vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-429"})
     assert limited.value.code == 429
-    assert vemu.control.jobs() == []  # a refused create makes no job
-    vemu.control.inject_fault("batchPredictionJobs.create", status=503, after=True)
+    assert vertex_emulator.control.jobs() == []  # a refused create makes no job
+    vertex_emulator.control.inject_fault("batchPredictionJobs.create", status=503, after=True)
     with pytest.raises(errors.ServerError):
         vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-lost"})
-    [lost] = vemu.control.jobs()  # the create took effect; only its reply was lost
+    [lost] = vertex_emulator.control.jobs()  # the create took effect; only its reply was lost
     assert lost["display_name"] == "vx-lost"
     # ... and a lookup by display name finds it (what an orphan lookup does).
     found = list(vclient.batches.list(config={"filter": 'display_name="vx-lost"'}))
     assert [job.name for job in found] == [lost["name"]]
     assert list(vclient.batches.list(config={"filter": 'display_name="vx-other"'})) == []
-    vemu.control.inject_fault("batchPredictionJobs.get", status=500)
+    vertex_emulator.control.inject_fault("batchPredictionJobs.get", status=500)
     with pytest.raises(errors.ServerError):
         vclient.batches.get(name=lost["name"])
     assert _wait_done(vclient, lost["name"]).state == types.JobState.JOB_STATE_SUCCEEDED
 
 
 def test_hold_in_running_then_release(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a"})
-    vemu.control.hold_state("RUNNING", reads=2, match="vx-run")
+    vertex_emulator.control.hold_state("RUNNING", reads=2, match="vx-run")
     job = vclient.batches.create(model=MODEL, src=f"bq://{source}", config={"display_name": "vx-run"})
     assert job.name is not None
     states = [vclient.batches.get(name=job.name).state for _ in range(2)]
@@ -278,10 +261,10 @@ def test_hold_in_running_then_release(
     assert _wait_done(vclient, job.name).state == types.JobState.JOB_STATE_SUCCEEDED
 
 
-def test_calls_need_a_bearer_token(vemu: EmulatorServer) -> None:
+def test_calls_need_a_bearer_token(vertex_emulator: EmulatorServer) -> None:
     import httpx
 
-    url = f"{vemu.base_url}/v1beta1/projects/{PROJECT}/locations/{LOCATION}/batchPredictionJobs"
+    url = f"{vertex_emulator.base_url}/v1beta1/projects/{PROJECT}/locations/{LOCATION}/batchPredictionJobs"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer t"}).status_code == 200
     # A Developer-API key is no Vertex credential, and a Vertex job is no Developer-API batch.
@@ -289,14 +272,17 @@ def test_calls_need_a_bearer_token(vemu: EmulatorServer) -> None:
 
 
 def test_gcs_jsonl_in_and_predictions_jsonl_out(
-    vemu: EmulatorServer, vclient: genai.Client, gcs: storage.Client, storage_emulator: StorageEmulator
+    vertex_emulator: EmulatorServer,
+    vclient: genai.Client,
+    gcs: storage.Client,
+    storage_emulator: StorageEmulator,
 ) -> None:
     run = uuid.uuid4().hex[:8]
     bucket = gcs.bucket(storage_emulator.bucket)
     lines = [{"request": _request(f"p{i}") | {"labels": {"key": f"k{i}"}}} for i in range(3)]
     bucket.blob(f"{run}/in/part-0.jsonl").upload_from_string("".join(json.dumps(x) + "\n" for x in lines[:2]))
     bucket.blob(f"{run}/in/part-1.jsonl").upload_from_string(json.dumps(lines[2]) + "\n")
-    vemu.control.set_job_behaviour("vx-gcs", fail_keys=["k1"])
+    vertex_emulator.control.set_job_behaviour("vx-gcs", fail_keys=["k1"])
     job = vclient.batches.create(
         model=MODEL,
         src=f"gs://{storage_emulator.bucket}/{run}/in/*.jsonl",
@@ -328,10 +314,10 @@ def _client(base_url: str) -> genai.Client:
 
 
 def test_a_dropped_prediction_row_is_missing_from_the_table(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     source = _input_table(bq, dataset, {1: "a", 2: "b", 3: "c"})
-    vemu.control.set_job_behaviour("vx-drop", corrupt_output="drop_key")
+    vertex_emulator.control.set_job_behaviour("vx-drop", corrupt_output="drop_key")
     job = vclient.batches.create(
         model=MODEL,
         src=f"bq://{source}",
@@ -391,22 +377,24 @@ def test_the_cli_process_with_endpoints_persists_vertex_jobs_across_a_restart(
 
 
 async def test_the_async_client_polls_a_vertex_job_and_the_developer_api_does_not_see_it(
-    vemu: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
+    vertex_emulator: EmulatorServer, vclient: genai.Client, bq: bigquery.Client, dataset: str
 ) -> None:
     """What a triggerer does (``client.aio``), with the same static-token credentials; a Developer-API
     client on the same process lists none of the Vertex jobs."""
     source = _input_table(bq, dataset, {1: "a"})
-    vemu.control.hold_state("PENDING", reads=1, match="vx-aio")
+    vertex_emulator.control.hold_state("PENDING", reads=1, match="vx-aio")
     job = await vclient.aio.batches.create(
         model=MODEL, src=f"bq://{source}", config={"display_name": "vx-aio"}
     )
     assert job.name is not None
     first = await vclient.aio.batches.get(name=job.name)
     assert first.state == types.JobState.JOB_STATE_PENDING
-    done = await await_until(lambda: vemu.control.job(str(job.name))["state"] == "JOB_STATE_SUCCEEDED")
+    done = await await_until(
+        lambda: vertex_emulator.control.job(str(job.name))["state"] == "JOB_STATE_SUCCEEDED"
+    )
     assert done
     final = await vclient.aio.batches.get(name=job.name)
     assert final.state == types.JobState.JOB_STATE_SUCCEEDED and final.output_info is not None
-    developer = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=vemu.base_url))
+    developer = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=vertex_emulator.base_url))
     assert list(developer.batches.list()) == []
     developer.close()

@@ -3,56 +3,35 @@ clear, google-genai with ``vertexai=True`` against the emulator, ObjectStoragePa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import pytest
-
 from airflow_gemini_batch.vertex.gcs_run import ROW_LABEL
 from tests.reliability.helpers import outcome_counts, rerun_task, rows, ti_states
-from tests.vertex.vertex_gcs_env import gcs_pipeline, set_vertex_conn, vertex_gcs_server
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from airflow_gemini_batch.emulator import EmulatorServer
-    from tests.gcp_emulators import StorageEmulator
-
-
-@pytest.fixture(scope="module")
-def rel_vertex_server(
-    tmp_path_factory: pytest.TempPathFactory, storage_emulator: StorageEmulator
-) -> Iterator[EmulatorServer]:
-    with vertex_gcs_server(tmp_path_factory.mktemp("rel-vertex-gcs"), storage_emulator) as server:
-        yield server
-
-
-@pytest.fixture
-def vemu(rel_vertex_server, storage_emulator, gcs_conn, monkeypatch) -> EmulatorServer:
-    rel_vertex_server.control.reset()
-    set_vertex_conn(monkeypatch, rel_vertex_server, storage_emulator)
-    return rel_vertex_server
+from tests.vertex.vertex_gcs_env import gcs_pipeline
 
 
 def test_R88_failed_vertex_job_then_clear_creates_exactly_one_new_job(
-    vemu, gcs_conn, sqlite_warehouse, run_dag
+    vertex_gcs_emulator, gcs_conn, sqlite_warehouse, run_dag
 ):
     wh = sqlite_warehouse
     src, dst = wh.table("src"), wh.table("dst")
     wh.create_prompts_table(src, 9)
-    vemu.control.set_job_behaviour("-00001", final_state="FAILED", count=1)  # shard 1's first job only
+    vertex_gcs_emulator.control.set_job_behaviour(
+        "-00001", final_state="FAILED", count=1
+    )  # shard 1's first job only
     dag = gcs_pipeline(wh, gcs_conn, src, dst, max_requests_per_job=3)
     run = run_dag(dag)
     assert ti_states(run)["wait"] == "failed"
-    assert vemu.control.calls().get("batchPredictionJobs.create") == 3
-    failed = [j for j in vemu.control.jobs() if j["state"] == "JOB_STATE_FAILED"]
+    assert vertex_gcs_emulator.control.calls().get("batchPredictionJobs.create") == 3
+    failed = [j for j in vertex_gcs_emulator.control.jobs() if j["state"] == "JOB_STATE_FAILED"]
     assert len(failed) == 1
 
     assert rerun_task(dag, run, "submit") == "success"  # a user's clear of the failed run
     assert rerun_task(dag, run, "wait") == "success"
     assert rerun_task(dag, run, "load") == "success"
 
-    assert vemu.control.calls().get("batchPredictionJobs.create") == 4  # exactly one new job: shard 1's -r1
-    jobs = vemu.control.jobs()
+    assert (
+        vertex_gcs_emulator.control.calls().get("batchPredictionJobs.create") == 4
+    )  # exactly one new job: shard 1's -r1
+    jobs = vertex_gcs_emulator.control.jobs()
     assert len(jobs) == 4
     names = sorted(j["display_name"] for j in jobs)
     assert sum("-r1-00001" in n for n in names) == 1
@@ -61,13 +40,13 @@ def test_R88_failed_vertex_job_then_clear_creates_exactly_one_new_job(
 
 
 def test_R89_rows_vertex_failed_load_as_failed_with_its_error_every_key_once(
-    vemu, gcs_conn, sqlite_warehouse, run_dag
+    vertex_gcs_emulator, gcs_conn, sqlite_warehouse, run_dag
 ):
     wh = sqlite_warehouse
     src, dst = wh.table("src"), wh.table("dst")
     wh.create_prompts_table(src, 8)
     # Line 1 of each shard fails with a 400 row error (Vertex writes it into the row's status text).
-    vemu.control.set_job_behaviour("*", fail_keys=["1"], fail_status=400, key_column=ROW_LABEL)
+    vertex_gcs_emulator.control.set_job_behaviour("*", fail_keys=["1"], fail_status=400, key_column=ROW_LABEL)
     load = {"max_failed_fraction": 0.5}  # the failures are the point: the load loads them and succeeds
     run = run_dag(gcs_pipeline(wh, gcs_conn, src, dst, load=load, max_requests_per_job=4))
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}

@@ -4,39 +4,18 @@ SQLite table, in a real ``dag.test()`` against the emulator over the GCS emulato
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 import pytest
 
 from airflow_gemini_batch.vertex.gcs_predictions import convert_predictions, status_error
 from airflow_gemini_batch.vertex.gcs_run import ROW_LABEL
 from tests.reliability.helpers import outcome_counts, rows, ti_states
-from tests.vertex.vertex_gcs_env import gcs_pipeline, set_vertex_conn, vertex_gcs_server
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from airflow_gemini_batch.emulator import EmulatorServer
-    from tests.gcp_emulators import StorageEmulator
+from tests.vertex.vertex_gcs_env import gcs_pipeline
 
 
-@pytest.fixture(scope="module")
-def vertex_server_gcs(
-    tmp_path_factory: pytest.TempPathFactory, storage_emulator: StorageEmulator
-) -> Iterator[EmulatorServer]:
-    with vertex_gcs_server(tmp_path_factory.mktemp("vertex-gcs"), storage_emulator) as server:
-        yield server
-
-
-@pytest.fixture
-def vemu(vertex_server_gcs, storage_emulator, gcs_conn, monkeypatch) -> EmulatorServer:
-    vertex_server_gcs.control.reset()
-    set_vertex_conn(monkeypatch, vertex_server_gcs, storage_emulator)
-    return vertex_server_gcs
-
-
-def test_three_shards_on_gcs_give_one_row_per_key(vemu, gcs_conn, sqlite_warehouse, register_dag):
+def test_three_shards_on_gcs_give_one_row_per_key(
+    vertex_gcs_emulator, gcs_conn, sqlite_warehouse, register_dag
+):
     wh = sqlite_warehouse
     src, dst = wh.table("src"), wh.table("dst")
     wh.create_prompts_table(src, 10)
@@ -45,9 +24,9 @@ def test_three_shards_on_gcs_give_one_row_per_key(vemu, gcs_conn, sqlite_warehou
     run = dag.test()
 
     assert ti_states(run) == {"submit": "success", "wait": "success", "load": "success"}
-    jobs = vemu.control.jobs()
+    jobs = vertex_gcs_emulator.control.jobs()
     assert len(jobs) == 3 and {j["state"] for j in jobs} == {"JOB_STATE_SUCCEEDED"}
-    assert vemu.control.calls().get("batchPredictionJobs.create") == 3
+    assert vertex_gcs_emulator.control.calls().get("batchPredictionJobs.create") == 3
     assert outcome_counts(wh, dst) == {"succeeded": 10}
     got = rows(wh, dst)
     assert sorted(got) == list(range(10)) and all(text for _, text, _ in got.values())
@@ -80,7 +59,9 @@ def test_predictions_map_back_by_label_in_any_order_and_status_is_parsed(tmp_pat
     assert status_error("Bad Request: not json") == {"message": "Bad Request: not json"}
 
 
-def test_a_staging_path_that_is_not_gcs_is_refused_before_any_call(vemu, sqlite_warehouse, tmp_path):
+def test_a_staging_path_that_is_not_gcs_is_refused_before_any_call(
+    vertex_gcs_emulator, sqlite_warehouse, tmp_path
+):
     from airflow_gemini_batch.exceptions import GeminiBatchInputError
     from tests.reliability.helpers import context, submit_op
     from tests.vertex.vertex_gcs_env import VERTEX_CONN_ID
@@ -93,5 +74,5 @@ def test_a_staging_path_that_is_not_gcs_is_refused_before_any_call(vemu, sqlite_
     )
     with pytest.raises(GeminiBatchInputError, match=r"staging_path='gs://"):
         op.execute(context())
-    assert vemu.control.jobs() == []
-    assert not vemu.control.calls().get("batchPredictionJobs.create")
+    assert vertex_gcs_emulator.control.jobs() == []
+    assert not vertex_gcs_emulator.control.calls().get("batchPredictionJobs.create")
