@@ -38,12 +38,13 @@ import logging
 import tempfile
 import uuid
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.rows import N_STORED, STORED_FIELDS, SUCCEEDED
 from airflow_gemini_batch.sinks.schema import (
     ATTEMPTS,
     ERROR_COLUMNS,
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_OUTCOME = itemgetter(1)
+_JSON_VALUE = STORED_FIELDS[3]
 LOAD_CHUNK_BYTES = 256 * 1024 * 1024
 STAGE_EXPIRATION_MS = 24 * 3600 * 1000
 
@@ -190,7 +193,7 @@ class BigQueryTableSink:
         self._stage_exists = False
         self._errors_existed = True
         self._direct = False
-        self._names: list[str] = []
+        self._stored_names: list[str] = []
 
     # ---- names and schema ---------------------------------------------------------------------------------
 
@@ -241,7 +244,7 @@ class BigQueryTableSink:
         self._errors_existed = not self._ensure(
             client, errors, self.schema(self._error_names()), partitioned=False
         )
-        self._names = [n for n, _ in self.columns]  # after the attempts column was decided
+        self._stored_names = [n for n, _ in self.columns][:N_STORED]
         self._stage = (
             table
             if self._direct
@@ -310,31 +313,32 @@ class BigQueryTableSink:
         self._file.write(data)
         self._file_bytes += len(data)
         self.rows_written += len(rows)
-        self._failed_rows += sum(1 for r in rows if r[1] != SUCCEEDED)
+        self._failed_rows += len(rows) - [*map(_OUTCOME, rows)].count(SUCCEEDED)
         if self._file_bytes >= self.load_chunk_bytes:
             self._load_chunk()
 
     def _ndjson_line(self, row: ResultRow) -> bytes:
-        values: list[Any] = list(row[:N_STORED])
-        key = values[0]
+        """One row as one NDJSON line: a dict built straight from the row's stored fields (the hot path)."""
+        line = dict(zip(self._stored_names, row[:N_STORED], strict=True))
+        key = row[0]
         if self.integer_keys and not isinstance(key, int):
             try:
-                values[0] = int(key)
+                line[self.key_column] = int(key)
             except (TypeError, ValueError):
                 raise GeminiBatchInputError(
                     f"Key {key!r} is not an integer but key_column_type is INT64; use key_column_type='STRING'."
                 ) from None
-        if values[3] is not None:  # json_value: JSON text, embedded as JSON (not as a JSON string)
-            values[3] = orjson.Fragment(values[3])
-        values.append(self.loaded_at)
+        if row[3] is not None:  # json_value: JSON text, embedded as JSON (not as a JSON string)
+            line[_JSON_VALUE] = orjson.Fragment(row[3])
+        line[LOADED_AT[0]] = self.loaded_at
         if self.attempts_column:
-            values.append(self.attempts)
+            line[ATTEMPTS[0]] = self.attempts
         if self.output_columns:
             value = row.value if isinstance(row.value, dict) else {}
             for name, (type_, _) in self.output_columns.items():
                 cell = value.get(name)
-                values.append(cell if type_ == "JSON" else json_cell(cell))
-        return orjson.dumps(dict(zip(self._names, values, strict=True)), option=orjson.OPT_APPEND_NEWLINE)
+                line[name] = cell if type_ == "JSON" else json_cell(cell)
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
     def _load_chunk(self) -> None:
         """One load job: the temporary file's NDJSON appended to the staging table (all of it or none)."""
