@@ -16,8 +16,9 @@ Invariants:
   :meth:`abort` drops a destination this load created); the rerun merges everything again.
 * Bounded memory: :meth:`write` serialises each chunk to NDJSON in a temporary *file*; once it holds
   ``load_chunk_bytes`` it is sent as one load job (a resumable upload streamed from the file) and emptied. So
-  memory is one chunk, whatever the row count; a load job per ~256 MiB keeps far under BigQuery's per-table
-  load-job quota.
+  memory is one chunk of rows plus the client's upload buffer, whatever the row count. The file, not memory,
+  holds up to ``load_chunk_bytes`` (1 GiB): few, large load jobs, since each job has a fixed start-up cost on
+  BigQuery and a table has a daily load-job quota (1 500), while the worker's disk easily holds a GiB.
 * The schema is derived from :data:`~airflow_gemini_batch.sinks.schema.RESULT_COLUMNS` (the PostgreSQL type
   of each column mapped to its BigQuery type: ``JSONB`` → ``JSON``, ``DOUBLE PRECISION[]`` →
   ``ARRAY<FLOAT64>``, ``INTEGER`` → ``INT64``, ``TIMESTAMPTZ`` → ``TIMESTAMP``, text → ``STRING``), so a column
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 
 _OUTCOME = itemgetter(1)
 _JSON_VALUE = STORED_FIELDS[3]
-LOAD_CHUNK_BYTES = 256 * 1024 * 1024
+LOAD_CHUNK_BYTES = 1024 * 1024 * 1024
 STAGE_EXPIRATION_MS = 24 * 3600 * 1000
 
 # PostgreSQL column types (RESULT_COLUMNS' third field, and names users give) → BigQuery types.
