@@ -11,7 +11,9 @@ Invariants for every API call, in this order:
    credential: the SDK sends no key on chunk requests); Vertex routes (``batchPredictionJobs.*``) want an
    ``Authorization: Bearer`` token instead (any non-empty one);
 3. ``reply_delay_seconds`` sleep; 4. the call is counted; 5. an injected fault (if any) answers instead;
-6. the handler runs; ``ApiError`` becomes a Google JSON error (with its extra headers, e.g. upload status).
+6. the handler runs; ``ApiError`` becomes a Google JSON error (with its extra headers, e.g. upload status);
+7. a reply hold (``reply_holds``) matching the request's method and path keeps whatever reply this made
+   (also a 401, 404 or injected fault) until the test releases it.
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ def create_app(
 
     @app.api_route("/{full_path:path}", methods=["GET", "POST", "DELETE", "PATCH", "PUT"])
     async def api(request: Request) -> Response:
-        return await _dispatch(emu, request)
+        response = await _dispatch(emu, request)
+        await emu.reply_holds.hold(request.method, request.url.path)
+        return response
 
     return app

@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from airflow_gemini_batch.emulator.app import create_app
-from airflow_gemini_batch.emulator.server import bind_socket, uvicorn_config
+from airflow_gemini_batch.emulator.server import bind_socket, uvicorn_server
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"Gemini Batch emulator listening on http://{shown}:{port} (data dir {data_dir})", flush=True)
-    server = uvicorn.Server(uvicorn_config(app, args.log_level, args.access_log))
+    server = uvicorn_server(app, args.log_level, args.access_log)
     # Why: uvicorn handles SIGTERM gracefully, then re-raises it with the handler that was installed before
     # it started; the default one would kill the process (status -15) before our clean-up below.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -6,9 +6,15 @@ endpoint name, a bad final state) fails loudly instead of being silently ignored
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+#: A wait for held replies gives up after this long: far beyond any honest delay, even on a busy machine.
+REPLY_HOLD_WAIT_SECONDS = 60.0
 
 
 class EmulatorControl:
@@ -16,8 +22,10 @@ class EmulatorControl:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        with httpx.Client(base_url=self.base_url, timeout=self._timeout) as client:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        with httpx.Client(base_url=self.base_url, timeout=timeout or self._timeout) as client:
             response = client.request(method, f"/_emulator/{path}", json=body)
         response.raise_for_status()
         return response.json()
@@ -91,6 +99,29 @@ class EmulatorControl:
         """End the hold of ``job_name`` now (None: of every held job, and forget the hold rules)."""
         return self._call("POST", "release", {} if job_name is None else {"name": job_name})["released"]
 
+    def hold_replies(self, method: str, path: str, count: int | None = None) -> ReplyHold:
+        """Hold the replies to ``method`` requests (``"*"``: any) whose path matches the glob ``path`` until
+        released: a hanging API without a clock. ``path`` leaves out the API version, so a job's name is
+        the path of its ``batches.get`` (``hold_replies("GET", job_name)``); ``count``: only the next N.
+
+        The request is handled meanwhile (a held get has read the job); only its reply waits. The returned
+        :class:`ReplyHold` waits until requests are held and releases them, also as a context manager; a
+        reset releases every hold.
+        """
+        view = self._call("POST", "reply_holds", {"method": method, "path": path, "count": count})
+        return ReplyHold(self, view["reply_hold"]["id"])
+
+    def reply_holds(self) -> list[dict[str, Any]]:
+        """Every reply hold since the last reset: ``id``, ``method``, ``path``, ``count``, ``held`` (requests
+        held so far), ``waiting`` (held now) and ``released``."""
+        return self._call("GET", "reply_holds")["reply_holds"]
+
+    def release_replies(self, hold_id: int | None = None) -> list[dict[str, Any]]:
+        """Let the replies of hold ``hold_id`` (None: of every hold) go and retire it; the views, with
+        ``let_go`` (how many replies this released)."""
+        body = {} if hold_id is None else {"id": hold_id}
+        return self._call("POST", "reply_holds/release", body)["released"]
+
     def job(self, job_name: str) -> dict[str, Any]:
         """The control view of one job (as in :meth:`jobs`)."""
         found = [job for job in self.jobs() if job["name"] == job_name]
@@ -130,3 +161,37 @@ class EmulatorControl:
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "health")
+
+
+class ReplyHold:
+    """One reply hold in the emulator (see :meth:`EmulatorControl.hold_replies`); leaving a ``with`` block
+    releases it, so a failing test never leaves a client waiting on it."""
+
+    def __init__(self, control: EmulatorControl, hold_id: int) -> None:
+        self.control = control
+        self.id = hold_id
+
+    def wait(self, held: int = 1, timeout: float = REPLY_HOLD_WAIT_SECONDS) -> dict[str, Any]:
+        """Return the hold's view once it has held ``held`` requests in all: the server answers when the
+        request arrives (no polling). ``httpx.HTTPStatusError`` after ``timeout`` (408) or when the hold was
+        released short of ``held`` (412), its message saying how many it held."""
+        body = {"id": self.id, "held": held, "timeout_seconds": timeout}
+        return self.control._call("POST", "reply_holds/wait", body, timeout=timeout + 30.0)["reply_hold"]
+
+    def view(self) -> dict[str, Any]:
+        found = [hold for hold in self.control.reply_holds() if hold["id"] == self.id]
+        if not found:
+            raise LookupError(f"the emulator has no reply hold {self.id} (a reset forgets them)")
+        return found[0]
+
+    def release(self) -> dict[str, Any]:
+        """Let the held replies go; later matching requests are answered at once. The view, with ``let_go``."""
+        return self.control.release_replies(self.id)[0]
+
+    def __enter__(self) -> ReplyHold:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

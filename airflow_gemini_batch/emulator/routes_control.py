@@ -26,6 +26,18 @@ Endpoints (all return 200 JSON on success, Google-style 400 on bad input):
   that has waited for hours, without a clock).
 * ``POST /_emulator/release`` - ``{"name"?}``: end the hold of that job now (no name: of every held job, and
   forget the hold rules); returns ``{"released": [names]}``. An unknown name is a 400.
+* ``POST /_emulator/reply_holds`` - ``{"method", "path", "count"?}``: hold the replies to ``method`` requests
+  (``*``: any) whose path, without its leading slash and API version (``v1beta/batches/x`` is ``batches/x``, a
+  job's name), matches the glob ``path``, at most ``count`` of them (null: all), until released. The request
+  is handled meanwhile (a held get has read the job); only its reply waits. Returns ``{"reply_hold": view}``:
+  ``id``, ``held`` (requests held so far), ``waiting`` (held now), ``released``. See ``reply_holds``.
+* ``GET /_emulator/reply_holds`` - every reply hold since the last reset, as ``{"reply_holds": [views]}``.
+* ``POST /_emulator/reply_holds/wait`` - ``{"id", "held"=1, "timeout_seconds"=60}``: answers once that hold has
+  held ``held`` requests in all (the view), without polling; 408 after ``timeout_seconds``, 412 when the hold
+  was released short of it. A test waits so until the request it is about IS held.
+* ``POST /_emulator/reply_holds/release`` - ``{"id"?}``: let that hold's replies go (no id: every hold's) and
+  retire it; returns ``{"released": [views]}``, each with ``let_go`` (replies released). A reset (and the
+  server's shutdown) releases every hold.
 * ``GET /_emulator/jobs`` - every job created since the last reset, deleted ones flagged; ``hold`` (state
   and reads left, or null) and ``reads`` (``batches.get`` reads so far) say what a held job is waiting for.
 * ``GET /_emulator/caches`` - every cached content since the last reset (``live``, ``deleted``, ``hits``:
@@ -49,6 +61,7 @@ from starlette.responses import Response  # noqa: TC002
 
 from airflow_gemini_batch.emulator.common import error_response, json_response
 from airflow_gemini_batch.emulator.faults import ValidationError
+from airflow_gemini_batch.emulator.reply_holds import HoldNotReached
 
 if TYPE_CHECKING:
     from airflow_gemini_batch.emulator.state import Emulator
@@ -113,6 +126,34 @@ def control_router(emu: Emulator) -> APIRouter:
     @router.post("/release")
     async def release_jobs(request: Request) -> Response:
         return await guarded(request, release)
+
+    @router.post("/reply_holds")
+    async def add_reply_hold(request: Request) -> Response:
+        return await guarded(request, lambda body: {"reply_hold": emu.reply_holds.add(body).view()})
+
+    @router.get("/reply_holds")
+    async def reply_holds() -> Response:
+        return json_response({"reply_holds": emu.reply_holds.views()})
+
+    @router.post("/reply_holds/wait")
+    async def wait_reply_hold(request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+            unknown = set(body) - {"id", "held", "timeout_seconds"}
+            if unknown:
+                raise ValidationError(f"unknown keys: {sorted(unknown)}")
+            view = await emu.reply_holds.wait_held(
+                body.get("id"), body.get("held", 1), body.get("timeout_seconds", 60.0)
+            )
+        except ValidationError as exc:
+            return error_response(400, str(exc))
+        except HoldNotReached as exc:
+            return error_response(408 if exc.timed_out else 412, str(exc))
+        return json_response({"reply_hold": view})
+
+    @router.post("/reply_holds/release")
+    async def release_replies(request: Request) -> Response:
+        return await guarded(request, lambda body: {"released": emu.reply_holds.release(body.get("id"))})
 
     @router.get("/jobs")
     async def jobs() -> Response:

@@ -9,6 +9,8 @@ Invariants:
   host process's logging setup (pytest, Airflow) is left alone.
 * With a ``data_dir`` (and ``persist`` not False) file and job metadata persist in it: ``stop()`` keeps them
   on disk, and a new ``EmulatorServer`` on the same dir lists the same files and jobs (see ``persist``).
+* Shutting down lets every held reply go first (``reply_holds``): uvicorn's graceful shutdown waits for the
+  requests in flight, and a held one would wait for a release that never comes.
 * Keep-alive timeout (120 s) exceeds aiohttp's client pool idle timeout (15 s), so the server never closes
   a connection the client is about to reuse (which makes the SDK sleep 1-10 s and retry).
 """
@@ -60,6 +62,23 @@ def uvicorn_config(app: FastAPI, log_level: str = "warning", access_log: bool = 
     )
 
 
+class EmulatorUvicorn(uvicorn.Server):
+    """uvicorn's server for the emulator app: its shutdown releases the reply holds before it waits for the
+    requests in flight (they would hold it up to its graceful timeout, then be cancelled unanswered)."""
+
+    def __init__(self, config: uvicorn.Config, emulator: Emulator) -> None:
+        super().__init__(config)
+        self._emulator = emulator
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._emulator.reply_holds.reset()
+        await super().shutdown(sockets)
+
+
+def uvicorn_server(app: FastAPI, log_level: str = "warning", access_log: bool = False) -> EmulatorUvicorn:
+    return EmulatorUvicorn(uvicorn_config(app, log_level, access_log), app.state.emulator)
+
+
 class EmulatorServer:
     def __init__(
         self,
@@ -91,7 +110,7 @@ class EmulatorServer:
         self._requested_port = port
         self._log_level = log_level
         self._access_log = access_log
-        self._server: uvicorn.Server | None = None
+        self._server: EmulatorUvicorn | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self.port = port
@@ -114,7 +133,7 @@ class EmulatorServer:
             return self
         self._sock = bind_socket(self.host, self._requested_port)
         self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn_config(self.app, self._log_level, self._access_log))
+        self._server = uvicorn_server(self.app, self._log_level, self._access_log)
         server, sock = self._server, self._sock
         self._thread = threading.Thread(
             target=lambda: server.run(sockets=[sock]), name="gemini-emulator", daemon=True

@@ -15,6 +15,7 @@ from airflow_gemini_batch.emulator.engine import JobEngine
 from airflow_gemini_batch.emulator.faults import Knobs
 from airflow_gemini_batch.emulator.persist import StateFile
 from airflow_gemini_batch.emulator.quota import QuotaLimits
+from airflow_gemini_batch.emulator.reply_holds import ReplyHolds
 from airflow_gemini_batch.emulator.store import FileStore, advance_seq
 from airflow_gemini_batch.emulator.vertex_jobs import KIND as VERTEX_KIND
 from airflow_gemini_batch.emulator.vertex_jobs import VertexJob
@@ -58,6 +59,7 @@ class Emulator:
             max_concurrent_jobs=max_concurrent_jobs,
             max_enqueued_tokens=max_enqueued_tokens,
         )
+        self.reply_holds = ReplyHolds()
         self.state: StateFile | None = None
         if persist:
             self.state = StateFile(
@@ -78,6 +80,7 @@ class Emulator:
             self.state.save()
 
     def reset(self) -> None:
+        self.reply_holds.reset()
         self.engine.reset()
         self.files.reset()
         self.caches.reset()
@@ -86,7 +89,8 @@ class Emulator:
             self.state.clear()
 
     def shutdown(self) -> None:
-        """Process exit: stop job workers, keep (and stop writing) the persisted state."""
+        """Process exit: let held replies go, stop job workers, keep (and stop writing) the persisted state."""
+        self.reply_holds.reset()
         if self.state is not None:
             self.state.close()
         self.engine.shutdown()
