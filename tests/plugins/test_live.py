@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from airflow_gemini_batch.plugins.live import LiveStates
@@ -12,26 +11,24 @@ from airflow_gemini_batch.plugins.live import LiveStates
 def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
     gemini_conn: str, emulator: Any, make_jobs: Any
 ) -> None:
-    """While one request's refresh waits on a slow API, another answers from the cache after
-    ``wait_seconds`` (stale jobs flagged deferred, no call of its own); the refresh then fills the cache."""
+    """While one request's refresh waits on a hanging API (the emulator holds its read's reply), another
+    answers from the cache after ``wait_seconds`` (stale jobs flagged deferred, no call of its own); once the
+    API answers, the refresh fills the cache."""
+    emulator.control.hold_state("PENDING", match="slow-ui")  # one state for every read of the job
     (name,) = make_jobs(["slow-ui"])
-    live = LiveStates(ttl=60.0, wait_seconds=0.2)
-    emulator.control.configure(reply_delay_seconds=3)  # far beyond wait_seconds, even on a busy machine
+    live = LiveStates(ttl=3600.0, wait_seconds=0.2)
     first: dict[str, Any] = {}
-    refreshing = threading.Thread(target=lambda: first.update(live.lookup([(gemini_conn, name)])))
-    refreshing.start()
-    deadline = time.monotonic() + 30
-    while live.calls == 0:  # the refresh has started its (slow) read
-        assert time.monotonic() < deadline, "the refresh never started"
-        time.sleep(0.01)
-    second = live.lookup([(gemini_conn, name)])
-    assert refreshing.is_alive(), "the second viewer waited for the whole slow refresh"
-    assert second[name].deferred and second[name].status is None
-    assert live.calls == 1  # the second viewer made no call of its own
+    with emulator.control.hold_replies("GET", name, count=1) as hold:
+        refreshing = threading.Thread(target=lambda: first.update(live.lookup([(gemini_conn, name)])))
+        refreshing.start()
+        hold.wait(held=1)  # the refresh's read has reached the API; its reply waits for the release
+        second = live.lookup([(gemini_conn, name)])
+        assert second[name].deferred and second[name].status is None
+        assert live.calls == 1  # the second viewer made no call of its own
+        assert refreshing.is_alive() and not first, "the second viewer waited for the refresh"
     refreshing.join()
-    assert first[name].status["state"] == "SUCCEEDED" and not first[name].deferred
+    assert first[name].status["state"] == "PENDING" and not first[name].deferred
 
-    emulator.control.configure(reply_delay_seconds=0)
     third = live.lookup([(gemini_conn, name)])  # fresh in the cache now: no call, not deferred
     assert third[name].status == first[name].status and not third[name].deferred
     assert live.calls == 1
@@ -40,24 +37,25 @@ def test_a_viewer_does_not_queue_behind_a_refresh_stuck_on_a_slow_api(
 def test_a_cancel_does_not_wait_for_a_slow_refresh_nor_see_its_older_read(
     gemini_conn: str, emulator: Any, make_jobs: Any
 ) -> None:
-    """``invalidate`` (after a cancel) returns at once during a refresh stuck on a slow API, and that refresh,
-    which read the job before the cancel, does not store its read: the next view reads the job again."""
+    """A cancel and its ``invalidate`` go through during a refresh stuck on a hanging API, and that refresh,
+    which read the job before the cancel, does not store its read: the next view reads the cancelled job."""
+    emulator.control.hold_state("PENDING", match="cancel-ui")  # PENDING until the cancel
     (name,) = make_jobs(["cancel-ui"])
-    live = LiveStates(ttl=60.0, wait_seconds=0.2)
-    emulator.control.configure(reply_delay_seconds=3)  # far beyond an invalidate, even on a busy machine
-    refreshing = threading.Thread(target=lambda: live.lookup([(gemini_conn, name)]))
-    refreshing.start()
-    deadline = time.monotonic() + 30
-    while live.calls == 0:
-        assert time.monotonic() < deadline, "the refresh never started"
-        time.sleep(0.01)
-    live.invalidate(name)
-    assert refreshing.is_alive(), "invalidate waited for the whole slow refresh"
+    live = LiveStates(ttl=3600.0, wait_seconds=0.2)
+    refreshed: dict[str, Any] = {}
+    with emulator.control.hold_replies("GET", name, count=1) as hold:
+        refreshing = threading.Thread(target=lambda: refreshed.update(live.lookup([(gemini_conn, name)])))
+        refreshing.start()
+        hold.wait(held=1)  # the refresh has read the job (PENDING); its reply waits for the release
+        live.hook(gemini_conn).cancel_job(name)  # as the page's cancel does, then its invalidate
+        live.invalidate(name)
+        assert refreshing.is_alive() and not refreshed, "the cancel waited for the refresh"
     refreshing.join()
-    emulator.control.configure(reply_delay_seconds=0)
+    # Not even that refresh's own viewer is shown its read from before the cancel.
+    assert refreshed[name].status is None and refreshed[name].deferred
     after = live.lookup([(gemini_conn, name)])
     assert live.calls == 2  # the read from before the cancel was not kept
-    assert after[name].status["state"] == "SUCCEEDED" and not after[name].deferred
+    assert after[name].status["state"] == "CANCELLED" and not after[name].deferred
 
 
 def test_the_page_reads_vertex_jobs_through_the_vertex_hook(
