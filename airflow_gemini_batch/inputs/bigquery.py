@@ -47,6 +47,13 @@ _STORAGE_UNAVAILABLE = (
     "Unauthenticated",
 )
 
+
+def storage_read_unavailable(error: BaseException) -> bool:
+    """Whether opening a Storage Read session failed because the API is not there for us (not enabled, no
+    permission, no gRPC), so the paged ``list_rows`` can read the same rows, rather than a bad read."""
+    return type(error).__name__ in _STORAGE_UNAVAILABLE or isinstance(error, ImportError)
+
+
 _PARAM_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "BOOL"),  # before int: bool is an int
     (int, "INT64"),
@@ -188,7 +195,7 @@ class BigQueryRowSource(RowSource):
             stream = iter(rows.to_arrow_iterable(bqstorage_client=read_client, max_queue_size=2))
             first = next(stream, None)
         except Exception as e:
-            if type(e).__name__ not in _STORAGE_UNAVAILABLE and not isinstance(e, ImportError):
+            if not storage_read_unavailable(e):
                 raise
             log.warning(
                 "The BigQuery Storage Read API is unavailable (%s: %s); reading %s through paged list_rows "

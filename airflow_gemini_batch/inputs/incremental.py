@@ -57,7 +57,7 @@ from airflow_gemini_batch.sinks.schema import (
 from airflow_gemini_batch.sinks.table import dialect_of, get_db_hook
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from airflow_gemini_batch.sinks.sink import SqlHook
 
@@ -70,7 +70,7 @@ _INTEGER_KEYS = re.compile(rb'"-?[0-9]{1,18}"(?:,"-?[0-9]{1,18}")*')
 #: The destination's column naming the job that answered a row.
 JOB_COLUMN = "job_name"
 #: The destination's token columns summed for ``reused_cost_usd`` (the load's names, ``TOKEN_FIELDS`` order).
-_TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
+TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
 
 #: The submit operator's parameters naming the destination: the load operator's own names (one place).
 DESTINATION_PARAMETERS = (
@@ -125,19 +125,25 @@ class ReuseCheck:
     def __init__(
         self, destination: ReuseDestination, hook: SqlHook | None = None, exclude_jobs: Sequence[str] = ()
     ) -> None:
-        self.destination = destination.check()
-        #: one JSON array parameter, or None: no clause at all (the common first run costs nothing more)
-        self.exclude_jobs = orjson.dumps(sorted(set(exclude_jobs))).decode() if exclude_jobs else None
+        self._begin(destination, exclude_jobs)
         split_table(str(destination.destination_table))  # identifiers once templates are rendered
         quote(destination.destination_key_column)
         self.hook = hook or get_db_hook(str(destination.destination_conn_id))
         self.dialect = dialect_of(self.hook)
         if self.dialect not in (SQLITE, POSTGRES):
             raise GeminiBatchInputError(
-                f"incremental=True supports SQLite and PostgreSQL destinations, not {self.dialect!r}."
+                "incremental=True supports SQLite, PostgreSQL and BigQuery (google_cloud_platform) "
+                f"destinations, not {self.dialect!r}."
             )
+
+    def _begin(self, destination: ReuseDestination, exclude_jobs: Sequence[str]) -> None:
+        """What every check starts with, whatever holds the destination: nothing reused, no query yet."""
+        self.destination = destination.check()
+        #: one JSON array parameter, or None: no clause at all (the common first run costs nothing more)
+        self.exclude_jobs = orjson.dumps(sorted(set(exclude_jobs))).decode() if exclude_jobs else None
         self.reused = 0
         self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
+        self.dialect = SQLITE
         self._conn: Any = None
         self._sql: str | None = None
         self._sql_any: str | None = None  # PostgreSQL, integer key column: for a batch with other keys
@@ -151,6 +157,16 @@ class ReuseCheck:
         schema, name = split_table(str(self.destination.destination_table))
         self._conn = self.hook.get_conn()
         columns = self._columns(schema, name)
+        if not self._usable(columns):
+            return False
+        key_type = columns[self.destination.destination_key_column]
+        self._prepare(quote_table(schema, name), key_type.split("(")[0].strip().upper() in INTEGER_TYPES)
+        return True
+
+    def _usable(self, columns: Mapping[str, str]) -> bool:
+        """Whether a destination with these columns (name → type; none: it does not exist) can be checked:
+        False, with the log line saying why, when it is absent or has no fingerprints yet; a destination
+        without the key column is refused."""
         table = self.destination.destination_table
         if not columns:
             log.info("Incremental: %s does not exist yet; every row is sent.", table)
@@ -169,9 +185,13 @@ class ReuseCheck:
                 f"incremental=True: {table} has no column {key!r}; set destination_key_column to the load's "
                 f"key_column (columns: {sorted(columns)})."
             )
-        integer_keys = columns[key].split("(")[0].strip().upper() in INTEGER_TYPES
-        sums = ", ".join(f"SUM(a.{quote(c)})" for c in _TOKEN_COLUMNS)
-        table_sql, key_sql, fp_sql = quote_table(schema, name), quote(key), quote(FINGERPRINT_COLUMN)
+        return True
+
+    def _prepare(self, table_sql: str, integer_keys: bool) -> None:
+        """The lookup statement(s) of ``self.dialect`` against ``table_sql`` (quoted), on ``self._conn``."""
+        key = self.destination.destination_key_column
+        sums = ", ".join(f"SUM(a.{quote(c)})" for c in TOKEN_COLUMNS)
+        key_sql, fp_sql = quote(key), quote(FINGERPRINT_COLUMN)
         matched = f"a.{fp_sql} = {{fp}} AND a.outcome = '{SUCCEEDED}'"
         if self.exclude_jobs is not None:
             jobs = (
@@ -189,7 +209,7 @@ class ReuseCheck:
                 f"FROM json_each(?1) AS j LEFT JOIN {table_sql} AS a "
                 f"ON a.{key_sql} = j.value AND {matched.format(fp=fp)}"
             )
-            return True
+            return
         # One index lookup per input key, whatever the planner estimates for the batch: a hash join would
         # scan the whole destination once per batch. LOCAL: for this read-only transaction only.
         with closing(self._conn.cursor()) as cur:
@@ -207,7 +227,6 @@ class ReuseCheck:
         self._sql = template.format(key="u.k::bigint" if integer_keys else "u.k")
         self._sql_any = template.format(key="CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END")
         self._integer_keys = _INTEGER_KEYS if integer_keys else None
-        return True
 
     def _columns(self, schema: str | None, name: str) -> dict[str, str]:
         """Column name → declared type, or ``{}`` when the table does not exist."""

@@ -56,6 +56,7 @@ from airflow_gemini_batch.cost.pricing import compute_cost
 from airflow_gemini_batch.hooks.bigquery import is_bigquery_connection
 from airflow_gemini_batch.inputs.bigquery import BigQueryRowSource
 from airflow_gemini_batch.inputs.incremental import DESTINATION_PARAMETERS, ReuseCheck, ReuseDestination
+from airflow_gemini_batch.inputs.incremental_bigquery import BigQueryReuseCheck
 from airflow_gemini_batch.inputs.requests import DEFAULT_MAX_REQUEST_BYTES, RequestEncoder, RequestSpec
 from airflow_gemini_batch.inputs.shards import (
     DEFAULT_MAX_BYTES_PER_JOB,
@@ -590,7 +591,10 @@ class SubmitRun:
         """The incremental check against the load's destination, or None for a full run."""
         if not self.settings.incremental:
             return None
-        return ReuseCheck(self.settings.reuse_destination(), exclude_jobs=self._own_jobs)
+        destination = self.settings.reuse_destination()
+        if is_bigquery_connection(destination.destination_conn_id):
+            return BigQueryReuseCheck(destination, exclude_jobs=self._own_jobs)
+        return ReuseCheck(destination, exclude_jobs=self._own_jobs)
 
     def reused_cost_usd(self, plan: ShardPlan) -> float | None:
         """What re-sending the reused rows would have cost at the batch price (their stored tokens)."""
