@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "RELIABILITY.md"
 SUITE = REPO / "tests" / "reliability"
 
-ROW = re.compile(r"^\|\s*(R\d{2})\s*\|(.*)\|\s*$")
+ROW = re.compile(r"^\|\s*(R\d{2,3})\s*\|(.*)\|\s*$")
 REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
-TEST_IDS = re.compile(r"^test_((?:R\d{2}_)+)")
+TEST_IDS = re.compile(r"^test_((?:R\d{2,3}_)+)")
 
 
 def table_rows() -> dict[str, list[tuple[str, str]]]:
@@ -48,7 +48,7 @@ def functions_in(path: Path) -> set[str]:
 
 def ids_of(name: str) -> list[str]:
     match = TEST_IDS.match(name)
-    return re.findall(r"R\d{2}", match.group(1)) if match else []
+    return re.findall(r"R\d{2,3}", match.group(1)) if match else []
 
 
 def suite_tests() -> dict[str, str]:

@@ -108,7 +108,8 @@ class GeminiBatchSubmitOperator(SubmitLineage, BaseOperator):
     :param incremental: leave out the rows whose answer is already in the load's destination table for the
         same request fingerprint (model + job-wide config + request); they are counted as ``reused`` and their
         rows stay as they are. Default False: a re-run sends every row, as before. Needs ``destination_conn_id``
-        and ``destination_table`` (and ``destination_key_column``), the load's values.
+        and ``destination_table`` (and ``destination_key_column``), the load's values: a SQLite, PostgreSQL or
+        BigQuery (``google_cloud_platform``) table.
     :param destination_conn_id: with ``incremental``: the load's ``destination_conn_id``. (templated)
     :param destination_table: with ``incremental``: the load's ``destination_table``. (templated)
     :param destination_path: the load's ``destination_path``; refused with ``incremental`` (object-store
