@@ -25,6 +25,9 @@ Invariants:
   column yet (written by a version before fingerprints; the load adds the column) reuses nothing: every row is
   sent, with a log line saying why.
 * What re-sending the reused rows would have cost is known from their stored token columns, summed here.
+* A BigQuery destination is read once per check into a local SQLite mirror and looked up there by the SQLite
+  statement below (:mod:`airflow_gemini_batch.inputs.incremental_bigquery`): a query job per batch would be
+  billed for a scan each time.
 * Object-store destinations are refused for ``incremental=True``: their files are rewritten whole by each
   load, so a reused row would vanish from them.
 * A row answered by the task instance's own jobs (``exclude_jobs``: every job its ledger recorded, in every

@@ -145,7 +145,9 @@ class BigQueryReuseCheck(ReuseCheck):
         columns = [f"{quote(key)} {key_type} PRIMARY KEY", f"{quote(FINGERPRINT_COLUMN)} TEXT"]
         columns += [f"{quote(c)} INTEGER" for c in TOKEN_COLUMNS]
         columns += [f"{quote(JOB_COLUMN)} TEXT", f"outcome TEXT GENERATED ALWAYS AS ('{SUCCEEDED}') VIRTUAL"]
-        conn.execute(f"CREATE TABLE {quote(MIRROR_TABLE)} ({', '.join(columns)})")
+        # A text key is the table's own B-tree key (no rowid, so not stored twice); an integer one is the rowid.
+        rowid = " WITHOUT ROWID" if key_type == "TEXT" else ""
+        conn.execute(f"CREATE TABLE {quote(MIRROR_TABLE)} ({', '.join(columns)}){rowid}")
         insert = (
             f"INSERT OR REPLACE INTO {quote(MIRROR_TABLE)} ({', '.join(map(quote, fields))}) "
             f"VALUES ({', '.join('?' * len(fields))})"

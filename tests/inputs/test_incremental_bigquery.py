@@ -168,3 +168,18 @@ def test_a_destination_it_cannot_check_is_refused(gcp_conn: str, bq_client: Any,
     )
     with pytest.raises(GeminiBatchInputError, match="has no column 'key'; set destination_key_column"):
         _check(gcp_conn, f"{table}2").open()
+
+
+def test_a_read_that_fails_leaves_no_mirror_file(
+    gcp_conn: str, bq_client: Any, bq_dataset: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+):
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.cloud import bigquery
+
+    monkeypatch.setattr(incremental_bigquery.tempfile, "tempdir", str(tmp_path))
+    table = f"{PROJECT}.{bq_dataset}.answers"
+    schema = [bigquery.SchemaField("key", "INT64"), bigquery.SchemaField("request_fingerprint", "STRING")]
+    bq_client.create_table(bigquery.Table(table, schema=schema))  # no outcome column: the read is refused
+    with pytest.raises(GoogleAPICallError, match="outcome"):
+        _check(gcp_conn, table).open()
+    assert list(tmp_path.iterdir()) == [], "the mirror file begun is deleted"
