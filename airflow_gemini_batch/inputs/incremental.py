@@ -146,7 +146,6 @@ class ReuseCheck:
         self.exclude_jobs = orjson.dumps(sorted(set(exclude_jobs))).decode() if exclude_jobs else None
         self.reused = 0
         self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
-        self.dialect = SQLITE
         self._conn: Any = None
         self._sql: str | None = None
         self._sql_any: str | None = None  # PostgreSQL, integer key column: for a batch with other keys

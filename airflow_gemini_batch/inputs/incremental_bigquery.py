@@ -7,7 +7,7 @@ Invariants:
 * One read of the destination per check, never a query per fetched batch: a BigQuery query job per batch
   would be billed for a scan of the destination's columns each time and wait for a job each time. The check
   opens one Storage Read session with ``selected_fields`` (the key, ``request_fingerprint``, the token
-  columns and ``job_name``: what the lookup reads) and a ``row_restriction`` (``outcome = 'succeeded'``, key
+  columns, and ``job_name`` when this task instance's own jobs are excluded: what the lookup reads) and a ``row_restriction`` (``outcome = 'succeeded'``, key
   and fingerprint not NULL), so only those rows and columns leave BigQuery, from the session's snapshot.
 * Bounded memory: each Arrow record batch is inserted ``MIRROR_CHUNK`` rows at a time (``executemany``) into a
   table of a temporary SQLite file whose PRIMARY KEY is the destination's key (the index the lookup needs),
@@ -43,7 +43,7 @@ from airflow_gemini_batch.hooks.bigquery import BigQueryClients
 from airflow_gemini_batch.inputs.bigquery import storage_read_unavailable
 from airflow_gemini_batch.inputs.incremental import JOB_COLUMN, TOKEN_COLUMNS, ReuseCheck, ReuseDestination
 from airflow_gemini_batch.results.rows import SUCCEEDED
-from airflow_gemini_batch.sinks.schema import FINGERPRINT_COLUMN, check_identifier, quote
+from airflow_gemini_batch.sinks.schema import FINGERPRINT_COLUMN, SQLITE, check_identifier, quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -80,6 +80,7 @@ class BigQueryReuseCheck(ReuseCheck):
         exclude_jobs: Sequence[str] = (),
     ) -> None:
         self._begin(destination, exclude_jobs)
+        self.dialect = SQLITE  # the lookups run on the mirror
         check_identifier(destination.destination_key_column, "destination_key_column")
         self.clients = clients or BigQueryClients(str(destination.destination_conn_id))
         self.table = self.clients.table_id(str(destination.destination_table), "destination_table")
@@ -109,7 +110,9 @@ class BigQueryReuseCheck(ReuseCheck):
                 f"incremental=True: the key column {key!r} of {self.table} is {schema[key].field_type}; "
                 "BigQuery keys are STRING or INT64 (the load's key_column_type)."
             )
-        fields = [c for c in (key, FINGERPRINT_COLUMN, *TOKEN_COLUMNS, JOB_COLUMN) if c in schema]
+        # job_name only when the lookup excludes jobs (a retry or clear): else no statement reads it.
+        wanted = (key, FINGERPRINT_COLUMN, *TOKEN_COLUMNS, *((JOB_COLUMN,) if self.exclude_jobs else ()))
+        fields = [c for c in wanted if c in schema]
         try:
             self._mirror(fields, key_type, schema)
         except BaseException:
