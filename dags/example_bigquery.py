@@ -2,8 +2,9 @@
 
 The source table is read with the BigQuery Storage Read API (only the selected columns); the answers go to
 ``review_answers`` by NDJSON load jobs into a staging table and one ``MERGE`` on ``review_id``, so a rerun
-updates rows instead of duplicating them and a failed load leaves the table as it was. Credentials are the
-``google_cloud_platform`` connection's (the provider's ``BigQueryHook``).
+updates rows instead of duplicating them and a failed load leaves the table as it was. ``incremental=True``: the
+next run sends only the reviews without a succeeded answer there for the same request (new or edited ones).
+Credentials are the ``google_cloud_platform`` connection's (the provider's ``BigQueryHook``).
 
 Settings (environment): ``GEMINI_BATCH_GCP_CONN_ID`` (default ``google_cloud_default``),
 ``GEMINI_BATCH_BIGQUERY_DATASET`` (default ``gemini_batch_demo``), ``GEMINI_BATCH_BIGQUERY_STAGING_PATH``
@@ -86,6 +87,8 @@ def seed_reviews() -> int:
     doc_md=__doc__,
 )
 def gemini_batch_bigquery_reviews():
+    # The load's destination, named once: the submit's incremental check reads the same table.
+    destination = {"destination_conn_id": GCP_CONN_ID, "destination_table": f"{DATASET}.review_answers"}
     submit = GeminiBatchSubmitOperator(
         task_id="submit",
         source_conn_id=GCP_CONN_ID,
@@ -96,6 +99,10 @@ def gemini_batch_bigquery_reviews():
         response_schema=ReviewTopic,
         model=MODEL,
         staging_path=STAGING_PATH,
+        # Reviews whose answer is already in review_answers for the same request are not sent again.
+        incremental=True,
+        **destination,
+        destination_key_column="review_id",
     )
     wait = GeminiBatchJobSensor(
         task_id="wait", manifest=submit.output, poll_interval=POLL_INTERVAL, deferrable=True
@@ -103,8 +110,7 @@ def gemini_batch_bigquery_reviews():
     load = GeminiBatchLoadResultsOperator(
         task_id="load",
         manifest=submit.output,
-        destination_conn_id=GCP_CONN_ID,
-        destination_table=f"{DATASET}.review_answers",
+        **destination,
         key_column="review_id",
         key_column_type="INT64",
         output_columns={"sentiment": "STRING", "score": "FLOAT64", "topic": "STRING"},

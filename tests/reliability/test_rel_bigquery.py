@@ -38,6 +38,12 @@ def answers(client: Any, dataset: str) -> list[dict[str, Any]]:
     return [dict(r) for r in client.list_rows(f"{PROJECT}.{dataset}.review_answers")]
 
 
+def edit_every_review(client: Any, dataset: str) -> None:
+    """Change every prompt, so the incremental DAG's next run sends (and upserts) every row again."""
+    table = f"{PROJECT}.{dataset}.reviews"
+    client.query(f"UPDATE `{table}` SET body = CONCAT(body, ' (edited)') WHERE TRUE").result(timeout=60)
+
+
 def run_dag(register_dag: Any) -> Any:
     dag = _dagbag().get_dag(DAG_ID)
     register_dag(dag)
@@ -56,7 +62,13 @@ def test_R72_bigquery_to_batch_to_bigquery_and_a_rerun_keeps_one_row_per_key(
     assert all(r["sentiment"] == r["json_value"]["sentiment"] for r in rows)
     first_loaded = {r["loaded_at"] for r in rows}
 
-    rerun = run_dag(register_dag)  # a new run: new jobs, the same keys
+    # Unchanged reviews: the incremental rerun sends nothing and leaves every row as it is.
+    assert run_dag(register_dag).state == "success"
+    assert len(emulator.control.jobs()) == 1
+    assert {r["loaded_at"] for r in answers(bq_client, example_env)} == first_loaded
+
+    edit_every_review(bq_client, example_env)
+    rerun = run_dag(register_dag)  # every prompt changed: a new job for the same keys
     assert rerun.state == "success"
     rows = answers(bq_client, example_env)
     assert sorted(r["review_id"] for r in rows) == list(range(1, 501)), "one row per key after the rerun"
@@ -72,7 +84,9 @@ def test_R73_a_failed_bigquery_load_leaves_the_destination_untouched(
     assert run_dag(register_dag).state == "success"
     before = sorted(answers(bq_client, example_env), key=lambda r: r["review_id"])
 
-    # The second run's results download fails every time: the load fails after the sink was opened.
+    # The second run resends every (edited) review, and its results download fails every time: the load
+    # fails after the sink was opened.
+    edit_every_review(bq_client, example_env)
     emulator.control.inject_fault("files.download", status=404, count=50)
     assert run_dag(register_dag).state == "failed"
     assert sorted(answers(bq_client, example_env), key=lambda r: r["review_id"]) == before
