@@ -10,11 +10,12 @@ Invariants:
 
 * The database does the work, one fetched batch at a time: one parameterised left join of the batch (at most
   :data:`LOOKUP_BATCH` rows) with the destination on its primary key (index lookups, never a scan of the
-  destination per batch), answering with one row: the reused count, their token sums and the positions of
-  the rows to send. The batch goes as two bound values built by joining what the encoder holds, with no
-  Python step per row: the wire keys as one JSON array, and the fingerprints as one string (SQLite: the
-  64-hex-digit digests back to back, row ``j``'s cut out at ``64 j``; PostgreSQL: comma-separated, zipped
-  with the keys by ``ROWS FROM``). Memory is one batch, never a set of every fingerprint in the table.
+  destination per batch), answering with one row: the reused rows' token sums and the positions of the rows to
+  send. The reused count is the rest of the part (each input row comes out of the left join, NULL-extended
+  exactly when nothing matched), so no aggregate counts it. The batch goes as two bound values built by joining
+  what the encoder holds, with no Python step per row: the wire keys as one JSON array, and the fingerprints
+  as one string (SQLite: the 64-hex-digit digests back to back, row ``j``'s cut out at ``64 j``; PostgreSQL:
+  comma-separated, zipped with the keys by ``ROWS FROM``). Memory is one batch, never a set of every fingerprint in the table.
   Matching on the key as well as the fingerprint is what makes reuse per row: two keys with the same prompt
   share a fingerprint, but each has its own answer. (A key repeated in one batch is decided per row; the
   repeat is refused later as a duplicate.)
@@ -24,7 +25,9 @@ Invariants:
 * The check only reads. A destination that does not exist yet (a first run) or has no ``request_fingerprint``
   column yet (written by a version before fingerprints; the load adds the column) reuses nothing: every row is
   sent, with a log line saying why.
-* What re-sending the reused rows would have cost is known from their stored token columns, summed here.
+* What re-sending the reused rows would have cost is known from their stored token columns, summed here: the
+  four that pricing reads (:data:`REUSED_TOKEN_FIELDS`); ``total_tokens`` is not priced, and each summed
+  column is a step per reused row.
 * A BigQuery destination is read once per check into a local SQLite mirror and looked up there by the SQLite
   statement below (:mod:`airflow_gemini_batch.inputs.incremental_bigquery`): a query job per batch would be
   billed for a scan each time.
@@ -47,7 +50,7 @@ import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
 from airflow_gemini_batch.inputs.fingerprint import FINGERPRINT_HEX
-from airflow_gemini_batch.results.rows import SUCCEEDED, TOKEN_FIELDS
+from airflow_gemini_batch.results.rows import SUCCEEDED
 from airflow_gemini_batch.sinks.schema import (
     FINGERPRINT_COLUMN,
     INTEGER_TYPES,
@@ -72,8 +75,11 @@ LOOKUP_BATCH = 10_000
 _INTEGER_KEYS = re.compile(rb'"-?[0-9]{1,18}"(?:,"-?[0-9]{1,18}")*')
 #: The destination's column naming the job that answered a row.
 JOB_COLUMN = "job_name"
-#: The destination's token columns summed for ``reused_cost_usd`` (the load's names, ``TOKEN_FIELDS`` order).
-TOKEN_COLUMNS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "total_tokens")
+#: The token counts summed over the reused rows: what ``cost.pricing.compute_cost`` prices (prompt, cached at
+#: the cache price, output and thinking as output).
+REUSED_TOKEN_FIELDS = ("prompt", "output", "thinking", "cached")
+#: The destination's columns holding them (the load's names, ``REUSED_TOKEN_FIELDS`` order).
+TOKEN_COLUMNS = tuple(f"{name}_tokens" for name in REUSED_TOKEN_FIELDS)
 
 #: The submit operator's parameters naming the destination: the load operator's own names (one place).
 DESTINATION_PARAMETERS = (
@@ -145,7 +151,7 @@ class ReuseCheck:
         #: one JSON array parameter, or None: no clause at all (the common first run costs nothing more)
         self.exclude_jobs = orjson.dumps(sorted(set(exclude_jobs))).decode() if exclude_jobs else None
         self.reused = 0
-        self.tokens = dict.fromkeys(TOKEN_FIELDS, 0)
+        self.tokens = dict.fromkeys(REUSED_TOKEN_FIELDS, 0)
         self._conn: Any = None
         self._sql: str | None = None
         self._sql_any: str | None = None  # PostgreSQL, integer key column: for a batch with other keys
@@ -207,7 +213,7 @@ class ReuseCheck:
             # compares the key text numerically); row j's fingerprint is bytes [64j, 64j + 64) of the blob.
             fp = f"CAST(substr(?2, j.key * {FINGERPRINT_HEX} + 1, {FINGERPRINT_HEX}) AS TEXT)"
             self._sql = (
-                f"SELECT COUNT(a.{key_sql}), {sums}, json_group_array(j.key) FILTER (WHERE a.{key_sql} IS NULL) "
+                f"SELECT {sums}, json_group_array(j.key) FILTER (WHERE a.{key_sql} IS NULL) "
                 f"FROM json_each(?1) AS j LEFT JOIN {table_sql} AS a "
                 f"ON a.{key_sql} = j.value AND {matched.format(fp=fp)}"
             )
@@ -219,7 +225,7 @@ class ReuseCheck:
             cur.execute("SET LOCAL enable_mergejoin = off")
         # ROWS FROM zips the keys' JSON array with the split fingerprints, row for row.
         template = (
-            f"SELECT COUNT(a.{key_sql}), {sums}, array_agg(u.i - 1) FILTER (WHERE a.{key_sql} IS NULL) "
+            f"SELECT {sums}, array_agg(u.i - 1) FILTER (WHERE a.{key_sql} IS NULL) "
             "FROM ROWS FROM (json_array_elements_text(%s::json), string_to_table(%s, ',')) "
             f"WITH ORDINALITY AS u(k, fp, i) LEFT JOIN {table_sql} AS a "
             f"ON a.{key_sql} = {{key}} AND {matched.format(fp='u.fp')}"
@@ -267,21 +273,21 @@ class ReuseCheck:
     ) -> tuple[list[bytes], list[bytes], list[str]]:
         """The batch without its reused rows (same order); counts them and sums their stored tokens.
 
-        The database matches key *and* fingerprint and answers with one row per lookup: how many were reused,
-        their token sums, and the positions of the rows to send (usually few). No Python step per row: the
-        parameters are joins of what the encoder already holds, and only the sent rows are picked out.
+        The database matches key *and* fingerprint and answers with one row per lookup: the reused rows' token
+        sums and the positions of the rows to send (usually few); the others are the reused ones. No Python step
+        per row: the parameters are joins of what the encoder already holds, and only the sent rows are picked
+        out.
         """
         if self._sql is None or not keys:
             return lines, keys, fingerprints
         send: list[int] = []
         reused = 0
         for start in range(0, len(keys), LOOKUP_BATCH):
-            count, *sums, to_send = self._lookup(
-                keys[start : start + LOOKUP_BATCH], fingerprints[start : start + LOOKUP_BATCH]
-            )
-            reused += count
+            part = keys[start : start + LOOKUP_BATCH]
+            *sums, to_send = self._lookup(part, fingerprints[start : start + LOOKUP_BATCH])
+            reused += len(part) - len(to_send)
             send.extend(start + i for i in to_send)
-            for name, total in zip(TOKEN_FIELDS, sums, strict=True):
+            for name, total in zip(REUSED_TOKEN_FIELDS, sums, strict=True):
                 self.tokens[name] += int(total or 0)
         if not reused:
             return lines, keys, fingerprints
@@ -290,7 +296,7 @@ class ReuseCheck:
         return [lines[i] for i in send], [keys[i] for i in send], [fingerprints[i] for i in send]
 
     def _lookup(self, keys: list[bytes], fingerprints: list[str]) -> tuple[Any, ...]:
-        """``(reused count, token sums..., positions to send)`` of one part of a batch: one query.
+        """``(token sums..., positions to send)`` of one part of a batch: one query.
 
         The keys go as one JSON array (their wire form joined), the fingerprints as one string (SQLite: a
         blob of fixed-width digests, cut by position; PostgreSQL: comma-separated): two bound values the
@@ -304,16 +310,16 @@ class ReuseCheck:
         with closing(self._conn.cursor()) as cur:
             if self.dialect == SQLITE:
                 cur.execute(self._sql, (array.decode(), digests.encode(), *self._own()))
-                count, *sums, to_send = cur.fetchone()
-                return (count, *sums, orjson.loads(to_send))
+                *sums, to_send = cur.fetchone()
+                return (*sums, orjson.loads(to_send))
             sql = (
                 self._sql
                 if self._integer_keys is None or self._integer_keys.fullmatch(joined)
                 else self._sql_any
             )
             cur.execute(sql, (array.decode(), ",".join(fingerprints), *self._own()))
-            count, *sums, to_send = cur.fetchone()
-            return (count, *sums, to_send or [])
+            *sums, to_send = cur.fetchone()
+            return (*sums, to_send or [])
 
     def _own(self) -> tuple[str, ...]:
         """The ``exclude_jobs`` parameter of a lookup, when it has that clause."""
