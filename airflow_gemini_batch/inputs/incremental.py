@@ -15,10 +15,17 @@ Invariants:
   exactly when nothing matched), so no aggregate counts it. The batch goes as two bound values built by joining
   what the encoder holds, with no Python step per row: the wire keys as one JSON array, and the fingerprints
   as one string (SQLite: the 64-hex-digit digests back to back, row ``j``'s cut out at ``64 j``; PostgreSQL:
-  comma-separated, zipped with the keys by ``ROWS FROM``). Memory is one batch, never a set of every fingerprint in the table.
+  comma-separated, zipped with the keys by ``ROWS FROM``). Memory is one batch, never a set of every
+  fingerprint in the table.
   Matching on the key as well as the fingerprint is what makes reuse per row: two keys with the same prompt
   share a fingerprint, but each has its own answer. (A key repeated in one batch is decided per row; the
   repeat is refused later as a duplicate.)
+* PostgreSQL, integer keys: a part whose keys are dense (``max - min`` under :data:`DENSE_SPAN` times its
+  length, as a source read in key order gives) is merge-joined with one index range scan over
+  ``[min, max]`` instead: at most that many destination rows, so still bounded by the part and never by the
+  table, and cheaper than one index descent per key. Any other part (sparse, or keys that are not integers)
+  takes the per-key lookups. The planner is steered by ``SET LOCAL`` (this read-only transaction only),
+  switched only when consecutive parts change kind.
 * The lookup needs an index on the destination's key: the load creates its tables with the key as primary
   key, and its upsert (``ON CONFLICT`` on the key) needs a unique index there on any existing table too, so
   a table the load has written to always has one.
@@ -71,6 +78,8 @@ log = logging.getLogger(__name__)
 
 #: Keys looked up per query: bounds the statement and what one answer holds in memory.
 LOOKUP_BATCH = 10_000
+#: A PostgreSQL part of integer keys spanning fewer than this many values per key is looked up by a range.
+DENSE_SPAN = 2
 #: A joined batch of wire keys that are all integers a bigint holds (PostgreSQL casts them without a check).
 _INTEGER_KEYS = re.compile(rb'"-?[0-9]{1,18}"(?:,"-?[0-9]{1,18}")*')
 #: The destination's column naming the job that answered a row.
@@ -156,6 +165,8 @@ class ReuseCheck:
         self._sql: str | None = None
         self._sql_any: str | None = None  # PostgreSQL, integer key column: for a batch with other keys
         self._integer_keys: re.Pattern[bytes] | None = None
+        self._sql_range: str | None = None  # PostgreSQL, integer key column: a part of dense keys
+        self._by_range = False  # which plan the session's SET LOCAL settings steer to now
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -235,6 +246,13 @@ class ReuseCheck:
         self._sql = template.format(key="u.k::bigint" if integer_keys else "u.k")
         self._sql_any = template.format(key="CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END")
         self._integer_keys = _INTEGER_KEYS if integer_keys else None
+        self._by_range = False
+        if integer_keys:
+            # The same join against only the destination's rows in [min, max] of the part (bound by the caller).
+            ranged = f"(SELECT * FROM {table_sql} WHERE {key_sql} BETWEEN %s::bigint AND %s::bigint)"
+            self._sql_range = template.replace(
+                f"LEFT JOIN {table_sql} AS a", f"LEFT JOIN {ranged} AS a"
+            ).format(key="u.k::bigint")
 
     def _columns(self, schema: str | None, name: str) -> dict[str, str]:
         """Column name → declared type, or ``{}`` when the table does not exist."""
@@ -312,14 +330,31 @@ class ReuseCheck:
                 cur.execute(self._sql, (array.decode(), digests.encode(), *self._own()))
                 *sums, to_send = cur.fetchone()
                 return (*sums, orjson.loads(to_send))
-            sql = (
-                self._sql
-                if self._integer_keys is None or self._integer_keys.fullmatch(joined)
-                else self._sql_any
-            )
-            cur.execute(sql, (array.decode(), ",".join(fingerprints), *self._own()))
+            params: tuple[Any, ...] = (array.decode(), ",".join(fingerprints))
+            sql = self._sql
+            by_range = False
+            if self._integer_keys is not None:
+                if not self._integer_keys.fullmatch(joined):
+                    sql = self._sql_any
+                else:
+                    numbers = orjson.loads(b"[" + joined.replace(b'"', b"") + b"]")  # C, not a step per row
+                    low, high = min(numbers), max(numbers)
+                    by_range = high - low < DENSE_SPAN * len(numbers)
+                    if by_range:
+                        sql, params = self._sql_range, (*params, low, high)
+            self._steer(cur, by_range)
+            cur.execute(sql, (*params, *self._own()))
             *sums, to_send = cur.fetchone()
             return (*sums, to_send or [])
+
+    def _steer(self, cur: Any, by_range: bool) -> None:
+        """Set the planner for this part's plan (see the module): a merge join over the range, or one index
+        lookup per key (a hash or merge join of the whole table would scan it once per part)."""
+        if by_range == self._by_range:
+            return
+        cur.execute(f"SET LOCAL enable_mergejoin = {'on' if by_range else 'off'}")
+        cur.execute(f"SET LOCAL enable_nestloop = {'off' if by_range else 'on'}")
+        self._by_range = by_range
 
     def _own(self) -> tuple[str, ...]:
         """The ``exclude_jobs`` parameter of a lookup, when it has that clause."""

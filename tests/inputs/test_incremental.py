@@ -117,3 +117,34 @@ def test_answers_of_the_task_instances_own_jobs_are_not_reused(warehouse):
     with ReuseCheck(destination, exclude_jobs=["batches/own", "batches/other"]) as check:
         _, sent_keys, _ = check.filter(*_batch(range(5), [_fp(f"fp{i}") for i in range(5)]))
     assert [int(orjson.loads(k)) for k in sent_keys] == [0, 1] and check.reused == 3
+
+
+def test_parts_of_dense_and_of_sparse_keys_are_decided_alike(warehouse, monkeypatch):
+    """PostgreSQL looks up a part of dense integer keys by one range and a sparse part key by key (see the
+    module): whichever plan a part gets, and however the parts alternate, the same rows are reused."""
+    monkeypatch.setattr(incremental, "LOOKUP_BATCH", 4)
+    plans: list[bool] = []  # the plan of each PostgreSQL part: True = by range
+    steer = ReuseCheck._steer
+
+    def noting(self: ReuseCheck, cur: object, by_range: bool) -> None:
+        plans.append(by_range)
+        steer(self, cur, by_range)
+
+    monkeypatch.setattr(ReuseCheck, "_steer", noting)
+    table = warehouse.table("answers")
+    _destination(warehouse, table)
+    sparse = [10_000 * i for i in range(1, 9)]
+    stored = [(k, "succeeded", 1, 2, 3, 0, 6, _fp(f"fp{k}")) for k in [0, 1, 2, 4, 5, 6, 7, *sparse]]
+    ph = warehouse.ph
+    warehouse.execute(f"INSERT INTO {table} VALUES ({', '.join([ph] * 8)})", stored, many=True)
+    # Parts of 4: dense, sparse, dense, sparse; each has a key not in the destination or a changed request.
+    keys = [0, 1, 2, 3, 10_000, 20_000, 30_000, 99_999, 4, 5, 6, 7, 50_000, 60_000, 70_000, 80_000]
+    fingerprints = [_fp(f"fp{k}") for k in keys]
+    fingerprints[1] = fingerprints[9] = fingerprints[14] = _fp("changed")
+    with _check(warehouse, table) as check:
+        _, sent_keys, sent_fps = check.filter(*_batch(keys, fingerprints))
+    assert [int(orjson.loads(k)) for k in sent_keys] == [1, 3, 99_999, 5, 70_000]
+    assert sent_fps == [fingerprints[i] for i in (1, 3, 7, 9, 14)]
+    assert check.reused == 11
+    assert check.tokens == {"prompt": 11, "output": 22, "thinking": 33, "cached": 0}
+    assert plans == ([True, False, True, False] if warehouse.kind == "postgres" else [])
