@@ -30,6 +30,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,31 @@ def _client() -> Any:
     from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
 
     return BigQueryHook(gcp_conn_id=CONN_ID).get_client()
+
+
+@contextmanager
+def emulated_bigquery(dataset: str, prefix: str) -> Iterator[Any]:
+    """A BigQuery emulator process for one bench run: ``CONN_ID`` pointed at it, ``dataset`` made; yields the
+    BigQuery client; the process is stopped after."""
+    from airflow_gemini_batch.emulator.gcp_processes import (
+        connection_extras,
+        emulator_env,
+        start_bigquery_emulator,
+        stop_process,
+    )
+
+    print("  ON THE BIGQUERY EMULATOR (bqemulator 1.4 / DuckDB, on this machine) - not BigQuery's figures")
+    proc, emulator = start_bigquery_emulator(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        os.environ.update(emulator_env(emulator, None))
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
+            {"conn_type": "google_cloud_platform", "extra": connection_extras(None)}
+        )
+        client = _client()
+        client.create_dataset(dataset, exists_ok=True)
+        yield client
+    finally:
+        stop_process(proc, grace=10.0)
 
 
 def read_floor(table: str) -> Any:
@@ -187,26 +213,11 @@ def _reads(sources: dict[int, str], full: int, small: int, repeats: int) -> None
 
 
 def main() -> None:
-    from airflow_gemini_batch.emulator.gcp_processes import (
-        connection_extras,
-        emulator_env,
-        start_bigquery_emulator,
-        stop_process,
-    )
-
     full = int(os.environ.get("BENCH_ROWS", "1000000"))
     small = min(100_000, full)
     repeats = int(os.environ.get("BENCH_REPEATS", "2"))
     parts = sys.argv[1:] or ["read", "load"]
-    print("  ON THE BIGQUERY EMULATOR (bqemulator 1.4 / DuckDB, on this machine) - not BigQuery's figures")
-    proc, emulator = start_bigquery_emulator(Path(tempfile.mkdtemp(prefix="gemini-bench-bq-")))
-    try:
-        os.environ.update(emulator_env(emulator, None))
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-            {"conn_type": "google_cloud_platform", "extra": connection_extras(None)}
-        )
-        client = _client()
-        client.create_dataset(DATASET, exists_ok=True)
+    with emulated_bigquery(DATASET, "gemini-bench-bq-") as client:
         sources = {n: f"{client.project}.{DATASET}.src_{n}" for n in {full, small}}
         for n, table in sources.items():
             print(f"  seeding {table} with {n:,} rows ...", flush=True)
@@ -240,8 +251,6 @@ def main() -> None:
         print(
             f"  load time: ours {loads['ours']['seconds'] / loads['floor']['seconds']:.2f}x the floor's (goal <= 1.3x)"
         )
-    finally:
-        stop_process(proc, grace=10.0)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ is min(100 000, BENCH_ROWS)); ``BENCH_REPEATS`` (default 2).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from bench.bigquery import _client, emulated_bigquery
 from bench.harness import best_of, format_row
 
 CONN_ID = "google_cloud_default"
@@ -57,12 +56,6 @@ def result_rows(n: int, text: str) -> Iterator[list[Any]]:
             )
             for i in range(start, min(n, start + CHUNK))
         ]
-
-
-def _client() -> Any:
-    from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
-
-    return BigQueryHook(gcp_conn_id=CONN_ID).get_client()
 
 
 def _sink(table: str) -> Any:
@@ -158,25 +151,10 @@ def seed_destination(table: str, rows: int) -> None:
 
 
 def main() -> None:
-    from airflow_gemini_batch.emulator.gcp_processes import (
-        connection_extras,
-        emulator_env,
-        start_bigquery_emulator,
-        stop_process,
-    )
-
     full = int(os.environ.get("BENCH_ROWS", "1000000"))
     small = min(100_000, full)
     repeats = int(os.environ.get("BENCH_REPEATS", "2"))
-    print("  ON THE BIGQUERY EMULATOR (bqemulator 1.4 / DuckDB, on this machine) - not BigQuery's figures")
-    proc, emulator = start_bigquery_emulator(Path(tempfile.mkdtemp(prefix="gemini-bench-bqm-")))
-    try:
-        os.environ.update(emulator_env(emulator, None))
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-            {"conn_type": "google_cloud_platform", "extra": connection_extras(None)}
-        )
-        client = _client()
-        client.create_dataset(DATASET, exists_ok=True)
+    with emulated_bigquery(DATASET, "gemini-bench-bqm-") as client:
         seeds = {n: f"{client.project}.{DATASET}.seed_{n}" for n in {full, small}}
         for n, table in seeds.items():
             print(f"  seeding {table} with {n:,} rows (a first load) ...", flush=True)
@@ -225,8 +203,6 @@ def main() -> None:
         print(
             f"  peak memory: +{got['ours-small']['peak_mb']:.1f} MB at {small:,}, +{got['ours']['peak_mb']:.1f} MB at {full:,}"
         )
-    finally:
-        stop_process(proc, grace=10.0)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ run (default 1 000 000; the small size is min(100 000, BENCH_ROWS)); ``BENCH_REP
 from __future__ import annotations
 
 import io
-import json
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.bigquery import emulated_bigquery
 from bench.harness import best_of, format_row
 
 CONN_ID = "google_cloud_default"
@@ -39,12 +37,6 @@ FIELDS = ("key", "request_fingerprint", "prompt_tokens", "output_tokens", "think
 
 def _fingerprint(i: int, changed: bool = False) -> str:
     return f"{i * 2654435761 % 2**64 + (1 if changed else 0):064x}"
-
-
-def _client() -> Any:
-    from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
-
-    return BigQueryHook(gcp_conn_id=CONN_ID).get_client()
 
 
 def seed(client: Any, table: str, n: int) -> None:
@@ -118,25 +110,10 @@ def ours(table: str, rows: int) -> Any:
 
 
 def main() -> None:
-    from airflow_gemini_batch.emulator.gcp_processes import (
-        connection_extras,
-        emulator_env,
-        start_bigquery_emulator,
-        stop_process,
-    )
-
     full = int(os.environ.get("BENCH_ROWS", "1000000"))
     small = min(100_000, full)
     repeats = int(os.environ.get("BENCH_REPEATS", "2"))
-    print("  ON THE BIGQUERY EMULATOR (bqemulator 1.4 / DuckDB, on this machine) - not BigQuery's figures")
-    proc, emulator = start_bigquery_emulator(Path(tempfile.mkdtemp(prefix="gemini-bench-bq-inc-")))
-    try:
-        os.environ.update(emulator_env(emulator, None))
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-            {"conn_type": "google_cloud_platform", "extra": connection_extras(None)}
-        )
-        client = _client()
-        client.create_dataset(DATASET, exists_ok=True)
+    with emulated_bigquery(DATASET, "gemini-bench-bq-inc-") as client:
         tables = {n: f"{client.project}.{DATASET}.answers_{n}" for n in {full, small}}
         for n, table in tables.items():
             print(f"  seeding {table} with {n:,} answers ...", flush=True)
@@ -162,8 +139,6 @@ def main() -> None:
             f"  time: ours {results['ours']['seconds'] / results['floor']['seconds']:.2f}x the floor's; of it the "
             f"mirror (open) {value['mirror_seconds']:.2f} s, the lookups the rest"
         )
-    finally:
-        stop_process(proc, grace=10.0)
 
 
 if __name__ == "__main__":
