@@ -238,21 +238,20 @@ class ReuseCheck:
         template = (
             f"SELECT {sums}, array_agg(u.i - 1) FILTER (WHERE a.{key_sql} IS NULL) "
             "FROM ROWS FROM (json_array_elements_text(%s::json), string_to_table(%s, ',')) "
-            f"WITH ORDINALITY AS u(k, fp, i) LEFT JOIN {table_sql} AS a "
+            "WITH ORDINALITY AS u(k, fp, i) LEFT JOIN {source} AS a "
             f"ON a.{key_sql} = {{key}} AND {matched.format(fp='u.fp')}"
         )
         # A batch whose keys are all integers (one regex over the joined keys, in C) casts them directly;
         # otherwise a key that is not an integer cannot be in an integer column: NULL, which matches nothing.
-        self._sql = template.format(key="u.k::bigint" if integer_keys else "u.k")
-        self._sql_any = template.format(key="CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END")
+        self._sql = template.format(source=table_sql, key="u.k::bigint" if integer_keys else "u.k")
+        self._sql_any = template.format(
+            source=table_sql, key="CASE WHEN u.k ~ '^-?[0-9]{1,18}$' THEN u.k::bigint END"
+        )
         self._integer_keys = _INTEGER_KEYS if integer_keys else None
-        self._by_range = False
         if integer_keys:
             # The same join against only the destination's rows in [min, max] of the part (bound by the caller).
             ranged = f"(SELECT * FROM {table_sql} WHERE {key_sql} BETWEEN %s::bigint AND %s::bigint)"
-            self._sql_range = template.replace(
-                f"LEFT JOIN {table_sql} AS a", f"LEFT JOIN {ranged} AS a"
-            ).format(key="u.k::bigint")
+            self._sql_range = template.format(source=ranged, key="u.k::bigint")
 
     def _columns(self, schema: str | None, name: str) -> dict[str, str]:
         """Column name → declared type, or ``{}`` when the table does not exist."""

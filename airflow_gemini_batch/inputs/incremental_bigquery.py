@@ -139,9 +139,8 @@ class BigQueryReuseCheck(ReuseCheck):
         self._path = Path(name)
         conn = sqlite3.connect(name)
         self._conn = conn  # closed by close() from here on
-        conn.execute(
-            "PRAGMA journal_mode = OFF"
-        )  # a throwaway file: a failed build is deleted, not rolled back
+        # A throwaway file: a failed build is deleted, not rolled back.
+        conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
         key = self.destination.destination_key_column
         # Every column the lookup reads, whether the destination has it or not (a missing one reads NULL).

@@ -21,20 +21,18 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.rows import EXAMPLES, FAILED, MISSING, OUTCOMES, SUCCEEDED
+from airflow_gemini_batch.results.rows import EXAMPLES, FAILED, MISSING, OUTCOMES, SUCCEEDED, count_succeeded
 from airflow_gemini_batch.storage import copy_file
 
 if TYPE_CHECKING:
     from airflow_gemini_batch.results.rows import ResultRow
     from airflow_gemini_batch.sinks.sink import Sink
 
-_OUTCOME = itemgetter(1)
 #: HTTP codes of a row's error that say "try again later", not "this request is wrong".
 RETRYABLE_CODES = frozenset({429, 500, 503, 504})
 #: The same, as the google.rpc status names the service may put in the message.
@@ -82,7 +80,7 @@ class RemainderRecorder:
     def write(self, rows: list[ResultRow]) -> None:
         self.sink.write(rows)
         self.rows_written = self.sink.rows_written
-        if list(map(_OUTCOME, rows)).count(SUCCEEDED) == len(rows):
+        if count_succeeded(rows) == len(rows):
             return  # the common chunk: a C-level count, no Python step per row
         dumps, counts, fh = orjson.dumps, self.counts, self._fh
         for row in rows:

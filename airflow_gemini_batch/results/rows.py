@@ -12,6 +12,7 @@ them; apart from the parser, each stage depends on the types without depending o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 SUCCEEDED = "succeeded"
@@ -59,6 +60,13 @@ class ResultRow(NamedTuple):
 
 STORED_FIELDS: tuple[str, ...] = ResultRow._fields[:-1]
 N_STORED = len(STORED_FIELDS)
+_OUTCOME = itemgetter(1)
+
+
+def count_succeeded(rows: list[ResultRow]) -> int:
+    """How many rows of a chunk succeeded: one C-level ``map`` and ``list.count``, no Python step per row
+    (the hot loops of a load ask it of every chunk, mostly to skip their per-row work when all did)."""
+    return list(map(_OUTCOME, rows)).count(SUCCEEDED)
 
 
 @dataclass

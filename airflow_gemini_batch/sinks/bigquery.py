@@ -17,8 +17,8 @@ Invariants:
 * Bounded memory: :meth:`write` serialises each chunk to NDJSON in a temporary *file*; once it holds
   ``load_chunk_bytes`` it is sent as one load job (a resumable upload streamed from the file) and emptied. So
   memory is one chunk of rows plus the client's upload buffer, whatever the row count. The file, not memory,
-  holds up to ``load_chunk_bytes`` (1 GiB): few, large load jobs, since each job has a fixed start-up cost on
-  BigQuery and a table has a daily load-job quota (1 500), while the worker's disk easily holds a GiB.
+  holds up to ``load_chunk_bytes`` (1 GiB): few, large load jobs, since a table's daily load-job limit is
+  fixed (BigQuery's advice: fewer and larger writes), while the worker's disk easily holds a GiB.
 * The schema is derived from :data:`~airflow_gemini_batch.sinks.schema.RESULT_COLUMNS` (the PostgreSQL type
   of each column mapped to its BigQuery type: ``JSONB`` → ``JSON``, ``DOUBLE PRECISION[]`` →
   ``ARRAY<FLOAT64>``, ``INTEGER`` → ``INT64``, ``TIMESTAMPTZ`` → ``TIMESTAMP``, text → ``STRING``), so a column
@@ -39,13 +39,12 @@ import logging
 import tempfile
 import uuid
 from datetime import datetime, timezone
-from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from airflow_gemini_batch.exceptions import GeminiBatchInputError
-from airflow_gemini_batch.results.rows import N_STORED, STORED_FIELDS, SUCCEEDED
+from airflow_gemini_batch.results.rows import N_STORED, STORED_FIELDS, SUCCEEDED, count_succeeded
 from airflow_gemini_batch.sinks.schema import (
     ATTEMPTS,
     ERROR_COLUMNS,
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_OUTCOME = itemgetter(1)
 _JSON_VALUE = STORED_FIELDS[3]
 LOAD_CHUNK_BYTES = 1024 * 1024 * 1024
 STAGE_EXPIRATION_MS = 24 * 3600 * 1000
@@ -316,7 +314,7 @@ class BigQueryTableSink:
         self._file.writelines(map(self._ndjson_line, rows))
         self._file_bytes = self._file.tell()
         self.rows_written += len(rows)
-        self._failed_rows += len(rows) - [*map(_OUTCOME, rows)].count(SUCCEEDED)
+        self._failed_rows += len(rows) - count_succeeded(rows)
         if self._file_bytes >= self.load_chunk_bytes:
             self._load_chunk()
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED
+from airflow_gemini_batch.results.rows import N_STORED, SUCCEEDED, count_succeeded
 from airflow_gemini_batch.sinks.schema import FINGERPRINT_COLUMN, SQLITE, TableLayout, quote
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 # ResultRow positions read per row by the C-level conversions (STORED_VALUES: the stored columns, also the
 # PostgreSQL sink's).
 STORED_VALUES = itemgetter(slice(0, N_STORED))
-_OUTCOME = itemgetter(1)
 _EMBEDDING = itemgetter(4)
 # ResultRow positions that may be left out of a chunk's INSERT when NULL in all its rows (text .. error_message,
 # request_fingerprint), and the job name's position (a literal when the same in all rows).
@@ -331,7 +330,7 @@ class TableSink:
     def _error_tuples(self, rows: list[ResultRow], with_succeeded: bool) -> tuple[list[tuple], list[Any]]:
         """The errors-table tuples and (``with_succeeded``) the succeeded keys to delete from that table."""
         loaded_at = self._loaded_at
-        if list(map(_OUTCOME, rows)).count(SUCCEEDED) == len(rows):  # the common chunk: skip the row loop
+        if count_succeeded(rows) == len(rows):  # the common chunk: skip the row loop
             errors = []
         else:
             tail = (loaded_at, self.attempts) if self.layout.errors_attempts_column else (loaded_at,)
